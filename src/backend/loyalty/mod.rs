@@ -1,0 +1,1 @@
+//! The loyalty (member-card POS) backend: loyalty-pos.txt.

@@ -1,0 +1,274 @@
+//! The vendor-neutral face of a backend: what the engine may ask of any vendor, and what comes back.
+//!
+//! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
+//! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
+//! each operation's recovery policy.
+pub mod loyalty;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::config::Profile;
+use crate::net::client::HttpsClient;
+
+/// Who is speaking: the identity fields every vendor request carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TerminalIdentity {
+    pub store: String,
+    pub terminal: String,
+    pub operator: String,
+}
+
+/// What to do when the outcome of a financial request is unknown.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovery {
+    /// Send the backend's reversal of the original until it answers "reversed".
+    Reverse,
+    /// Send the very same request again (the backend deduplicates it).
+    Resend,
+    /// Ask the backend what became of it before doing anything else.
+    Query,
+    /// Nothing automatic is safe: park it for a person at once.
+    Manual,
+}
+
+/// How the engine must treat an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    /// Sign-on: gets a batch number and session keys; journaled, no money.
+    SignOn,
+    /// A lookup or message that moves no money: journaled, never recovered, never blocked.
+    Inquiry,
+    /// Moves money: journal-before-send, blocked while recovery is owed, recovered on unknown.
+    Financial(Recovery),
+    /// Closes the batch with the engine's totals.
+    Settle,
+}
+
+/// One operation a backend offers, named in kebab-case after the vendor interface.
+#[derive(Debug, Clone, Copy)]
+pub struct OpSpec {
+    pub name: &'static str,
+    pub class: OpClass,
+    /// Whether the POS must name an original journal record (`"original": <id>`).
+    pub needs_original: bool,
+}
+
+/// The POS request, split by how long each field may live.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// Safe to journal and to show: vendor field names, money as integer fen, cards masked.
+    pub public: Map<String, Value>,
+    /// Needed again for recovery (for example the card number): journaled only encrypted.
+    pub vault: Map<String, Value>,
+    /// Needed for the first send only (track data, clear PIN): never written anywhere.
+    pub transient: Map<String, Value>,
+    /// The amount this operation moves, in fen (0 when none).
+    pub amount_fen: i64,
+    /// Card number masked first 6 + last 4, when the request names a card.
+    pub card_masked: Option<String>,
+    /// Deltas to the batch totals, applied when approved and taken back when reversed.
+    pub totals: Vec<(String, i64)>,
+    /// A POS-side reference for searching (for example `registerTraceNo`).
+    pub pos_reference: Option<String>,
+}
+
+/// The journal's memory of an original transaction, for cancel/refund style operations.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct OriginalRef {
+    pub id: u64,
+    pub operation: String,
+    pub trace: String,
+    pub batch: String,
+    pub amount_fen: i64,
+    /// The backend's reference from the original answer (`serialNo`), if any.
+    pub reference: Option<String>,
+    /// The backend's transaction time from the original answer, as sent.
+    pub trans_time: Option<String>,
+    /// When the engine created the original record (RFC 3339).
+    pub created_at: String,
+    pub public: Map<String, Value>,
+    pub vault: Map<String, Value>,
+}
+
+/// Everything a backend needs to build one request.
+#[derive(Debug, Clone, Copy)]
+pub struct TxRequest<'a> {
+    pub journal_id: u64,
+    pub operation: &'a str,
+    pub identity: &'a TerminalIdentity,
+    pub trace: &'a str,
+    pub batch: &'a str,
+    /// Opaque session state the backend returned at sign-on (for example encrypted working keys).
+    pub session: &'a Value,
+    pub public: &'a Map<String, Value>,
+    pub vault: &'a Map<String, Value>,
+    /// Empty when replaying from the journal.
+    pub transient: &'a Map<String, Value>,
+    pub original: Option<&'a OriginalRef>,
+}
+
+/// A definite answer from the backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Approved,
+    Declined,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub verdict: Verdict,
+    /// The vendor's response code, as sent.
+    pub code: String,
+    /// The vendor's message, or the code table's when the vendor sent none.
+    pub message: String,
+    /// English text for the code, from the code table.
+    pub message_en: String,
+    /// The vendor's result fields (money converted to fen, nothing sensitive).
+    pub fields: Map<String, Value>,
+    /// The backend's reference for this transaction (`serialNo` and the like).
+    pub reference: Option<String>,
+    /// The backend's transaction time, as sent.
+    pub trans_time: Option<String>,
+}
+
+/// The result of one recovery attempt.
+#[derive(Debug, Clone)]
+pub enum Recovered {
+    /// The effect is undone (or never happened).
+    Reversed { code: String, message: String },
+    /// A resend or query found the original approved or declined.
+    Settled(Reply),
+    /// Not resolved yet; try again later.
+    Again(String),
+}
+
+/// What sign-on gives the terminal.
+#[derive(Debug, Clone)]
+pub struct SignOn {
+    /// The batch number the backend assigned, if it assigns them.
+    pub batch: Option<String>,
+    /// Opaque state to keep for later requests (encrypted working keys and the like; no clear keys).
+    pub session: Value,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettleRequest<'a> {
+    pub journal_id: u64,
+    pub identity: &'a TerminalIdentity,
+    pub trace: &'a str,
+    pub batch: &'a str,
+    pub session: &'a Value,
+    /// The engine's running totals for the batch (counts and fen).
+    pub totals: &'a BTreeMap<String, i64>,
+    /// The batch's journal lines (public view), for vendors that want them uploaded.
+    pub lines: &'a [Value],
+    pub public: &'a Map<String, Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub balanced: bool,
+    /// True when the lines were uploaded because the totals did not balance.
+    pub uploaded: bool,
+    pub reply: Reply,
+}
+
+/// Where a backend failure happened, which decides whether recovery is owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Nothing left the host (bad input, no connection, TLS refused): nothing is owed.
+    NotSent,
+    /// The backend answered that it did not take the request (HTTP 4xx, bad signature): nothing is owed.
+    Rejected,
+    /// It may or may not have happened (timeout, reset, 5xx, garbage): recovery is owed.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Error)]
+#[error("{backend} backend, {stage:?}: {detail}")]
+pub struct BackendError {
+    pub backend: &'static str,
+    pub stage: Stage,
+    pub detail: String,
+}
+
+impl BackendError {
+    pub fn new(backend: &'static str, stage: Stage, detail: impl Into<String>) -> Self {
+        BackendError { backend, stage, detail: detail.into() }
+    }
+}
+
+/// The POS request was wrong before anything was sent.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum PrepareError {
+    #[error("missing field `{0}`")]
+    Missing(String),
+    #[error("field `{field}`: {why}")]
+    Invalid { field: String, why: String },
+    #[error("field `{0}` is set by the daemon and may not be sent")]
+    DaemonOwned(String),
+}
+
+/// A vendor backend. Implementations hold their profile's wire settings and an HTTPS client.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The profile `backend =` value.
+    fn kind(&self) -> &'static str;
+    /// Every operation this backend offers.
+    fn operations(&self) -> &'static [OpSpec];
+    /// Validate the POS body and split it into what may be journaled, vaulted or only sent.
+    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>) -> Result<Prepared, PrepareError>;
+    async fn sign_on(&self, identity: &TerminalIdentity, journal_id: u64, trace: &str) -> Result<SignOn, BackendError>;
+    /// Send one operation. `Ok` means a definite answer.
+    async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError>;
+    /// One recovery attempt for an operation whose outcome was unknown.
+    async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError>;
+    async fn settle(&self, req: SettleRequest<'_>) -> Result<Settled, BackendError>;
+}
+
+impl dyn Backend {
+    pub fn spec(&self, operation: &str) -> Option<OpSpec> {
+        self.operations().iter().find(|s| s.name == operation).copied()
+    }
+}
+
+/// Build the backend a profile names.
+pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, crate::config::ConfigError> {
+    match profile.backend.as_str() {
+        "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
+        other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty)"))),
+    }
+}
+
+/// Mask a card number as first 6 + last 4; shorter numbers keep only the last 4.
+pub fn mask_card(pan: &str) -> String {
+    let n = pan.chars().count();
+    if n >= 13 {
+        let head: String = pan.chars().take(6).collect();
+        let tail: String = pan.chars().skip(n - 4).collect();
+        format!("{head}{}{tail}", "*".repeat(n - 10))
+    } else if n > 4 {
+        let tail: String = pan.chars().skip(n - 4).collect();
+        format!("{}{tail}", "*".repeat(n - 4))
+    } else {
+        "*".repeat(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn masks_first_six_last_four() {
+        assert_eq!(super::mask_card("6222021234567890123"), "622202*********0123");
+        assert_eq!(super::mask_card("12345678"), "****5678");
+    }
+}

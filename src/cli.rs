@@ -1,0 +1,1 @@
+//! The clap definitions of the `posgate` command line.

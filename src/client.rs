@@ -1,0 +1,1 @@
+//! The CLI's client of the local API.

@@ -1,0 +1,293 @@
+//! Raw TOML (daemon config and terminal profiles) turned into one validated config, errors naming file, line and field.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::backend::TerminalIdentity;
+use crate::secret::Secret;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {why}")]
+    Io { path: PathBuf, why: String },
+    #[error("{path}{}: field `{field}`: {why}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Field { path: PathBuf, line: Option<usize>, field: String, why: String },
+    #[error("{path}: {why}")]
+    Parse { path: PathBuf, why: String },
+}
+
+impl ConfigError {
+    pub fn field(path: &Path, line: Option<usize>, field: &str, why: impl Into<String>) -> Self {
+        ConfigError::Field { path: path.to_path_buf(), line, field: field.to_string(), why: why.into() }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        // toml's message names the key; add the file and line in our own format.
+        let line = e.span().map(|s| line_of(text, s.start));
+        let msg = e.message().to_string();
+        let field = msg
+            .split('`')
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_else(|| "(syntax)".to_string());
+        ConfigError::Field { path: path.to_path_buf(), line, field, why: msg }
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Io { path: path.to_path_buf(), why: e.to_string() })
+}
+
+/// Retry and parking settings for the recovery queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoverySettings {
+    /// Attempts before an entry is parked as "needs attention".
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        RecoverySettings { max_attempts: 12, backoff_initial_ms: 200, backoff_max_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: Spanned<String>,
+    backend: Spanned<String>,
+    base_url: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
+    store: String,
+    terminal: String,
+    #[serde(default = "default_operator")]
+    operator: String,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default)]
+    recovery: RecoverySettings,
+    /// name -> file path holding the secret (relative to the profile's folder).
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<String>>,
+    /// Backend-specific options, read by the backend.
+    #[serde(default)]
+    options: toml::Table,
+}
+
+fn default_operator() -> String {
+    "01".into()
+}
+fn default_connect_ms() -> u64 {
+    3_000
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One terminal bound to one backend.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub backend: String,
+    pub base_url: String,
+    pub ca_file: Option<PathBuf>,
+    pub identity: TerminalIdentity,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub recovery: RecoverySettings,
+    pub secrets: BTreeMap<String, Secret>,
+    pub options: toml::Table,
+    /// The file it came from, for error messages.
+    pub source: PathBuf,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile, ConfigError> {
+        let text = read(path)?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Profile, ConfigError> {
+        let raw: RawProfile = parse_toml(path, text)?;
+        let at = |s: &std::ops::Range<usize>| Some(line_of(text, s.start));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = raw.name.get_ref().clone();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(ConfigError::field(path, at(&raw.name.span()), "name", "must be non-empty ASCII letters, digits, '-' or '_'"));
+        }
+        let backend = raw.backend.get_ref().clone();
+        if !["loyalty"].contains(&backend.as_str()) {
+            return Err(ConfigError::field(path, at(&raw.backend.span()), "backend", format!("unknown backend kind {backend:?} (known: loyalty)")));
+        }
+        let base_url = raw.base_url.get_ref().trim_end_matches('/').to_string();
+        match url::Url::parse(&base_url) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(_) => return Err(ConfigError::field(path, at(&raw.base_url.span()), "base_url", "must be an https:// URL with a host")),
+            Err(e) => return Err(ConfigError::field(path, at(&raw.base_url.span()), "base_url", format!("not a URL: {e}"))),
+        }
+        let ca_file = match &raw.ca_file {
+            Some(f) => {
+                let p = dir.join(f.get_ref());
+                if !p.is_file() {
+                    return Err(ConfigError::field(path, at(&f.span()), "ca_file", format!("{} does not exist", p.display())));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let mut secrets = BTreeMap::new();
+        for (k, f) in &raw.secrets {
+            let p = dir.join(f.get_ref());
+            let bytes = std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
+            secrets.insert(k.clone(), Secret::new(bytes));
+        }
+        if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
+            return Err(ConfigError::field(path, None, "timeout_ms", "timeouts must be above zero"));
+        }
+        Ok(Profile {
+            name,
+            backend,
+            base_url,
+            ca_file,
+            identity: TerminalIdentity { store: raw.store, terminal: raw.terminal, operator: raw.operator },
+            connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+            timeout: Duration::from_millis(raw.timeout_ms),
+            recovery: raw.recovery,
+            secrets,
+            options: raw.options,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// A secret named in `[secrets]`, or an error naming the profile and the missing key.
+    pub fn secret(&self, key: &str) -> Result<&Secret, ConfigError> {
+        self.secrets.get(key).ok_or_else(|| ConfigError::field(&self.source, None, &format!("secrets.{key}"), "required by this backend"))
+    }
+
+    /// A string option from `[options]`, or the default.
+    pub fn option_str(&self, key: &str, default: &str) -> Result<String, ConfigError> {
+        match self.options.get(key) {
+            None => Ok(default.to_string()),
+            Some(toml::Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ConfigError::field(&self.source, None, &format!("options.{key}"), "must be a string")),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    data_dir: String,
+    #[serde(default)]
+    profiles_dir: Option<String>,
+    #[serde(default)]
+    unix_socket: Option<String>,
+    #[serde(default)]
+    tcp: Option<Spanned<String>>,
+    #[serde(default)]
+    token_file: Option<String>,
+    #[serde(default = "default_body_limit")]
+    max_body_bytes: usize,
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub unix_socket: Option<PathBuf>,
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Bearer token for the TCP listener.
+    pub token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub profiles: Vec<Profile>,
+}
+
+impl DaemonConfig {
+    /// Load `posgate.toml` and every `*.toml` in its profiles folder.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = read(path)?;
+        let raw: RawDaemon = parse_toml(path, &text)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tcp = match &raw.tcp {
+            Some(s) => {
+                let a: std::net::SocketAddr = s.get_ref().parse().map_err(|e| ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", format!("not an address: {e}")))?;
+                if !a.ip().is_loopback() {
+                    return Err(ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", "must be a loopback address"));
+                }
+                Some(a)
+            }
+            None => None,
+        };
+        let token = match &raw.token_file {
+            Some(f) => Some(Secret::new(read(&dir.join(f))?.trim().as_bytes().to_vec())),
+            None => None,
+        };
+        if tcp.is_some() && token.is_none() {
+            return Err(ConfigError::field(path, None, "token_file", "required when `tcp` is set"));
+        }
+        let profiles_dir = dir.join(raw.profiles_dir.as_deref().unwrap_or("terminal-profiles"));
+        let profiles = load_profiles(&profiles_dir)?;
+        Ok(DaemonConfig {
+            data_dir: dir.join(raw.data_dir),
+            unix_socket: raw.unix_socket.map(|s| dir.join(s)),
+            tcp,
+            token,
+            max_body_bytes: raw.max_body_bytes,
+            profiles,
+        })
+    }
+}
+
+/// Every `*.toml` in a folder, sorted by file name; names must be unique.
+pub fn load_profiles(dir: &Path) -> Result<Vec<Profile>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ConfigError::Io { path: dir.to_path_buf(), why: e.to_string() })?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    files.sort();
+    let mut out: Vec<Profile> = Vec::new();
+    for f in files {
+        let p = Profile::load(&f)?;
+        if let Some(prev) = out.iter().find(|q| q.name == p.name) {
+            return Err(ConfigError::field(&f, None, "name", format!("{:?} is already used by {}", p.name, prev.source.display())));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_profile_names_file_line_and_field() {
+        let p = Path::new("/x/loyalty.toml");
+        let text = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"http://h\"\nstore = \"1\"\nterminal = \"2\"\n";
+        let e = Profile::parse(p, text).unwrap_err().to_string();
+        assert!(e.contains("/x/loyalty.toml:3") && e.contains("base_url"), "{e}");
+        let text = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = 1\nterminal = \"2\"\n";
+        let e = Profile::parse(p, text).unwrap_err().to_string();
+        assert!(e.contains(":4") && e.contains("store"), "{e}");
+        let text = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\ncolour = 1\n";
+        let e = Profile::parse(p, text).unwrap_err().to_string();
+        assert!(e.contains(":6") && e.contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! `posgate demo`: the daemon with the built-in simulators and example profiles.

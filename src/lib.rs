@@ -1,0 +1,16 @@
+//! posgate: counter devices, a local POS API, a crash-proof journal and vendor backends in one daemon.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backend;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod journal;
+pub mod money;
+pub mod net;
+pub mod secret;
+pub mod sim;
+pub mod testhook;

@@ -1,0 +1,3 @@
+//! Network plumbing shared by backends and simulators: the HTTPS client and TLS material.
+pub mod client;
+pub mod tls;

@@ -1,0 +1,1 @@
+//! Built-in backend simulators, for `posgate demo` and the tests.

@@ -1,0 +1,60 @@
+//! Test hooks on the real code path: crash points where a test SIGKILLs the daemon, and an order log.
+//!
+//! Both are off unless an environment variable names them, and cost one atomic load when off.
+//! - `POSGATE_CRASH_AT=<point>:<n>`: the n-th time the daemon reaches `<point>` it prints
+//!   `posgate-crashpoint <point>` on stderr and stops there forever, so the test can kill it with
+//!   SIGKILL at exactly that point.
+//! - `POSGATE_ORDER_LOG=<file>`: append `synced <upto-id>` after each journal sync returns, and
+//!   `send <id>` just before a backend request's bytes are written, so a test can prove the order.
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+struct CrashPoint {
+    name: String,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+fn crash_point() -> &'static Option<CrashPoint> {
+    static CP: OnceLock<Option<CrashPoint>> = OnceLock::new();
+    CP.get_or_init(|| {
+        let v = std::env::var("POSGATE_CRASH_AT").ok()?;
+        let (name, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));
+        Some(CrashPoint { name: name.to_string(), nth: n.parse().unwrap_or(1), seen: AtomicU64::new(0) })
+    })
+}
+
+/// Named places where a crash test may stop the daemon.
+pub const BEFORE_SEND: &str = "before_send";
+pub const AFTER_SEND: &str = "after_send";
+pub const AFTER_OUTCOME: &str = "after_outcome";
+pub const IN_SETTLE: &str = "in_settle";
+
+/// Reach a crash point. When it is the armed one, announce and hang until killed.
+pub async fn point(name: &str) {
+    if let Some(cp) = crash_point() {
+        if cp.name == name && cp.seen.fetch_add(1, Ordering::SeqCst) + 1 == cp.nth {
+            eprintln!("posgate-crashpoint {name}");
+            let _ = std::io::stderr().flush();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn order_log() -> &'static Option<Mutex<std::fs::File>> {
+    static LOG: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let path = std::env::var_os("POSGATE_ORDER_LOG")?;
+        std::fs::OpenOptions::new().create(true).append(true).open(path).ok().map(Mutex::new)
+    })
+}
+
+/// Append one line to the order log, when one is configured.
+pub fn order(event: &str, id: u64) {
+    if let Some(m) = order_log() {
+        if let Ok(mut f) = m.lock() {
+            let _ = writeln!(f, "{event} {id}");
+        }
+    }
+}
