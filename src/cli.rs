@@ -1,1 +1,121 @@
-//! The clap definitions of the `posgate` command line.
+//! The clap definitions of the `posgate` command line (raw flags; validation happens in config).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "posgate", version, about = "Counter devices, a local POS API and a crash-proof journal in front of vendor backends")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client subcommand reaches the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct Connect {
+    /// The daemon's Unix socket.
+    #[arg(long, env = "POSGATE_SOCKET", default_value = "/run/posgate/posgate.sock", global = true)]
+    pub socket: PathBuf,
+    /// Use the loopback TCP listener instead of the socket.
+    #[arg(long, env = "POSGATE_TCP", global = true)]
+    pub tcp: Option<SocketAddr>,
+    /// File holding the bearer token for --tcp.
+    #[arg(long, env = "POSGATE_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (systemd / Windows service).
+    Serve {
+        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        config: PathBuf,
+    },
+    /// Run the daemon with the built-in simulators and the example profiles.
+    Demo(DemoArgs),
+    /// Show version, profiles (batch, trace, online, pending recovery) and devices.
+    Status {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Sign a terminal on (gets a batch number and working keys).
+    Checkin {
+        profile: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Settle a terminal's open batch.
+    Settle {
+        profile: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Run any operation with a JSON body (vendor field names, money in fen).
+    Run {
+        profile: String,
+        operation: String,
+        /// The JSON body.
+        #[arg(long, default_value = "{}")]
+        body: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// List journal records, or show one by id.
+    Journal {
+        id: Option<u64>,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        batch: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        date: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// List owed and parked recovery entries; `--retry ID` re-queues a parked one.
+    Reversals {
+        #[arg(long)]
+        retry: Option<u64>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Measure consume latency and throughput against the built-in simulator.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its journal, keys, certificates and profiles.
+    #[arg(long, default_value = "posgate-demo")]
+    pub data_dir: PathBuf,
+    /// Unix socket for the local API (default: DATA_DIR/posgate.sock).
+    #[arg(long)]
+    pub unix_socket: Option<PathBuf>,
+    /// Loopback TCP address for the local API (token printed at start).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub tcp: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Consumes for the latency run (one lane).
+    #[arg(long, default_value_t = 2000)]
+    pub latency_ops: usize,
+    /// Consumes for the throughput run.
+    #[arg(long, default_value_t = 20000)]
+    pub throughput_ops: usize,
+    /// Concurrent lanes for the throughput run.
+    #[arg(long, default_value_t = 32)]
+    pub lanes: usize,
+    /// Scratch folder (default: a fresh one under the system temp dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}

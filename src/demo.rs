@@ -1,1 +1,85 @@
-//! `posgate demo`: the daemon with the built-in simulators and example profiles.
+//! `posgate demo`: the built-in simulators plus the example profiles, set up in one folder.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::config::{DaemonConfig, Profile};
+use crate::net::tls::TestPki;
+use crate::secret::Secret;
+use crate::sim::loyalty::{LoyaltySim, SimConfig};
+
+/// The example loyalty profile shipped in `terminal-profiles/`.
+pub const LOYALTY_PROFILE: &str = include_str!("../terminal-profiles/loyalty.toml");
+
+/// A running simulator and the daemon configuration that points at it.
+pub struct DemoSetup {
+    pub config: DaemonConfig,
+    pub loyalty: Arc<LoyaltySim>,
+    pub loyalty_addr: std::net::SocketAddr,
+    pub token: String,
+}
+
+fn io(p: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", p.display())
+}
+
+/// Read a 16-byte master key from a hex file, creating a random one (0600) on first use.
+pub fn ensure_master_key(path: &Path) -> Result<[u8; 16], String> {
+    if !path.exists() {
+        let mut k = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        write_private(path, hex::encode_upper(k).as_bytes())?;
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("{}: not hex: {e}", path.display()))?;
+    bytes.try_into().map_err(|_| format!("{}: want 32 hex characters", path.display()))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
+    f.write_all(data).map_err(|e| io(path, e))
+}
+
+/// Make (or reuse) the demo folder: test CA, master key, token, profile; start the simulator.
+pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<std::net::SocketAddr>) -> Result<DemoSetup, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
+    let data_dir = data_dir.canonicalize().map_err(|e| io(data_dir, e))?;
+    let pki = TestPki::ensure(&data_dir.join("pki")).map_err(|e| e.to_string())?;
+    let tmk = ensure_master_key(&data_dir.join("secrets/loyalty-tmk.hex"))?;
+    let token_path = data_dir.join("secrets/api-token");
+    if !token_path.exists() {
+        let mut t = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut t);
+        write_private(&token_path, hex::encode(t).as_bytes())?;
+    }
+    let token = std::fs::read_to_string(&token_path).map_err(|e| io(&token_path, e))?.trim().to_string();
+
+    let sim = Arc::new(LoyaltySim::new(SimConfig::demo(tmk)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let acceptor = pki.acceptor().map_err(|e| e.to_string())?;
+    tokio::spawn(sim.clone().serve(listener, acceptor, std::future::pending::<()>()));
+
+    let profiles_dir = data_dir.join("terminal-profiles");
+    std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
+    let text = LOYALTY_PROFILE.replace("https://127.0.0.1:18443", &format!("https://{addr}"));
+    let profile_path = profiles_dir.join("loyalty.toml");
+    std::fs::write(&profile_path, text).map_err(|e| io(&profile_path, e))?;
+    let profile = Profile::load(&profile_path).map_err(|e| e.to_string())?;
+
+    let config = DaemonConfig {
+        data_dir: data_dir.clone(),
+        unix_socket: Some(unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"))),
+        tcp,
+        token: Some(Secret::new(token.as_bytes().to_vec())),
+        max_body_bytes: 64 * 1024,
+        profiles: vec![profile],
+    };
+    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, token })
+}

@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod journal;

@@ -1,1 +1,1 @@
-//! The loyalty (member-card POS) backend: loyalty-pos.txt.
+//! The loyalty (member-card POS) backend: loyalty-pos.txt. (placeholder until the backend lands)

@@ -1,0 +1,148 @@
+//! `posgate bench`: consume latency against the floor (2 × fsync + 1 HTTPS round trip) and durable throughput.
+//!
+//! Figures are printed, never asserted: these machines are noisy.
+#![allow(clippy::disallowed_methods)]
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::cli::BenchArgs;
+use crate::client::ApiClient;
+use crate::net::client::{HttpOptions, HttpsClient};
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("bench setup: {0}")]
+    Setup(String),
+    #[error("bench request failed: {0}")]
+    Request(String),
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A consume body for the demo card that has no PIN; 1 fen each so balances last.
+fn consume_body(n: usize) -> Value {
+    json!({"cardNo": "6222029876543210987", "consumeType": "01", "pointAmount": 1, "cashAmount": 0, "registerTraceNo": format!("B{n:09}")})
+}
+
+async fn consume(c: &ApiClient, n: usize) -> Result<(), BenchError> {
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume_body(n), None).await.map_err(|e| BenchError::Request(e.to_string()))?;
+    if s != 200 || v.get("status").and_then(Value::as_str) != Some("approved") {
+        return Err(BenchError::Request(format!("HTTP {s}: {v}")));
+    }
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("posgate-bench-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()))
+    });
+    let setup = crate::demo::prepare(&dir, None, None).await.map_err(BenchError::Setup)?;
+    let sock: PathBuf = setup.config.unix_socket.clone().ok_or_else(|| BenchError::Setup("no socket".into()))?;
+    let profile = setup.config.profiles[0].clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(crate::daemon::run(setup.config, async move {
+        let _ = stop_rx.await;
+    }));
+    let client = ApiClient::unix(&sock);
+    for _ in 0..500 {
+        if client.get("/v1/status").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (s, v) = client.post("/v1/profiles/loyalty/checkin", json!({}), None).await.map_err(|e| BenchError::Request(e.to_string()))?;
+    if s != 200 {
+        return Err(BenchError::Request(format!("checkin: HTTP {s}: {v}")));
+    }
+    // Warm up connections and caches.
+    for i in 0..50 {
+        consume(&client, 9_000_000 + i).await?;
+    }
+
+    // The floor: what a consume cannot avoid, measured now on this machine.
+    let http = HttpsClient::new(&HttpOptions { ca_file: profile.ca_file.clone(), connect_timeout: profile.connect_timeout, timeout: profile.timeout })
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let url = format!("{}/v1/jpos/cards", profile.base_url);
+    let form = format!("storeNo={}&terminalNo={}&cardNo=6222029876543210987&traceNo=000000&batchNo=000000", profile.identity.store, profile.identity.terminal);
+    let floor_file = dir.join("floor.bin");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&floor_file).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut floor = Vec::with_capacity(args.latency_ops);
+    for _ in 0..args.latency_ops {
+        let t = Instant::now();
+        for _ in 0..2 {
+            f.write_all(&[0u8; 256]).map_err(|e| BenchError::Setup(e.to_string()))?;
+            f.sync_data().map_err(|e| BenchError::Setup(e.to_string()))?;
+        }
+        http.post(&url, "application/x-www-form-urlencoded", Bytes::from(form.clone()), 0).await.map_err(|e| BenchError::Request(e.to_string()))?;
+        floor.push(t.elapsed());
+    }
+    floor.sort();
+
+    let mut lat = Vec::with_capacity(args.latency_ops);
+    for i in 0..args.latency_ops {
+        let t = Instant::now();
+        consume(&client, i).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+
+    let lanes = args.lanes.max(1);
+    let per_lane = args.throughput_ops / lanes;
+    let client = Arc::new(client);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for l in 0..lanes {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_lane {
+                consume(&c, 1_000_000 + l * per_lane + i).await?;
+            }
+            Ok::<(), BenchError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| BenchError::Request(e.to_string()))??;
+    }
+    let elapsed = t.elapsed();
+    let done = per_lane * lanes;
+    let (_, status) = client.get("/v1/status").await.map_err(|e| BenchError::Request(e.to_string()))?;
+
+    let fm = pct(&floor, 0.5);
+    println!("posgate bench ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("floor (2 x fdatasync + 1 HTTPS round trip to the simulator), n={}: median {:.3} ms, p99 {:.3} ms", floor.len(), ms(fm), ms(pct(&floor, 0.99)));
+    println!(
+        "consume through the local API (Unix socket), 1 lane, n={}: median {:.3} ms, p99 {:.3} ms; median / floor = {:.2} (target <= 1.3)",
+        lat.len(),
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99)),
+        pct(&lat, 0.5).as_secs_f64() / fm.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "durable consumes over {lanes} lanes: {done} in {:.2} s = {:.0} consumes/s (target >= 2000); journal syncs so far: {}",
+        elapsed.as_secs_f64(),
+        done as f64 / elapsed.as_secs_f64(),
+        status["journal"]["syncs"]
+    );
+    let _ = stop_tx.send(());
+    let _ = daemon.await;
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

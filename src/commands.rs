@@ -1,0 +1,113 @@
+//! What each `posgate` subcommand does; the only place that uses `anyhow`.
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use posgate::cli::{Cli, Command, Connect, DemoArgs};
+use posgate::client::ApiClient;
+use posgate::config::DaemonConfig;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn client(c: &Connect) -> anyhow::Result<ApiClient> {
+    match c.tcp {
+        Some(addr) => {
+            let path = c.token_file.as_ref().context("--tcp needs --token-file")?;
+            let token = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(ApiClient::tcp(addr, token.trim()))
+        }
+        None => Ok(ApiClient::unix(&c.socket)),
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Print the answer; exit non-zero when the daemon answered with an error.
+fn finish(status: u16, body: Value) -> anyhow::Result<()> {
+    print(&body);
+    if status >= 400 {
+        bail!("the daemon answered HTTP {status}");
+    }
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let cfg = DaemonConfig::load(&config)?;
+            posgate::daemon::run(cfg, posgate::daemon::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Demo(args) => demo(args).await,
+        Command::Status { connect } => {
+            let (s, v) = client(&connect)?.get("/v1/status").await?;
+            finish(s, v)
+        }
+        Command::Checkin { profile, connect } => {
+            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/checkin"), json!({}), None).await?;
+            finish(s, v)
+        }
+        Command::Settle { profile, connect } => {
+            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), json!({}), None).await?;
+            finish(s, v)
+        }
+        Command::Run { profile, operation, body, idempotency_key, connect } => {
+            let body: Value = serde_json::from_str(&body).context("--body is not JSON")?;
+            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await?;
+            finish(s, v)
+        }
+        Command::Journal { id, profile, batch, status, date, limit, connect } => {
+            let c = client(&connect)?;
+            let (s, v) = match id {
+                Some(id) => c.get(&format!("/v1/journal/{id}")).await?,
+                None => {
+                    let mut q = form_urlencoded::Serializer::new(String::new());
+                    for (k, v) in [("profile", profile), ("batch", batch), ("status", status), ("date", date)] {
+                        if let Some(v) = v {
+                            q.append_pair(k, &v);
+                        }
+                    }
+                    q.append_pair("limit", &limit.to_string());
+                    c.get(&format!("/v1/journal?{}", q.finish())).await?
+                }
+            };
+            finish(s, v)
+        }
+        Command::Reversals { retry, connect } => {
+            let c = client(&connect)?;
+            let (s, v) = match retry {
+                Some(id) => c.post(&format!("/v1/reversals/{id}/retry"), json!({}), None).await?,
+                None => c.get("/v1/reversals").await?,
+            };
+            finish(s, v)
+        }
+        Command::Bench(args) => {
+            posgate::bench::run(args).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    init_logging();
+    let setup = posgate::demo::prepare(&args.data_dir, args.unix_socket.clone(), Some(args.tcp)).await.map_err(anyhow::Error::msg)?;
+    let sock = setup.config.unix_socket.clone().unwrap_or_default();
+    println!("posgate demo: loyalty simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.config.data_dir.join("pki").display());
+    println!("  local API, Unix socket: {}", sock.display());
+    println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
+    println!("  demo cards: 6222021234567890123 (PIN 123456), 6222029876543210987 (no PIN)");
+    println!("  try:");
+    println!("    curl --unix-socket {} http://posgate/v1/status", sock.display());
+    println!(
+        "    curl --unix-socket {} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' -d '{{\"cardNo\":\"6222029876543210987\",\"consumeType\":\"01\",\"pointAmount\":1050,\"cashAmount\":0}}' http://posgate/v1/profiles/loyalty/consume",
+        sock.display()
+    );
+    println!("    POSGATE_SOCKET={} posgate journal", sock.display());
+    posgate::daemon::run(setup.config, posgate::daemon::shutdown_signal()).await?;
+    Ok(())
+}

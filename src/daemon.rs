@@ -1,0 +1,57 @@
+//! The daemon's assembly: open the engine, bind the local API listeners, serve until shutdown.
+use std::future::Future;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::api::{self, ApiOptions, Listeners};
+use crate::config::DaemonConfig;
+use crate::engine::{Engine, EngineConfig, EngineError, SystemClock};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("local API: {0}")]
+    Api(#[from] api::ApiError),
+    #[error("{0}")]
+    Bind(String),
+}
+
+/// Bind every listener first (so a port clash fails fast), open the engine, then serve.
+pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+    let unix = match &cfg.unix_socket {
+        Some(p) => Some(api::bind_unix(p)?),
+        None => None,
+    };
+    let tcp = match cfg.tcp {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| DaemonError::Bind(format!("{a}: {e}")))?),
+        None => None,
+    };
+    let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
+    tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
+    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
+    let result = api::serve(engine.clone(), Listeners { unix, tcp }, opts, shutdown).await;
+    engine.shutdown().await;
+    if let Some(p) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    result.map_err(DaemonError::from)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,152 @@
+//! The recovery queue: retries owed reversals/resends with exponential backoff and jitter, parks after the limit.
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::{jerr, Engine, EngineError, Lane, Owed, Record, Status};
+use crate::backend::{OriginalRef, Recovered, TxRequest, Verdict};
+
+/// Backoff before attempt `attempts + 1`: initial × 2^attempts, capped, with jitter in [½, 1].
+fn backoff_ms(initial: u64, max: u64, attempts: u32) -> i64 {
+    let base = initial.saturating_mul(1u64 << attempts.min(30)).min(max).max(1);
+    let jitter = rand::thread_rng().gen_range(base / 2..=base);
+    jitter as i64
+}
+
+/// Releases a record's "attempt in progress" mark when dropped.
+struct Busy<'a>(&'a Lane, u64);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+/// One recovery attempt for journal record `id`. `Some(record)` once it is resolved.
+pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
+    if !lane.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+        return Ok(None);
+    }
+    let _busy = Busy(lane, id);
+    let Some(mut rec) = engine.journal.get(id).map_err(jerr)? else {
+        lane.set_owed(id, None);
+        return Ok(None);
+    };
+    let Some(mut state) = rec.recovery.clone().filter(|_| rec.status == Status::Unknown) else {
+        lane.set_owed(id, None);
+        return Ok(Some(rec));
+    };
+    let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
+    if rec.class == "settle" {
+        let done = engine.settle_send(lane, rec, &session).await?;
+        return Ok(done.status.is_final().then_some(done));
+    }
+    let vault = engine.sealer.unseal(rec.sealed.as_deref())?;
+    let original = match rec.original {
+        Some(oid) => engine.journal.get(oid).map_err(jerr)?.map(|o| -> Result<OriginalRef, EngineError> {
+            Ok(OriginalRef {
+                id: o.id,
+                operation: o.operation.clone(),
+                trace: o.trace.clone(),
+                batch: o.batch.clone(),
+                amount_fen: o.amount_fen,
+                reference: o.reference.clone(),
+                trans_time: o.trans_time.clone(),
+                created_at: o.created_at.clone(),
+                vault: engine.sealer.unseal(o.sealed.as_deref())?,
+                public: o.request.clone(),
+            })
+        }),
+        None => None,
+    }
+    .transpose()?;
+    let empty = serde_json::Map::new();
+    let tx = TxRequest {
+        journal_id: rec.id,
+        operation: &rec.operation,
+        identity: &lane.profile.identity,
+        trace: &rec.trace,
+        batch: &rec.batch,
+        session: &session,
+        public: &rec.request,
+        vault: &vault,
+        transient: &empty,
+        original: original.as_ref(),
+    };
+    let r = lane.backend.recover(tx, state.how).await;
+    Engine::note_online(lane, &r);
+    rec.updated_at = engine.clock.now_rfc3339();
+    let mut approved = false;
+    match r {
+        Ok(Recovered::Reversed { code, message }) => {
+            rec.status = Status::Reversed;
+            rec.recovery = None;
+            rec.code = Some(code);
+            rec.message = Some(message);
+            tracing::info!(profile = %lane.profile.name, id, trace = %rec.trace, "reversed");
+        }
+        Ok(Recovered::Settled(reply)) => {
+            approved = reply.verdict == Verdict::Approved;
+            Engine::apply_reply(&mut rec, &reply);
+        }
+        Ok(Recovered::Again(why)) => fail(engine, lane, &mut rec, &mut state, why),
+        Err(e) => fail(engine, lane, &mut rec, &mut state, e.to_string()),
+    }
+    let owed = rec.recovery.as_ref().map(|r| Owed { next_at_ms: r.next_at_ms, parked: r.parked });
+    engine.finish_durable(&rec, approved, None).await?;
+    lane.set_owed(id, owed);
+    if rec.recovery.as_ref().is_some_and(|r| r.parked) {
+        engine.emit("recovery", serde_json::json!({"needs_attention": true, "record": rec.view()}));
+    }
+    Ok(rec.status.is_final().then_some(rec))
+}
+
+fn fail(engine: &Engine, lane: &Lane, rec: &mut Record, state: &mut crate::engine::RecoveryState, why: String) {
+    let s = &lane.profile.recovery;
+    state.attempts += 1;
+    state.last_error = Some(why.clone());
+    state.next_at_ms = engine.clock.now_ms() + backoff_ms(s.backoff_initial_ms, s.backoff_max_ms, state.attempts);
+    if state.attempts >= s.max_attempts {
+        state.parked = true;
+        tracing::error!(profile = %lane.profile.name, id = rec.id, attempts = state.attempts, "recovery parked: needs attention");
+    } else {
+        tracing::warn!(profile = %lane.profile.name, id = rec.id, attempts = state.attempts, "recovery attempt failed: {why}");
+    }
+    rec.recovery = Some(state.clone());
+}
+
+/// Per-profile loop: attempt every due entry, oldest first, then sleep until the next is due.
+pub(super) async fn worker(engine: Weak<Engine>, lane: Arc<Lane>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        let now = e.clock.now_ms();
+        let due: Vec<u64> = {
+            let owed = lane.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.iter().filter(|(_, o)| !o.parked && o.next_at_ms <= now).map(|(id, _)| *id).collect()
+        };
+        for id in due {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(err) = attempt(&e, &lane, id).await {
+                tracing::error!(profile = %lane.profile.name, id, "recovery: {err}");
+            }
+        }
+        let next = {
+            let owed = lane.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.values().filter(|o| !o.parked).map(|o| o.next_at_ms).min()
+        };
+        let wait = next.map(|n| (n - e.clock.now_ms()).clamp(5, 60_000)).unwrap_or(60_000);
+        drop(e);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            _ = lane.wake.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Sealing of the few fields recovery must replay (card numbers): AES-256-GCM under a data key on disk.
+//!
+//! The journal never holds them in clear; the key file (mode 0600) lives beside the journal so a
+//! copied journal alone reveals nothing.
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use rand::RngCore;
+use serde_json::{Map, Value};
+
+use super::EngineError;
+
+pub struct Sealer {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(<key redacted>)")
+    }
+}
+
+impl Sealer {
+    /// Load the data key from `path`, creating it (0600) on first start.
+    pub fn open(path: &Path) -> Result<Sealer, EngineError> {
+        let err = |e: std::io::Error| EngineError::Journal(format!("{}: {e}", path.display()));
+        let key = match std::fs::read(path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(k) => return Err(EngineError::Journal(format!("{}: data key is {} bytes, want 32", path.display(), k.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut k = vec![0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut k);
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+                f.write_all(&k).map_err(err)?;
+                f.sync_all().map_err(err)?;
+                k
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| EngineError::Journal(format!("data key: {e}")))?;
+        Ok(Sealer { cipher })
+    }
+
+    pub fn seal(&self, fields: &Map<String, Value>) -> Result<Option<String>, EngineError> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let plain = serde_json::to_vec(fields).map_err(|e| EngineError::Journal(e.to_string()))?;
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_slice()).map_err(|_| EngineError::Journal("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(Some(base64::engine::general_purpose::STANDARD.encode(out)))
+    }
+
+    pub fn unseal(&self, sealed: Option<&str>) -> Result<Map<String, Value>, EngineError> {
+        let Some(s) = sealed else { return Ok(Map::new()) };
+        let bad = || EngineError::Journal("a sealed journal field does not open with this data key".into());
+        let raw = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad())?;
+        if raw.len() < 12 {
+            return Err(bad());
+        }
+        let plain = self.cipher.decrypt(Nonce::from_slice(&raw[..12]), &raw[12..]).map_err(|_| bad())?;
+        serde_json::from_slice(&plain).map_err(|_| bad())
+    }
+}

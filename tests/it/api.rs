@@ -1,0 +1,156 @@
+//! The daemon end to end through its local API: bad input, idempotency across SIGKILL, recovery, blocking.
+use std::time::Duration;
+
+use posgate::sim::loyalty::Fault;
+use serde_json::{json, Value};
+
+use crate::support::{wait_recovered, World};
+
+fn consume(card: &str, fen: i64, reference: &str) -> Value {
+    json!({"cardNo": card, "consumeType": "01", "pointAmount": fen, "cashAmount": 0, "registerTraceNo": reference})
+}
+
+const CARD: &str = "6222029876543210987";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_profile_is_refused_at_start_naming_file_line_and_field() {
+    let world = World::new("badprofile").await;
+    let path = world.dir.join("terminal-profiles/loyalty.toml");
+    let text = std::fs::read_to_string(&path).expect("profile");
+    std::fs::write(&path, text.replace("store = \"100000000000001\"", "store = 100000000000001")).expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"))
+        .args(["serve", "--config"])
+        .arg(&world.config)
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loyalty.toml:5") && err.contains("store"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_problems_and_lose_nothing() {
+    let world = World::new("badinput").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (s, v) = c.post("/v1/profiles/nosuch/consume", json!({}), None).await.expect("post");
+    assert_eq!(s, 404, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("nosuch"), "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/teleport", json!({}), None).await.expect("post");
+    assert_eq!(s, 404, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("teleport"), "{v}");
+    let (s, v) = c.post_raw("/v1/profiles/loyalty/consume", "application/json", b"{\"cardNo\": ".to_vec(), None).await.expect("post");
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = c.post_raw("/v1/profiles/loyalty/consume", "application/json", vec![b' '; 200_000], None).await.expect("post");
+    assert_eq!(s, 413, "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 10.5, "cashAmount": 0}), None).await.expect("post");
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("pointAmount"), "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"consumeType": "01", "pointAmount": 10, "cashAmount": 0}), None).await.expect("post");
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("cardNo"), "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "traceNo": "000001", "consumeType": "01", "pointAmount": 10, "cashAmount": 0}), None).await.expect("post");
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("traceNo"), "{v}");
+    // None of that reached the journal or the backend.
+    let (_, j) = c.get("/v1/journal").await.expect("journal");
+    assert_eq!(j.as_array().map(Vec::len), Some(0), "{j}");
+    assert!(world.sim.snapshot().transactions.is_empty());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_backend_is_reversed_and_named() {
+    let world = World::new("garbage").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (s, _) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!(s, 200);
+    world.sim.push_fault(Fault::Garbage);
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 700, "G1"), Some("g-1")).await.expect("consume");
+    assert!(v["error"].as_str().unwrap_or("").to_lowercase().contains("json"), "the error should say the answer was not JSON: {v}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    let (_, r) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 700, "G1"), Some("g-1")).await.expect("retry");
+    assert_eq!(r["status"], "reversed", "{r}");
+    let snap = world.sim.snapshot();
+    assert!(snap.transactions.iter().filter(|t| t.op == "consume").all(|t| t.reversed), "{:?}", snap.transactions);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_first_result_across_sigkill() {
+    let world = World::new("idem").await;
+    let d = world.start(&[]).await;
+    let (s, first) = d.client.post("/v1/profiles/loyalty/consume", consume(CARD, 1234, "I1"), Some("idem-1")).await.expect("consume");
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["status"], "approved");
+    d.kill9().await;
+    let d = world.start(&[]).await;
+    let (s, again) = d.client.post("/v1/profiles/loyalty/consume", consume(CARD, 1234, "I1"), Some("idem-1")).await.expect("consume");
+    assert_eq!(s, 200);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["trace"], first["trace"]);
+    let applied = world.sim.snapshot().transactions.iter().filter(|t| t.op == "consume" && !t.reversed).count();
+    assert_eq!(applied, 1);
+    // The same key for another operation is a conflict, not a silent replay.
+    let (s, v) = d.client.post("/v1/profiles/loyalty/card-query", json!({"cardNo": CARD}), Some("idem-1")).await.expect("query");
+    assert_eq!(s, 409, "{v}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_owing_a_reversal_refuses_new_money_until_it_is_resolved_or_parked() {
+    let world = World::with_profile_extra("blocked", "").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (s, _) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!(s, 200);
+    // The consume's answer is lost after the backend applied it, and the first reversals fail too.
+    world.sim.push_fault(Fault::DropAfterCommit);
+    for _ in 0..5 {
+        world.sim.push_fault(Fault::Http500);
+    }
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 999, "B1"), Some("b-1")).await.expect("consume");
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["status"], "pending", "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 5, "B2"), Some("b-2")).await.expect("consume");
+    assert_eq!(s, 409, "{v}");
+    assert!(v["type"].as_str().unwrap_or("").ends_with("reversal-pending"), "{v}");
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["pending_recovery"], 1, "{st}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    let (_, r) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 999, "B1"), Some("b-1")).await.expect("retry");
+    assert_eq!(r["status"], "reversed", "{r}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 5, "B2"), Some("b-2")).await.expect("consume");
+    assert_eq!(s, 200, "{v}");
+    let snap = world.sim.snapshot();
+    let b1: Vec<_> = snap.transactions.iter().filter(|t| t.register_trace_no.as_deref() == Some("B1")).collect();
+    assert!(b1.len() == 1 && b1[0].reversed, "{b1:?}");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn void_refund_and_settlement_balance_with_the_backend() {
+    let world = World::new("settle").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (_, a) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 1000, "S1"), None).await.expect("consume");
+    let (_, b) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 250, "S2"), None).await.expect("consume");
+    assert_eq!(a["status"], "approved", "{a}");
+    let (s, v) = c.post("/v1/profiles/loyalty/cancel", json!({"original": a["id"]}), None).await.expect("cancel");
+    assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
+    let (s, v) = c.post("/v1/profiles/loyalty/refund", json!({"original": b["id"]}), None).await.expect("refund");
+    assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    let totals = &st["profiles"][0]["totals"];
+    assert_eq!(totals["pointDebitAmount"], 1250, "{st}");
+    assert_eq!(totals["pointCreditAmount"], 1250, "{st}");
+    let (s, v) = c.post("/v1/profiles/loyalty/settle", json!({}), None).await.expect("settle");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["balanced"], true, "{v}");
+    // The card is back where it started.
+    let snap = world.sim.snapshot();
+    assert!(snap.settlements.iter().all(|s| s.balanced));
+    d.stop().await;
+}

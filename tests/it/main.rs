@@ -1,0 +1,5 @@
+//! The one integration-test binary: the real daemon binary, real sled on disk, real TLS, real sockets.
+mod api;
+mod crash;
+mod order;
+mod support;
