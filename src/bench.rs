@@ -37,7 +37,7 @@ fn ms(d: Duration) -> f64 {
 
 /// A consume body for the demo card that has no PIN; 1 fen each so balances last.
 fn consume_body(n: usize) -> Value {
-    json!({"cardNo": "6222029876543210987", "consumeType": "01", "pointAmount": 1, "cashAmount": 0, "registerTraceNo": format!("B{n:09}")})
+    json!({"cardNo": "6222020000000000008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0, "registerTraceNo": format!("B{n:09}")})
 }
 
 async fn consume(c: &ApiClient, n: usize) -> Result<(), BenchError> {
@@ -79,7 +79,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let http = HttpsClient::new(&HttpOptions { ca_file: profile.ca_file.clone(), connect_timeout: profile.connect_timeout, timeout: profile.timeout })
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let url = format!("{}/v1/jpos/cards", profile.base_url);
-    let form = format!("storeNo={}&terminalNo={}&cardNo=6222029876543210987&traceNo=000000&batchNo=000000", profile.identity.store, profile.identity.terminal);
+    let form = format!("storeNo={}&terminalNo={}&cardNo=6222020000000000008&traceNo=000000&batchNo=000000", profile.identity.store, profile.identity.terminal);
     let floor_file = dir.join("floor.bin");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&floor_file).map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut floor = Vec::with_capacity(args.latency_ops);

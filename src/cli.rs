@@ -89,6 +89,12 @@ pub enum Command {
     },
     /// Measure consume latency and throughput against the built-in simulator.
     Bench(BenchArgs),
+    /// Print the man page (roff), generated from these definitions.
+    Man,
+    /// Print shell completions, generated from these definitions.
+    Completions {
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,1 +1,305 @@
-//! The CLI's client of the local API.
+//! The CLI's client of the local API: JSON requests and the event stream over the Unix socket or TCP.
+//!
+//! One HTTP/1.1 connection per request: the CLI makes a handful of calls, and a fresh connection
+//! means a daemon restart between calls is never seen as a broken pooled connection.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, HOST};
+use hyper::{HeaderMap, Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::secret::Secret;
+
+/// The default socket path of a packaged install.
+pub const DEFAULT_SOCKET: &str = "/run/posgate/posgate.sock";
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to {target}: is posgate running? ({source})")]
+    NotRunning { target: String, source: std::io::Error },
+    #[error("permission denied on {target}: run as root or add your user to the posgate group")]
+    PermissionDenied { target: String },
+    #[error("cannot connect to {target}: {source}")]
+    Connect { target: String, source: std::io::Error },
+    #[error("HTTP exchange with {target} failed: {source}")]
+    Http { target: String, source: hyper::Error },
+    #[error("no answer from {target} within {secs} s")]
+    Timeout { target: String, secs: u64 },
+    #[error("bad request: {0}")]
+    Request(String),
+    #[error("the daemon sent an answer that is not JSON (HTTP {status}): {detail}")]
+    NotJson { status: u16, detail: String },
+    #[error("the daemon refused the event stream (HTTP {status}): {detail}")]
+    Refused { status: u16, detail: String },
+    #[error("the API token must be UTF-8 text")]
+    BadToken,
+}
+
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port` of a loopback listener and its bearer token.
+    Tcp { addr: String, token: Option<Secret> },
+}
+
+/// A raw answer: status, headers and body bytes.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Result<Value, ClientError> {
+        if self.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&self.body).map_err(|e| ClientError::NotJson { status: self.status, detail: e.to_string() })
+    }
+}
+
+/// A client of one daemon's local API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    endpoint: Endpoint,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    /// Talk to the daemon over its Unix socket (no token needed).
+    pub fn unix(path: impl Into<PathBuf>) -> Self {
+        ApiClient { endpoint: Endpoint::Unix(path.into()), timeout: Duration::from_secs(120) }
+    }
+
+    /// Talk to the daemon over loopback TCP (`127.0.0.1:8765`) with its bearer token.
+    pub fn tcp(addr: impl Into<String>, token: Option<Secret>) -> Self {
+        ApiClient { endpoint: Endpoint::Tcp { addr: addr.into(), token }, timeout: Duration::from_secs(120) }
+    }
+
+    /// Give up on a request after this long (operations can wait on backend timeouts; default 120 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn target(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp { addr, .. } => addr.clone(),
+        }
+    }
+
+    /// `GET path` → (HTTP status, JSON body). Problem answers are returned, not turned into errors.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value), ClientError> {
+        let reply = self.request(Method::GET, path, &[], Bytes::new()).await?;
+        Ok((reply.status, reply.json()?))
+    }
+
+    /// `POST path` with a JSON body and an optional `Idempotency-Key`.
+    pub async fn post(&self, path: &str, body: Value, idempotency_key: Option<&str>) -> Result<(u16, Value), ClientError> {
+        let bytes = Bytes::from(serde_json::to_vec(&body).map_err(|e| ClientError::Request(e.to_string()))?);
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(k) = idempotency_key {
+            headers.push(("idempotency-key", k));
+        }
+        let reply = self.request(Method::POST, path, &headers, bytes).await?;
+        Ok((reply.status, reply.json()?))
+    }
+
+    /// Any request, with raw headers and body (for tests and unusual calls).
+    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, ClientError> {
+        let target = self.target();
+        let fut = async {
+            let resp = self.send(method, path, headers, body).await?;
+            let status = resp.status().as_u16();
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|source| ClientError::Http { target: target.clone(), source })?.to_bytes();
+            Ok(Reply { status, headers: parts.headers, body })
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout { target: target.clone(), secs: self.timeout.as_secs() })?
+    }
+
+    /// Subscribe to `GET /v1/events`; a refusal (401 and the like) is an error naming the problem.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let target = self.target();
+        let resp = tokio::time::timeout(self.timeout, self.send(Method::GET, "/v1/events", &[("accept", "text/event-stream")], Bytes::new()))
+            .await
+            .map_err(|_| ClientError::Timeout { target: target.clone(), secs: self.timeout.as_secs() })??;
+        if resp.status() != hyper::StatusCode::OK {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let detail = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Refused { status, detail });
+        }
+        Ok(EventStream { target, body: resp.into_body(), buf: BytesMut::new() })
+    }
+
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Response<Incoming>, ClientError> {
+        let target = self.target();
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Full::new(body)).map_err(|e| ClientError::Request(e.to_string()))?;
+        let h = req.headers_mut();
+        h.entry(HOST).or_insert(HeaderValue::from_static("localhost"));
+        h.entry(ACCEPT).or_insert(HeaderValue::from_static("application/json"));
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| connect_error(&target, e))?;
+                exchange(&target, stream, req).await
+            }
+            Endpoint::Tcp { addr, token } => {
+                if let Some(token) = token {
+                    let t = token.expose_str().map_err(|_| ClientError::BadToken)?;
+                    let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| ClientError::BadToken)?;
+                    req.headers_mut().insert(AUTHORIZATION, v);
+                }
+                let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| connect_error(&target, e))?;
+                let _ = stream.set_nodelay(true);
+                exchange(&target, stream, req).await
+            }
+        }
+    }
+}
+
+fn connect_error(target: &str, e: std::io::Error) -> ClientError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound | ConnectionRefused => ClientError::NotRunning { target: target.to_string(), source: e },
+        PermissionDenied => ClientError::PermissionDenied { target: target.to_string() },
+        _ => ClientError::Connect { target: target.to_string(), source: e },
+    }
+}
+
+async fn exchange<S>(target: &str, stream: S, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |source| ClientError::Http { target: target.to_string(), source };
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "API client connection ended with an error");
+        }
+    });
+    sender.send_request(req).await.map_err(http)
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// The `event:` name (`message` when the frame has none).
+    pub event: String,
+    /// The `data:` payload parsed as JSON (a JSON string when it is not JSON).
+    pub data: Value,
+}
+
+/// The `GET /v1/events` stream; comments (`: keep-alive`) and `retry:` hints are skipped.
+pub struct EventStream {
+    target: String,
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the daemon ends the stream.
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        loop {
+            if let Some(ev) = self.take_event() {
+                return Ok(Some(ev));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(source)) => return Err(ClientError::Http { target: self.target.clone(), source }),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parse complete frames out of the buffer; skip frames with no data (comments, retry hints).
+    fn take_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let end = find_frame_end(&self.buf)?;
+            let frame = self.buf.split_to(end.0 + end.1);
+            let text = String::from_utf8_lossy(&frame[..end.0]);
+            if let Some(ev) = parse_frame(&text) {
+                return Some(ev);
+            }
+        }
+    }
+}
+
+/// Position and length of the first blank-line separator (`\n\n` or `\r\n\r\n`).
+fn find_frame_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn parse_frame(text: &str) -> Option<SseEvent> {
+    let mut event = None;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
+        match field {
+            "event" => event = Some(value.to_string()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    let data = data?;
+    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+    Some(SseEvent { event: event.unwrap_or_else(|| "message".into()), data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_and_comments_are_skipped() {
+        assert_eq!(parse_frame(": keep-alive"), None);
+        assert_eq!(parse_frame("retry: 3000\n: connected"), None);
+        let ev = parse_frame("event: scan\ndata: {\"text\":\"123\"}").expect("event");
+        assert_eq!(ev.event, "scan");
+        assert_eq!(ev.data["text"], "123");
+        assert_eq!(find_frame_end(b"a\r\n\r\nb\n\n"), Some((1, 4)));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_says_the_daemon_is_not_running() {
+        let c = ApiClient::unix("/nonexistent/posgate-test.sock");
+        let e = c.get("/v1/status").await.expect_err("no daemon");
+        let text = e.to_string();
+        assert!(text.contains("cannot connect to /nonexistent/posgate-test.sock: is posgate running?"), "{text}");
+    }
+}

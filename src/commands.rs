@@ -16,7 +16,7 @@ fn client(c: &Connect) -> anyhow::Result<ApiClient> {
         Some(addr) => {
             let path = c.token_file.as_ref().context("--tcp needs --token-file")?;
             let token = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(ApiClient::tcp(addr, token.trim()))
+            Ok(ApiClient::tcp(addr.to_string(), Some(posgate::secret::Secret::new(token.trim().as_bytes().to_vec()))))
         }
         None => Ok(ApiClient::unix(&c.socket)),
     }
@@ -86,6 +86,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             finish(s, v)
         }
+        Command::Man => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            man.render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "posgate", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Bench(args) => {
             posgate::bench::run(args).await?;
             Ok(())
@@ -100,11 +110,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("posgate demo: loyalty simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.config.data_dir.join("pki").display());
     println!("  local API, Unix socket: {}", sock.display());
     println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
-    println!("  demo cards: 6222021234567890123 (PIN 123456), 6222029876543210987 (no PIN)");
+    println!("  demo cards: 6222021234567890123 (PIN 123456), 6222020000000000016 (no PIN, 200.00), 6222020000000000008 (no PIN, large balance)");
     println!("  try:");
     println!("    curl --unix-socket {} http://posgate/v1/status", sock.display());
     println!(
-        "    curl --unix-socket {} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' -d '{{\"cardNo\":\"6222029876543210987\",\"consumeType\":\"01\",\"pointAmount\":1050,\"cashAmount\":0}}' http://posgate/v1/profiles/loyalty/consume",
+        "    curl --unix-socket {} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' -d '{{\"cardNo\":\"6222020000000000008\",\"consumeType\":\"01\",\"pointAmount\":1050,\"cashAmount\":0}}' http://posgate/v1/profiles/loyalty/consume",
         sock.display()
     );
     println!("    POSGATE_SOCKET={} posgate journal", sock.display());

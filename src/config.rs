@@ -35,10 +35,16 @@ fn parse_toml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T
         // toml's message names the key; add the file and line in our own format.
         let line = e.span().map(|s| line_of(text, s.start));
         let msg = e.message().to_string();
-        let field = msg
-            .split('`')
-            .nth(1)
-            .map(str::to_string)
+        // toml names unknown and missing keys in backticks; for a bad value, the key is on the span's line.
+        let named = |prefix: &str| msg.strip_prefix(prefix).and_then(|r| r.split('`').next()).map(str::to_string);
+        let field = named("unknown field `")
+            .or_else(|| named("missing field `"))
+            .or_else(|| {
+                let l = line?;
+                let src = text.lines().nth(l - 1)?;
+                let (key, _) = src.split_once('=')?;
+                Some(key.trim().trim_start_matches('[').trim_end_matches(']').to_string())
+            })
             .unwrap_or_else(|| "(syntax)".to_string());
         ConfigError::Field { path: path.to_path_buf(), line, field, why: msg }
     })

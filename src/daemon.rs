@@ -31,7 +31,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
     tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
     let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
-    let result = api::serve(engine.clone(), Listeners { unix, tcp }, opts, shutdown).await;
+    let result = api::serve(engine.clone() as Arc<dyn api::Service>, Listeners { unix, tcp }, opts, shutdown).await;
     engine.shutdown().await;
     if let Some(p) = &cfg.unix_socket {
         let _ = std::fs::remove_file(p);

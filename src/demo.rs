@@ -60,7 +60,9 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     }
     let token = std::fs::read_to_string(&token_path).map_err(|e| io(&token_path, e))?.trim().to_string();
 
-    let sim = Arc::new(LoyaltySim::new(SimConfig::demo(tmk)));
+    let mut sim_cfg = SimConfig::demo();
+    sim_cfg.master_key = tmk;
+    let sim = Arc::new(LoyaltySim::new(sim_cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let acceptor = pki.acceptor().map_err(|e| e.to_string())?;

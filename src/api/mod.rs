@@ -1,1 +1,109 @@
 //! The local HTTP+JSON API for POS apps over a Unix socket and loopback TCP.
+//!
+//! The server speaks to the engine only through [`Service`], so the HTTP layer can be tested
+//! against a small fake and the engine can change behind it. Routes are data ([`server::ROUTES`]),
+//! shared by the router and by the test that keeps the OpenAPI document complete.
+pub mod problem;
+pub mod server;
+pub mod sse;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::engine::{Answer, Engine, EngineError, Event, JournalQuery};
+use crate::secret::Secret;
+
+pub use problem::Problem;
+pub use server::{bind_unix, serve, ROUTES};
+
+/// The OpenAPI 3.1 document of this API, served at `GET /v1/openapi`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// What the API needs from the engine. `crate::engine::Engine` implements it by delegation.
+#[async_trait::async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Run `operation` on `profile`; the answer's status and body go to the POS app as they are.
+    async fn run(&self, profile: &str, operation: &str, body: Value, idempotency_key: Option<&str>) -> Result<Answer, EngineError>;
+    /// The `GET /v1/status` body.
+    async fn status(&self) -> Value;
+    async fn journal(&self, q: &JournalQuery) -> Result<Vec<Value>, EngineError>;
+    async fn journal_record(&self, id: u64) -> Result<Value, EngineError>;
+    /// Every record with recovery owed or parked.
+    async fn recoveries(&self) -> Result<Vec<Value>, EngineError>;
+    /// Put a parked entry back into the recovery queue.
+    async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError>;
+    /// A new subscription to the event feed (one per `GET /v1/events` client).
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+#[async_trait::async_trait]
+impl Service for Engine {
+    async fn run(&self, profile: &str, operation: &str, body: Value, idempotency_key: Option<&str>) -> Result<Answer, EngineError> {
+        Engine::run(self, profile, operation, body, idempotency_key).await
+    }
+    async fn status(&self) -> Value {
+        Engine::status(self)
+    }
+    async fn journal(&self, q: &JournalQuery) -> Result<Vec<Value>, EngineError> {
+        Engine::journal(self, q)
+    }
+    async fn journal_record(&self, id: u64) -> Result<Value, EngineError> {
+        Engine::journal_record(self, id)
+    }
+    async fn recoveries(&self) -> Result<Vec<Value>, EngineError> {
+        Engine::recoveries(self)
+    }
+    async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError> {
+        Engine::retry_recovery(self, id).await
+    }
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        Engine::subscribe(self)
+    }
+}
+
+/// Listeners the caller has already bound (so binding errors surface before the daemon reports ready).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Trusted by file permissions (mode 0660): no token needed.
+    pub unix: Option<tokio::net::UnixListener>,
+    /// Loopback TCP: every request needs `Authorization: Bearer <token>`.
+    pub tcp: Option<tokio::net::TcpListener>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// Bearer token for the TCP listener; required when a TCP listener is given.
+    pub token: Option<Secret>,
+    /// Larger request bodies get 413 (checked on `Content-Length` and while reading).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions { token: None, max_body_bytes: 64 * 1024 }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("cannot bind the API socket {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("cannot remove the stale API socket {path}: {source}")]
+    Stale { path: PathBuf, source: std::io::Error },
+    #[error("another process is serving on {0}; is posgate already running?")]
+    InUse(PathBuf),
+    #[error("cannot set mode 0660 on {path}: {source}")]
+    Permissions { path: PathBuf, source: std::io::Error },
+    #[error("a TCP listener needs a bearer token (set `token_file`)")]
+    TcpWithoutToken,
+    #[error("the API token must be non-empty UTF-8 text")]
+    BadToken,
+    #[error("no listener to serve on")]
+    NoListener,
+}
+
+#[cfg(test)]
+mod tests;

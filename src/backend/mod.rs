@@ -244,7 +244,7 @@ impl dyn Backend {
 /// Build the backend a profile names.
 pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, crate::config::ConfigError> {
     match profile.backend.as_str() {
-        "loyalty" => { let _ = http; todo!("PLACEHOLDER") }
+        "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
         other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty)"))),
     }
 }

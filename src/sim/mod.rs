@@ -1,1 +1,9 @@
 //! Built-in backend simulators, for `posgate demo` and the tests.
+//!
+//! Simulators verify what the specs say (fields, keys, PIN blocks, batches), keep real state, and inject
+//! faults on demand so tests can prove recovery. Shared pieces: [`faults`] and the TLS HTTP [`server`].
+pub mod faults;
+pub mod loyalty;
+pub mod server;
+
+pub use faults::Fault;

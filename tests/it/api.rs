@@ -1,7 +1,9 @@
 //! The daemon end to end through its local API: bad input, idempotency across SIGKILL, recovery, blocking.
 use std::time::Duration;
 
-use posgate::sim::loyalty::Fault;
+use bytes::Bytes;
+use hyper::Method;
+use posgate::sim::faults::Fault;
 use serde_json::{json, Value};
 
 use crate::support::{wait_recovered, World};
@@ -10,7 +12,7 @@ fn consume(card: &str, fen: i64, reference: &str) -> Value {
     json!({"cardNo": card, "consumeType": "01", "pointAmount": fen, "cashAmount": 0, "registerTraceNo": reference})
 }
 
-const CARD: &str = "6222029876543210987";
+const CARD: &str = "6222020000000000008";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_profile_is_refused_at_start_naming_file_line_and_field() {
@@ -40,10 +42,12 @@ async fn bad_requests_get_clear_problems_and_lose_nothing() {
     let (s, v) = c.post("/v1/profiles/loyalty/teleport", json!({}), None).await.expect("post");
     assert_eq!(s, 404, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("teleport"), "{v}");
-    let (s, v) = c.post_raw("/v1/profiles/loyalty/consume", "application/json", b"{\"cardNo\": ".to_vec(), None).await.expect("post");
-    assert_eq!(s, 400, "{v}");
-    let (s, v) = c.post_raw("/v1/profiles/loyalty/consume", "application/json", vec![b' '; 200_000], None).await.expect("post");
-    assert_eq!(s, 413, "{v}");
+    let ct = [("content-type", "application/json")];
+    let r = c.request(Method::POST, "/v1/profiles/loyalty/consume", &ct, Bytes::from_static(b"{\"cardNo\": ")).await.expect("post");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(String::from_utf8_lossy(&r.body).contains("line"), "{:?}", r.body);
+    let r = c.request(Method::POST, "/v1/profiles/loyalty/consume", &ct, Bytes::from(vec![b' '; 200_000])).await.expect("post");
+    assert_eq!(r.status, 413, "{:?}", r.body);
     let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 10.5, "cashAmount": 0}), None).await.expect("post");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("pointAmount"), "{v}");
@@ -55,8 +59,8 @@ async fn bad_requests_get_clear_problems_and_lose_nothing() {
     assert!(v["detail"].as_str().unwrap_or("").contains("traceNo"), "{v}");
     // None of that reached the journal or the backend.
     let (_, j) = c.get("/v1/journal").await.expect("journal");
-    assert_eq!(j.as_array().map(Vec::len), Some(0), "{j}");
-    assert!(world.sim.snapshot().transactions.is_empty());
+    assert_eq!(j["records"].as_array().map(Vec::len), Some(0), "{j}");
+    assert!(world.sim.state_snapshot().transactions.is_empty());
     d.stop().await;
 }
 
@@ -73,7 +77,7 @@ async fn garbage_from_the_backend_is_reversed_and_named() {
     wait_recovered(c, Duration::from_secs(20)).await;
     let (_, r) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 700, "G1"), Some("g-1")).await.expect("retry");
     assert_eq!(r["status"], "reversed", "{r}");
-    let snap = world.sim.snapshot();
+    let snap = world.sim.state_snapshot();
     assert!(snap.transactions.iter().filter(|t| t.op == "consume").all(|t| t.reversed), "{:?}", snap.transactions);
     d.stop().await;
 }
@@ -91,7 +95,7 @@ async fn an_idempotency_key_returns_the_first_result_across_sigkill() {
     assert_eq!(s, 200);
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["trace"], first["trace"]);
-    let applied = world.sim.snapshot().transactions.iter().filter(|t| t.op == "consume" && !t.reversed).count();
+    let applied = world.sim.state_snapshot().transactions.iter().filter(|t| t.op == "consume" && !t.reversed).count();
     assert_eq!(applied, 1);
     // The same key for another operation is a conflict, not a silent replay.
     let (s, v) = d.client.post("/v1/profiles/loyalty/card-query", json!({"cardNo": CARD}), Some("idem-1")).await.expect("query");
@@ -124,7 +128,7 @@ async fn a_terminal_owing_a_reversal_refuses_new_money_until_it_is_resolved_or_p
     assert_eq!(r["status"], "reversed", "{r}");
     let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 5, "B2"), Some("b-2")).await.expect("consume");
     assert_eq!(s, 200, "{v}");
-    let snap = world.sim.snapshot();
+    let snap = world.sim.state_snapshot();
     let b1: Vec<_> = snap.transactions.iter().filter(|t| t.register_trace_no.as_deref() == Some("B1")).collect();
     assert!(b1.len() == 1 && b1[0].reversed, "{b1:?}");
     d.stop().await;
@@ -150,7 +154,7 @@ async fn void_refund_and_settlement_balance_with_the_backend() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["result"]["balanced"], true, "{v}");
     // The card is back where it started.
-    let snap = world.sim.snapshot();
-    assert!(snap.settlements.iter().all(|s| s.balanced));
+    let snap = world.sim.state_snapshot();
+    assert!(snap.settlements.iter().all(|s| s.flag == "ss"));
     d.stop().await;
 }

@@ -15,7 +15,7 @@ async fn no_request_leaves_before_the_sync_of_its_record_returned() {
     for i in 0..24 {
         let c = d.client.clone();
         tasks.push(tokio::spawn(async move {
-            let body = json!({"cardNo": "6222029876543210987", "consumeType": "01", "pointAmount": 100 + i, "cashAmount": 0});
+            let body = json!({"cardNo": "6222020000000000008", "consumeType": "01", "pointAmount": 100 + i, "cashAmount": 0});
             c.post("/v1/profiles/loyalty/consume", body, None).await.expect("consume")
         }));
     }

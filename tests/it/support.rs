@@ -46,7 +46,9 @@ impl World {
         std::fs::write(dir.join("secrets/loyalty-tmk.hex"), TMK_HEX).expect("tmk");
         std::fs::write(dir.join("secrets/api-token"), "test-token-123").expect("token");
         let tmk: [u8; 16] = hex::decode(TMK_HEX).expect("hex").try_into().expect("16");
-        let sim = Arc::new(LoyaltySim::new(SimConfig::demo(tmk)));
+        let mut cfg = SimConfig::demo();
+        cfg.master_key = tmk;
+        let sim = Arc::new(LoyaltySim::new(cfg));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let sim_addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

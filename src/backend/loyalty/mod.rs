@@ -1,1 +1,676 @@
-//! The loyalty (member-card POS) backend: loyalty-pos.txt. (placeholder until the backend lands)
+//! The loyalty (member-card POS) backend of loyalty-pos.txt: POS body checks, form building, PIN blocks, answers.
+//!
+//! Wire details live in [`wire`] (paths and fields), [`codes`] (response codes) and [`crypto`] (keys and
+//! PIN blocks); this file turns the engine's vendor-neutral calls into those requests and back.
+pub mod codes;
+pub mod crypto;
+pub mod wire;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::backend::{
+    mask_card, Backend, BackendError, OpClass, OpSpec, OriginalRef, PrepareError, Prepared, Recovered, Recovery, Reply, SettleRequest, Settled, SignOn, Stage,
+    TerminalIdentity, TxRequest, Verdict,
+};
+use crate::config::{ConfigError, Profile};
+use crate::money;
+use crate::net::client::{HttpReply, HttpsClient, NetError};
+use crate::secret::Secret;
+
+use self::crypto::Key16;
+use self::wire::{Kind, Owner, WireOp};
+
+/// The profile `backend =` value.
+pub const KIND: &str = "loyalty";
+
+const FORM: &str = "application/x-www-form-urlencoded; charset=UTF-8";
+
+/// Body keys that belong to the engine's envelope rather than the vendor request; ignored if present.
+const ENVELOPE_KEYS: &[&str] = &["original", "scan", "scanId", "scan_id"];
+
+/// Answer fields that are yuan amounts and become integer fen in [`Reply::fields`].
+pub const AMOUNT_FIELDS: &[&str] = &[
+    "pointBalance",
+    "avaiablePointBalance",
+    "availablePointBalance",
+    "usePoint",
+    "persentPoint",
+    "returnPoint",
+    "returnPersentPoint",
+    "returnCash",
+    "supplyCash",
+    "cancelAmount",
+    "cashAmount",
+    "pointAmount",
+];
+
+/// The loyalty backend of one profile.
+pub struct LoyaltyBackend {
+    http: HttpsClient,
+    /// `{base_url}/{protocol_prefix}/`
+    base: String,
+    upload_url: String,
+    /// Wire name of the point credit count in settlement (the spec spells it `pointCeditCount`).
+    credit_count_field: String,
+    /// The terminal master key, 16 raw bytes; only ever used to unwrap working keys.
+    tmk: Secret,
+}
+
+impl std::fmt::Debug for LoyaltyBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoyaltyBackend").field("base", &self.base).field("upload_url", &self.upload_url).finish_non_exhaustive()
+    }
+}
+
+fn err(stage: Stage, detail: impl Into<String>) -> BackendError {
+    BackendError::new(KIND, stage, detail)
+}
+
+/// Shorten text from outside for an error detail: at most ~200 characters, long digit runs (card numbers)
+/// masked and long hex runs (PIN blocks, keys) hidden.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 12 && run.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&mask_card(run));
+        } else if run.len() >= 16 {
+            out.push_str("<hex>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+        if out.chars().count() > 200 {
+            break;
+        }
+    }
+    flush(&mut run, &mut out);
+    if out.chars().count() > 200 {
+        let cut: String = out.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        out
+    }
+}
+
+fn net_error(e: NetError) -> BackendError {
+    match e {
+        NetError::NotSent(d) | NetError::Setup(d) => err(Stage::NotSent, d),
+        NetError::Unknown(d) => err(Stage::Unknown, d),
+    }
+}
+
+fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
+    PrepareError::Invalid { field: field.to_string(), why: why.into() }
+}
+
+/// A JSON value that must be an integer (not a float, not text).
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// Validate a `vaucher` / `ticket` list from the POS: objects with an `id`, a positive integer `num`,
+/// and an optional `amount` in integer fen. Returns the sum of `amount * num` over items with an amount.
+fn check_list(name: &str, v: &Value) -> Result<i64, PrepareError> {
+    let items = v.as_array().ok_or_else(|| invalid(name, "must be a list of objects"))?;
+    if items.is_empty() {
+        return Err(invalid(name, "must not be empty"));
+    }
+    let mut sum: i64 = 0;
+    for (i, item) in items.iter().enumerate() {
+        let at = |k: &str| format!("{name}[{i}].{k}");
+        let o = item.as_object().ok_or_else(|| invalid(&format!("{name}[{i}]"), "must be an object"))?;
+        match o.get("id") {
+            Some(Value::Number(_)) | Some(Value::String(_)) => {}
+            Some(_) => return Err(invalid(&at("id"), "must be a number or text")),
+            None => return Err(PrepareError::Missing(at("id"))),
+        }
+        let num = match o.get("num") {
+            Some(n) => as_int(n).filter(|&n| n > 0).ok_or_else(|| invalid(&at("num"), "must be a positive integer"))?,
+            None => return Err(PrepareError::Missing(at("num"))),
+        };
+        if let Some(a) = o.get("amount") {
+            let fen = as_int(a).filter(|&a| a >= 0).ok_or_else(|| invalid(&at("amount"), "must be integer fen (not a float or text)"))?;
+            sum = fen.checked_mul(num).and_then(|x| sum.checked_add(x)).ok_or_else(|| invalid(&at("amount"), "too large"))?;
+        }
+    }
+    Ok(sum)
+}
+
+/// A list as sent on the wire: JSON text with nested `amount` fen as yuan text with 2 decimals.
+fn list_to_wire(v: &Value) -> String {
+    let converted = match v {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::Object(o) => Value::Object(
+                        o.iter()
+                            .map(|(k, x)| match (k.as_str(), as_int(x)) {
+                                ("amount", Some(fen)) => (k.clone(), Value::String(money::fen_to_yuan(fen))),
+                                _ => (k.clone(), x.clone()),
+                            })
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    converted.to_string()
+}
+
+/// Read a yuan amount from its exact JSON text (number or string), never through a float.
+fn raw_amount_to_fen(raw: &RawValue) -> Result<i64, money::MoneyError> {
+    let text = raw.get().trim();
+    if text.starts_with('"') {
+        let v: Value = serde_json::from_str(text).map_err(|_| money::MoneyError::BadYuan(scrub(text)))?;
+        money::json_yuan_to_fen(&v)
+    } else {
+        money::yuan_to_fen(text)
+    }
+}
+
+/// JSON scalar as text: strings as they are, numbers in their exact written form.
+fn raw_text(raw: &RawValue) -> Option<String> {
+    let text = raw.get().trim();
+    if text.starts_with('"') {
+        serde_json::from_str::<String>(text).ok()
+    } else if text == "null" {
+        None
+    } else {
+        Some(text.to_string())
+    }
+}
+
+/// One answer field converted for the journal: amounts to fen, lists' amounts to fen, personal ids masked.
+fn convert_field(key: &str, raw: &RawValue) -> Value {
+    if AMOUNT_FIELDS.contains(&key) {
+        return match raw_amount_to_fen(raw) {
+            Ok(fen) => Value::from(fen),
+            Err(_) => {
+                tracing::warn!(field = key, "loyalty answer: amount field is not a yuan amount; kept as null");
+                Value::Null
+            }
+        };
+    }
+    match key {
+        // Items are read with raw values so nested amounts keep their exact text.
+        "vaucher" | "ticket" => match serde_json::from_str::<Vec<std::collections::BTreeMap<String, Box<RawValue>>>>(raw.get()) {
+            Ok(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|o| {
+                        let item = o.iter().map(|(k, v)| {
+                            let val = if k == "amount" {
+                                raw_amount_to_fen(v).map(Value::from).unwrap_or(Value::Null)
+                            } else {
+                                serde_json::from_str(v.get()).unwrap_or(Value::Null)
+                            };
+                            (k.clone(), val)
+                        });
+                        Value::Object(item.collect())
+                    })
+                    .collect(),
+            ),
+            Err(_) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+        },
+        "cardNo" | "idNo" => match raw_text(raw) {
+            Some(s) => Value::String(mask_card(&s)),
+            None => Value::Null,
+        },
+        _ => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+    }
+}
+
+/// Turn an HTTP answer into a [`Reply`], or the stage of failure: 5xx and garbage are Unknown, 4xx Rejected.
+pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
+    let body = String::from_utf8_lossy(&reply.body);
+    if reply.status >= 500 {
+        return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
+    }
+    if (400..500).contains(&reply.status) {
+        return Err(err(Stage::Rejected, format!("HTTP {}: {}", reply.status, scrub(&body))));
+    }
+    if !(200..300).contains(&reply.status) {
+        return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
+    }
+    let raw: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(&body).map_err(|e| err(Stage::Unknown, format!("answer is not JSON ({e}): {}", scrub(&body))))?;
+    let mut fields = Map::new();
+    let (mut code, mut message, mut reference, mut trans_time) = (None, None, None, None);
+    for (k, v) in &raw {
+        match k.as_str() {
+            "status" => code = raw_text(v),
+            "message" => message = raw_text(v),
+            // Key material stays out of the journal-bound fields; sign_on reads it separately.
+            "workingKey" => {}
+            _ => {
+                if k == "serialNo" {
+                    reference = raw_text(v);
+                }
+                if k == "transTime" {
+                    trans_time = raw_text(v);
+                }
+                fields.insert(k.clone(), convert_field(k, v));
+            }
+        }
+    }
+    let code = code.filter(|c| !c.is_empty()).ok_or_else(|| err(Stage::Unknown, format!("answer has no `status`: {}", scrub(&body))))?;
+    let (zh, en) = codes::lookup(&code);
+    let verdict = if code == "00" { Verdict::Approved } else { Verdict::Declined };
+    let message = message.filter(|s| !s.is_empty()).unwrap_or_else(|| zh.to_string());
+    Ok(Reply { verdict, code, message, message_en: en.to_string(), fields, reference, trans_time })
+}
+
+/// YYYYMMDD of an RFC 3339 time, as written (the original's local date).
+fn yyyymmdd(rfc3339: &str) -> Option<String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) {
+        return Some(t.format("%Y%m%d").to_string());
+    }
+    let head: String = rfc3339.chars().take(10).filter(|c| *c != '-').collect();
+    (head.len() == 8 && head.bytes().all(|b| b.is_ascii_digit())).then_some(head)
+}
+
+fn original_register_trace(o: &OriginalRef) -> Option<String> {
+    match o.public.get("registerTraceNo") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The value of a daemon-owned field for this request, or why it is missing.
+fn daemon_value(name: &str, required: bool, tx: &TxRequest<'_>) -> Result<Option<String>, String> {
+    let orig = || tx.original.ok_or_else(|| format!("`{name}` needs the original record"));
+    let v = match name {
+        "storeNo" => Some(tx.identity.store.clone()),
+        "terminalNo" => Some(tx.identity.terminal.clone()),
+        "operatorNo" => Some(tx.identity.operator.clone()),
+        "traceNo" => Some(tx.trace.to_string()),
+        "batchNo" => Some(tx.batch.to_string()),
+        "oriBatchNo" => Some(orig()?.batch.clone()),
+        "oriTraceNo" => Some(orig()?.trace.clone()),
+        "oriTransTime" => orig()?.trans_time.clone(),
+        "oriSerialNo" => orig()?.reference.clone(),
+        "oriTransDate" => yyyymmdd(&orig()?.created_at),
+        // Required by refund / refund-cancel even when the original sale had none: send it empty.
+        "oriRegisterTraceNo" => original_register_trace(orig()?).or_else(|| required.then(String::new)),
+        // Settlement names no card (see `settle`).
+        "cardNo" => Some(String::new()),
+        other => return Err(format!("no daemon value for `{other}`")),
+    };
+    match v {
+        None if required => Err(format!("the original record has no value for `{name}`")),
+        v => Ok(v),
+    }
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl LoyaltyBackend {
+    pub fn new(profile: &Profile, http: HttpsClient) -> Result<Self, ConfigError> {
+        let bad_key = |why: String| ConfigError::field(&profile.source, None, "secrets.master_key", why);
+        let tmk_text = profile.secret("master_key")?.expose_str().map_err(|_| bad_key("must be 32 hex characters (a double-length 3DES key), not binary".into()))?;
+        let tmk = crypto::parse_key_hex(tmk_text).map_err(|e| bad_key(format!("terminal master key: {e}")))?;
+        let prefix = profile.option_str("protocol_prefix", "v1")?.trim_matches('/').to_string();
+        if prefix.is_empty() || prefix.contains(['?', '#']) {
+            return Err(ConfigError::field(&profile.source, None, "options.protocol_prefix", "must be a path segment such as \"v1\""));
+        }
+        let upload = profile.option_str("upload_path", &format!("{prefix}/{}", wire::UPLOAD_PATH))?;
+        let credit_count_field = profile.option_str("credit_count_field", "pointCeditCount")?;
+        let base_url = profile.base_url.trim_end_matches('/');
+        Ok(LoyaltyBackend {
+            http,
+            base: format!("{base_url}/{prefix}/"),
+            upload_url: format!("{base_url}/{}", upload.trim_start_matches('/')),
+            credit_count_field,
+            tmk: Secret::new(tmk.to_vec()),
+        })
+    }
+
+    fn tmk(&self) -> Key16 {
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&self.tmk.expose()[..16]);
+        k
+    }
+
+    /// The clear PIN key, unwrapped from the session's `workingKey` at the moment of use.
+    fn pin_key(&self, session: &Value) -> Result<Key16, String> {
+        let wk = session.get("workingKey").and_then(Value::as_str).ok_or("no working key in the session: check in first")?;
+        crypto::unwrap_working_key(&self.tmk(), wk).map(|k| k.pin).map_err(|e| format!("session working key: {e}"))
+    }
+
+    /// The form fields of one request, in the spec's order. Transient fields (track data, PIN) only when
+    /// `with_transient`; errors name fields, never values.
+    pub fn build_form(&self, w: &WireOp, tx: &TxRequest<'_>, with_transient: bool) -> Result<Vec<(&'static str, String)>, String> {
+        let mut out = Vec::with_capacity(w.fields.len());
+        let card = || tx.vault.get("cardNo").and_then(Value::as_str).map(str::to_string).ok_or("`cardNo` is missing from the vault".to_string());
+        for f in w.fields {
+            let value = match (f.owner, f.kind) {
+                (Owner::Daemon, _) => daemon_value(f.name, f.required, tx)?,
+                (Owner::Pos, Kind::Card) => Some(card()?),
+                (Owner::Pos, Kind::Track) => if with_transient { tx.transient.get(f.name).and_then(text_of) } else { None },
+                (Owner::Pos, Kind::Pin) => match tx.transient.get(f.name).and_then(Value::as_str) {
+                    Some(pin) if with_transient => {
+                        let key = self.pin_key(tx.session)?;
+                        Some(crypto::encrypt_pin_block(&key, pin, &card()?).map_err(|e| format!("`password`: {e}"))?)
+                    }
+                    _ => None,
+                },
+                (Owner::Pos, Kind::Money) => match tx.public.get(f.name) {
+                    Some(v) => Some(money::fen_to_yuan(as_int(v).ok_or_else(|| format!("`{}` is not integer fen", f.name))?)),
+                    None => None,
+                },
+                (Owner::Pos, Kind::List) => tx.public.get(f.name).map(list_to_wire),
+                (Owner::Pos, Kind::Text) | (Owner::Pos, Kind::Total) => tx.public.get(f.name).and_then(text_of),
+            };
+            match value {
+                Some(v) => out.push((f.name, v)),
+                None if f.required => return Err(format!("`{}` is required and was not prepared", f.name)),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn http_for_tests(&self) -> &HttpsClient {
+        &self.http
+    }
+
+    #[cfg(test)]
+    pub(crate) fn base_for_tests(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_form(&self, url: &str, pairs: &[(&'static str, String)], journal_id: u64) -> Result<Reply, BackendError> {
+        let body = wire::encode_form(pairs);
+        let reply = self.http.post(url, FORM, Bytes::from(body), journal_id).await.map_err(net_error)?;
+        parse_reply(&reply)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for LoyaltyBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn operations(&self) -> &'static [OpSpec] {
+        wire::OP_SPECS
+    }
+
+    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>) -> Result<Prepared, PrepareError> {
+        let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown loyalty operation {operation:?}")))?;
+        // registerTraceNo is accepted on every operation that names a card: it is the POS's own reference,
+        // searched by and inherited by refunds; it is sent only where the spec lists it.
+        let extra_ok = |k: &str| k == "registerTraceNo" && w.fields.iter().any(|f| f.name == "cardNo" && f.owner == Owner::Pos);
+        for k in body.keys() {
+            if wire::DAEMON_OWNED.contains(&k.as_str()) {
+                return Err(PrepareError::DaemonOwned(k.clone()));
+            }
+            if ENVELOPE_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            if !w.fields.iter().any(|f| f.owner == Owner::Pos && f.name == k) && !extra_ok(k) {
+                return Err(invalid(k, format!("is not a field of `{operation}`")));
+            }
+        }
+        let original = match w.original_op {
+            Some(expected) => {
+                let o = original.ok_or_else(|| PrepareError::Missing("original".into()))?;
+                if o.operation != expected {
+                    return Err(invalid("original", format!("a `{operation}` needs a `{expected}` original, not a `{}`", o.operation)));
+                }
+                Some(o)
+            }
+            None => None,
+        };
+        let mut p = Prepared::default();
+        let mut card: Option<String> = None;
+        for f in w.fields.iter().filter(|f| f.owner == Owner::Pos) {
+            let v = match body.get(f.name) {
+                Some(Value::Null) | None => None,
+                Some(v) => Some(v),
+            };
+            match (f.kind, v) {
+                (Kind::Card, v) => {
+                    let given = match v {
+                        Some(Value::String(s)) => Some(s.trim().to_string()),
+                        Some(_) => return Err(invalid(f.name, "must be text")),
+                        None => None,
+                    };
+                    let from_original = original.and_then(|o| o.vault.get("cardNo")).and_then(Value::as_str).map(str::to_string);
+                    let c = match (given, from_original) {
+                        (Some(g), Some(o)) if g != o => return Err(invalid(f.name, "does not match the original's card")),
+                        (Some(g), _) => g,
+                        (None, Some(o)) => o,
+                        (None, None) => return Err(PrepareError::Missing(f.name.into())),
+                    };
+                    if !(8..=19).contains(&c.len()) || !c.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(invalid(f.name, "must be 8 to 19 digits"));
+                    }
+                    let masked = mask_card(&c);
+                    p.public.insert(f.name.into(), Value::String(masked.clone()));
+                    p.vault.insert(f.name.into(), Value::String(c.clone()));
+                    p.card_masked = Some(masked);
+                    card = Some(c);
+                }
+                (_, None) if f.required => return Err(PrepareError::Missing(f.name.into())),
+                (_, None) => {}
+                (Kind::Money, Some(v)) => {
+                    let fen = as_int(v).ok_or_else(|| invalid(f.name, "must be integer fen (not a float or text)"))?;
+                    if fen < 0 {
+                        return Err(invalid(f.name, "must not be negative"));
+                    }
+                    p.public.insert(f.name.into(), Value::from(fen));
+                }
+                (Kind::List, Some(v)) => {
+                    check_list(f.name, v)?;
+                    p.public.insert(f.name.into(), v.clone());
+                }
+                (Kind::Track, Some(v)) => {
+                    let s = v.as_str().ok_or_else(|| invalid(f.name, "must be text"))?;
+                    p.transient.insert(f.name.into(), Value::String(s.to_string()));
+                }
+                (Kind::Pin, Some(v)) => {
+                    let s = v.as_str().ok_or_else(|| invalid(f.name, "must be the PIN digits as text"))?;
+                    p.transient.insert(f.name.into(), Value::String(s.to_string()));
+                }
+                (Kind::Text, Some(v)) | (Kind::Total, Some(v)) => {
+                    let s = v.as_str().ok_or_else(|| invalid(f.name, "must be text"))?;
+                    if f.required && s.trim().is_empty() {
+                        return Err(PrepareError::Missing(f.name.into()));
+                    }
+                    p.public.insert(f.name.into(), Value::String(s.to_string()));
+                }
+            }
+        }
+        // The PIN block needs both the PIN and a card long enough for the format-0 PAN field.
+        if let Some(Value::String(pin)) = p.transient.get("password") {
+            let c = card.as_deref().unwrap_or_default();
+            crypto::pin_block_format0(pin, c).map_err(|e| invalid("password", e.to_string()))?;
+        }
+        match body.get("registerTraceNo") {
+            Some(Value::String(s)) if extra_ok("registerTraceNo") => {
+                p.public.insert("registerTraceNo".into(), Value::String(s.clone()));
+            }
+            Some(Value::Null) | None => {}
+            Some(_) => return Err(invalid("registerTraceNo", "must be text")),
+        }
+        // A refund inherits the sale's register reference, so its own cancel can quote it.
+        if let (None, Some(o)) = (p.public.get("registerTraceNo"), original) {
+            if let Some(r) = original_register_trace(o) {
+                p.public.insert("registerTraceNo".into(), Value::String(r));
+            }
+        }
+        p.pos_reference = p.public.get("registerTraceNo").and_then(Value::as_str).map(str::to_string);
+        let orig_amount = original.map(|o| o.amount_fen).unwrap_or(0);
+        let t = |k: &str, v: i64| (k.to_string(), v);
+        match operation {
+            "consume" => {
+                let amt = p.public.get("pointAmount").and_then(as_int).unwrap_or(0);
+                p.amount_fen = amt;
+                p.totals = vec![t("pointDebitCount", 1), t("pointDebitAmount", amt), t("totalTransCount", 1)];
+            }
+            "refund-cancel" => {
+                p.amount_fen = orig_amount;
+                p.totals = vec![t("pointDebitCount", 1), t("pointDebitAmount", orig_amount), t("totalTransCount", 1)];
+            }
+            "ticket-consume" => {
+                let amt = match p.public.get("ticket") {
+                    Some(v) => check_list("ticket", v)?,
+                    None => 0,
+                };
+                p.amount_fen = amt;
+                p.totals = vec![t("ticketDebitCount", 1), t("ticketDebitAmount", amt), t("totalTransCount", 1)];
+            }
+            "cancel" => {
+                p.amount_fen = orig_amount;
+                p.totals = vec![t("pointCreditCount", 1), t("pointCreditAmount", orig_amount), t("cancelCount", 1), t("totalTransCount", 1)];
+            }
+            "refund" => {
+                p.amount_fen = orig_amount;
+                p.totals = vec![t("pointCreditCount", 1), t("pointCreditAmount", orig_amount), t("refundCount", 1), t("totalTransCount", 1)];
+            }
+            "card-activate" => {
+                p.totals = vec![t("cardActiveCount", 1), t("totalTransCount", 1)];
+            }
+            _ => {}
+        }
+        Ok(p)
+    }
+
+    async fn sign_on(&self, identity: &TerminalIdentity, journal_id: u64, trace: &str) -> Result<SignOn, BackendError> {
+        let Some(w) = wire::op("checkin") else { return Err(err(Stage::NotSent, "no checkin interface")) };
+        let empty = Map::new();
+        let tx = TxRequest {
+            journal_id,
+            operation: "checkin",
+            identity,
+            trace,
+            batch: "",
+            session: &Value::Null,
+            public: &empty,
+            vault: &empty,
+            transient: &empty,
+            original: None,
+        };
+        let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
+        let url = self.url(w.path);
+        let http = self.http.post(&url, FORM, Bytes::from(wire::encode_form(&form)), journal_id).await.map_err(net_error)?;
+        let reply = parse_reply(&http)?;
+        if reply.verdict != Verdict::Approved {
+            return Err(err(Stage::Rejected, format!("checkin declined: {} {}", reply.code, reply.message)));
+        }
+        // The working key is read from the raw answer: `parse_reply` keeps key material out of `fields`.
+        let raw: Map<String, Value> = serde_json::from_slice(&http.body).map_err(|e| err(Stage::Unknown, format!("answer is not JSON: {e}")))?;
+        let wk = raw.get("workingKey").and_then(Value::as_str).ok_or_else(|| err(Stage::Rejected, "checkin answer has no `workingKey`"))?;
+        crypto::unwrap_working_key(&self.tmk(), wk).map_err(|e| err(Stage::Rejected, format!("checkin answer has a malformed `workingKey`: {e}")))?;
+        let batch = match raw.get("batchNo") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.as_u64().map(|b| format!("{b:06}")).unwrap_or_default(),
+            _ => String::new(),
+        };
+        if batch.len() != 6 || !batch.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err(Stage::Rejected, format!("checkin answer has a malformed `batchNo`: {}", scrub(&batch))));
+        }
+        let store_name = raw.get("storeName").cloned().unwrap_or(Value::Null);
+        tracing::info!(terminal = %identity.terminal, batch = %batch, "loyalty check-in done");
+        Ok(SignOn { batch: Some(batch), session: json!({ "workingKey": wk, "storeName": store_name }), reply })
+    }
+
+    async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError> {
+        let w = wire::op(tx.operation).ok_or_else(|| err(Stage::NotSent, format!("unknown loyalty operation {:?}", tx.operation)))?;
+        if matches!(w.spec.class, OpClass::SignOn | OpClass::Settle) {
+            return Err(err(Stage::NotSent, format!("`{}` is run through sign_on / settle", tx.operation)));
+        }
+        let form = self.build_form(w, &tx, true).map_err(|d| err(Stage::NotSent, d))?;
+        tracing::debug!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty request");
+        self.post_form(&self.url(w.path), &form, tx.journal_id).await
+    }
+
+    async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError> {
+        if how != Recovery::Reverse {
+            return Ok(Recovered::Again("not supported".into()));
+        }
+        let w = wire::op(tx.operation).ok_or_else(|| err(Stage::NotSent, format!("unknown loyalty operation {:?}", tx.operation)))?;
+        let Some(path) = w.reversal else {
+            return Ok(Recovered::Again(format!("`{}` has no reversal interface", tx.operation)));
+        };
+        // The reversal repeats the original request, rebuilt from the journal: no track data, no PIN.
+        let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
+        tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty reversal");
+        let reply = self.post_form(&self.url(path), &form, tx.journal_id).await?;
+        if codes::reversal_done(&reply.code) {
+            Ok(Recovered::Reversed { code: reply.code, message: reply.message })
+        } else {
+            Ok(Recovered::Again(format!("{} {}", reply.code, reply.message)))
+        }
+    }
+
+    /// Settlement. The spec lists `cardNo` as required, but a settlement concerns no card: it is sent as an
+    /// empty field (present, so a strict server finds it; empty, so no card number is invented).
+    async fn settle(&self, req: SettleRequest<'_>) -> Result<Settled, BackendError> {
+        let Some(w) = wire::op("settle") else { return Err(err(Stage::NotSent, "no settle interface")) };
+        let mut form: Vec<(String, String)> = vec![
+            ("storeNo".into(), req.identity.store.clone()),
+            ("terminalNo".into(), req.identity.terminal.clone()),
+            ("cardNo".into(), String::new()),
+            ("traceNo".into(), req.trace.to_string()),
+            ("batchNo".into(), req.batch.to_string()),
+        ];
+        for &(wire_name, key, is_amount) in wire::TOTALS {
+            let v = req.totals.get(key).copied().unwrap_or(0);
+            let name = if key == "pointCreditCount" { self.credit_count_field.clone() } else { wire_name.to_string() };
+            form.push((name, if is_amount { money::fen_to_yuan(v) } else { v.to_string() }));
+        }
+        let pairs: Vec<(&str, String)> = form.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let body = wire::encode_form(&pairs);
+        let http = self.http.post(&self.url(w.path), FORM, Bytes::from(body), req.journal_id).await.map_err(net_error)?;
+        let reply = parse_reply(&http)?;
+        if reply.verdict != Verdict::Approved {
+            return Err(err(Stage::Rejected, format!("settle declined: {} {}", reply.code, reply.message)));
+        }
+        let flag = reply.fields.get("settleFlag").and_then(Value::as_str).unwrap_or_default();
+        if flag == "ss" {
+            return Ok(Settled { balanced: true, uploaded: false, reply });
+        }
+        tracing::warn!(batch = req.batch, flag, lines = req.lines.len(), "loyalty settlement unbalanced; uploading the batch's lines");
+        let lines = serde_json::to_vec(req.lines).map_err(|e| err(Stage::NotSent, format!("lines: {e}")))?;
+        let up = self.http.post(&self.upload_url, "application/json", Bytes::from(lines), req.journal_id).await.map_err(net_error)?;
+        match up.status {
+            200..=299 => Ok(Settled { balanced: false, uploaded: true, reply }),
+            400..=499 => Err(err(Stage::Rejected, format!("upload: HTTP {}: {}", up.status, scrub(&String::from_utf8_lossy(&up.body))))),
+            s => Err(err(Stage::Unknown, format!("upload: HTTP {s}: {}", scrub(&String::from_utf8_lossy(&up.body))))),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,661 @@
+//! The HTTP/1.1 server of the local API: accept loop, auth, routing, body limits, graceful shutdown.
+//!
+//! The caller binds the listeners and hands over a shutdown future (mini-redis style), so bind
+//! errors are reported before the daemon says it is ready, and tests can bind port 0.
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Map, Value};
+use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::problem::Problem;
+use super::{sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
+use crate::engine::JournalQuery;
+
+/// Every response body of the API (JSON bodies and the SSE stream).
+pub type ApiBody = BoxBody<Bytes, Infallible>;
+
+/// How long in-flight requests may take to finish once shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The response header carrying the request id (echoed from the request when it is sane).
+pub const REQUEST_ID: &str = "x-request-id";
+/// The request header that makes a retried operation return the first result.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    Status,
+    Events,
+    Scans,
+    Run,
+    Journal,
+    JournalRecord,
+    Reversals,
+    RetryReversal,
+    OpenApi,
+}
+
+/// One route: method, path pattern (`{name}` matches one non-empty segment) and handler.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub pattern: &'static str,
+    pub handler: Handler,
+}
+
+/// The route table, used by the router and checked against the OpenAPI document by a test.
+pub const ROUTES: &[Route] = &[
+    Route { method: "GET", pattern: "/v1/status", handler: Handler::Status },
+    Route { method: "GET", pattern: "/v1/events", handler: Handler::Events },
+    Route { method: "POST", pattern: "/v1/scans", handler: Handler::Scans },
+    Route { method: "POST", pattern: "/v1/profiles/{profile}/{operation}", handler: Handler::Run },
+    Route { method: "GET", pattern: "/v1/journal", handler: Handler::Journal },
+    Route { method: "GET", pattern: "/v1/journal/{id}", handler: Handler::JournalRecord },
+    Route { method: "GET", pattern: "/v1/reversals", handler: Handler::Reversals },
+    Route { method: "POST", pattern: "/v1/reversals/{id}/retry", handler: Handler::RetryReversal },
+    Route { method: "GET", pattern: "/v1/openapi", handler: Handler::OpenApi },
+];
+
+/// Which listener a request came in on; TCP requests must carry the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Unix,
+    Tcp,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Unix => "unix",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+struct State {
+    service: Arc<dyn Service>,
+    /// SHA-1 of the token: compared in constant time, and equal length whatever the client sends.
+    token_digest: Option<[u8; 20]>,
+    max_body: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Bind the API's Unix socket: refuse if a live daemon answers on it, remove a stale socket file,
+/// bind, and set mode 0660 so only the owner and the `posgate` group can talk to the daemon.
+pub fn bind_unix(path: impl AsRef<Path>) -> Result<UnixListener, ApiError> {
+    let path = path.as_ref();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ApiError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(|source| ApiError::Stale { path: path.to_path_buf(), source })?;
+        }
+        Ok(_) => {
+            // Never delete something that is not a socket: the path is probably misconfigured.
+            let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket");
+            return Err(ApiError::Bind { path: path.to_path_buf(), source });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ApiError::Stale { path: path.to_path_buf(), source }),
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind { path: path.to_path_buf(), source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|source| ApiError::Permissions { path: path.to_path_buf(), source })?;
+    Ok(listener)
+}
+
+/// Serve the API on the given listeners until `shutdown` completes; then stop accepting, end
+/// SSE streams, give in-flight requests [`SHUTDOWN_GRACE`] to finish, and remove the socket file.
+pub async fn serve(
+    service: Arc<dyn Service>,
+    listeners: Listeners,
+    opts: ApiOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ApiError> {
+    let Listeners { unix, tcp } = listeners;
+    if unix.is_none() && tcp.is_none() {
+        return Err(ApiError::NoListener);
+    }
+    let token_digest = match &opts.token {
+        Some(t) => {
+            let text = t.expose_str().map_err(|_| ApiError::BadToken)?;
+            if text.is_empty() {
+                return Err(ApiError::BadToken);
+            }
+            Some(digest(text.as_bytes()))
+        }
+        None if tcp.is_some() => return Err(ApiError::TcpWithoutToken),
+        None => None,
+    };
+    if let Some(addr) = tcp.as_ref().and_then(|l| l.local_addr().ok()) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the API's TCP listener is not on loopback; only the bearer token protects it");
+        }
+        tracing::info!(%addr, "local API listening on TCP");
+    }
+    let unix_path = unix.as_ref().and_then(|l| l.local_addr().ok()).and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    if let Some(p) = &unix_path {
+        tracing::info!(path = %p.display(), "local API listening on Unix socket");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = Arc::new(State { service, token_digest, max_body: opts.max_body_bytes, shutdown: stop_rx.clone() });
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = accept_unix(unix.as_ref()) => match r {
+                Ok(stream) => {
+                    conns.spawn(serve_conn(state.clone(), stream, Transport::Unix, stop_rx.clone()));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            r = accept_tcp(tcp.as_ref()) => match r {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve_conn(state.clone(), stream, Transport::Tcp, stop_rx.clone()));
+                }
+                Err(e) => accept_failed(e).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+
+    drop(unix);
+    drop(tcp);
+    if let Some(p) = &unix_path {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(open = conns.len(), "API connections still busy after the shutdown grace period; closing them");
+        conns.abort_all();
+    }
+    tracing::info!("local API stopped");
+    Ok(())
+}
+
+async fn accept_unix(l: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_tcp(l: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept errors (out of file descriptors and the like) are transient: log, pause, go on.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accepting an API connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn serve_conn<I>(state: Arc<State>, io: I, transport: Transport, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, transport, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, transport = transport.name(), "API connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Answer one request: run it, stamp `X-Request-Id`, log method/path/status/ms (never bodies).
+async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let request_id = request_id(req.headers());
+    // A separate task, so an operation runs to completion even if the POS app hangs up mid-request
+    // (the engine journals the outcome either way), and a panic answers 500 instead of a reset.
+    let mut resp = match tokio::spawn(route(state, transport, req)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, %method, %path, %request_id, "API handler failed");
+            Problem::internal(format!("the request failed inside the daemon; see its log for request id {request_id}")).into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    tracing::info!(
+        target: "posgate::api",
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        %request_id,
+        transport = transport.name(),
+        "request"
+    );
+    resp
+}
+
+/// The client's `X-Request-Id` when it is short and plain, else a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(given) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        let ok = !given.is_empty() && given.len() <= 64 && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if ok {
+            return given.to_string();
+        }
+    }
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn digest(bytes: &[u8]) -> [u8; 20] {
+    Sha1::digest(bytes).into()
+}
+
+fn check_bearer(expected: Option<&[u8; 20]>, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(expected) = expected else {
+        return Err(Problem::unauthorized("no token is configured for TCP clients"));
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(Problem::unauthorized("requests over TCP need `Authorization: Bearer <token>`"));
+    };
+    let value = value.as_bytes();
+    let token = match value.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => value[7..].trim_ascii(),
+        _ => return Err(Problem::unauthorized("the Authorization header must use the Bearer scheme")),
+    };
+    if bool::from(digest(token).ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(Problem::unauthorized("the bearer token is wrong"))
+    }
+}
+
+enum RouteMatch {
+    Found(Handler, Vec<String>),
+    /// The path exists but not with this method: the methods it has.
+    WrongMethod(Vec<&'static str>),
+    NotFound,
+}
+
+fn find_route(method: &Method, path: &str) -> RouteMatch {
+    let mut allow = Vec::new();
+    for r in ROUTES {
+        if let Some(params) = match_pattern(r.pattern, path) {
+            if r.method == method.as_str() {
+                return RouteMatch::Found(r.handler, params);
+            }
+            allow.push(r.method);
+        }
+    }
+    if allow.is_empty() {
+        RouteMatch::NotFound
+    } else {
+        RouteMatch::WrongMethod(allow)
+    }
+}
+
+/// Match `path` against `pattern`; the decoded `{param}` segments in order.
+fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let mut params = Vec::new();
+    let mut pat = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return Some(params),
+            (Some(p), Some(g)) => {
+                if p.starts_with('{') && p.ends_with('}') {
+                    if g.is_empty() {
+                        return None;
+                    }
+                    params.push(percent_decode(g)?);
+                } else if p != g {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn route(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
+    if transport == Transport::Tcp {
+        if let Err(p) = check_bearer(state.token_digest.as_ref(), req.headers()) {
+            return p.into_response();
+        }
+    }
+    let (handler, params) = match find_route(req.method(), req.uri().path()) {
+        RouteMatch::Found(h, p) => (h, p),
+        RouteMatch::WrongMethod(allow) => {
+            let allow = allow.join(", ");
+            return Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{} {} is not a route; allowed: {allow}", req.method(), req.uri().path()),
+            )
+            .with_header("allow", allow)
+            .into_response();
+        }
+        RouteMatch::NotFound => return Problem::not_found(req.uri().path()).into_response(),
+    };
+    match dispatch(&state, handler, params, req).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Request<Incoming>) -> Result<Response<ApiBody>, Problem> {
+    let svc = &state.service;
+    match handler {
+        Handler::Status => Ok(json_response(StatusCode::OK, &svc.status().await)),
+        Handler::Events => {
+            let body = sse::start(svc.subscribe(), state.shutdown.clone());
+            let mut resp = Response::new(BodyExt::boxed(body));
+            let h = resp.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            Ok(resp)
+        }
+        Handler::Scans => {
+            let body = read_json_object(req, state.max_body, false).await?;
+            match body.get("text") {
+                Some(Value::String(t)) if !t.is_empty() => {}
+                Some(Value::String(_)) => return Err(Problem::invalid_param("text", "must not be empty")),
+                Some(_) => return Err(Problem::invalid_param("text", "must be a string")),
+                None => return Err(Problem::invalid_param("text", "is required")),
+            }
+            if !matches!(body.get("device"), None | Some(Value::Null) | Some(Value::String(_))) {
+                return Err(Problem::invalid_param("device", "must be a string"));
+            }
+            Err(Problem::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "Not implemented yet",
+                "scans arrive with the counter-devices work",
+            ))
+        }
+        Handler::Run => {
+            let [profile, operation] = <[String; 2]>::try_from(params).map_err(|_| Problem::internal("route parameters"))?;
+            let key = idempotency_key(req.headers())?;
+            let body = read_json_object(req, state.max_body, true).await?;
+            let answer = svc.run(&profile, &operation, Value::Object(body), key.as_deref()).await.map_err(|e| Problem::from_engine(&e))?;
+            let status = StatusCode::from_u16(answer.http_status)
+                .map_err(|_| Problem::internal(format!("the engine answered with HTTP status {}", answer.http_status)))?;
+            Ok(json_response(status, &answer.body))
+        }
+        Handler::Journal => {
+            let q = parse_journal_query(req.uri().query())?;
+            let records = svc.journal(&q).await.map_err(|e| Problem::from_engine(&e))?;
+            let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+            let next_before = if records.len() >= limit { records.last().and_then(|r| r.get("id")).cloned() } else { None };
+            Ok(json_response(StatusCode::OK, &json!({ "records": records, "next_before": next_before })))
+        }
+        Handler::JournalRecord => {
+            let id = parse_id(&params)?;
+            let rec = svc.journal_record(id).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &rec))
+        }
+        Handler::Reversals => {
+            let records = svc.recoveries().await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &json!({ "records": records })))
+        }
+        Handler::RetryReversal => {
+            let id = parse_id(&params)?;
+            let rec = svc.retry_recovery(id).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &rec))
+        }
+        Handler::OpenApi => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())).boxed());
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
+    let bytes = Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+    let mut resp = Response::new(Full::new(bytes).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn parse_id(params: &[String]) -> Result<u64, Problem> {
+    let raw = params.first().ok_or_else(|| Problem::internal("route parameters"))?;
+    raw.parse::<u64>().map_err(|_| Problem::invalid_param("id", format!("{raw:?} is not a journal id (a whole number)")))
+}
+
+/// `Idempotency-Key`: 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| Problem::invalid_param("Idempotency-Key", "must be visible ASCII"))?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::invalid_param("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+    }
+    Ok(Some(s.to_string()))
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Read a JSON object body within `limit` bytes. With `empty_ok`, an empty body means `{}`
+/// (operations such as `settle` need no fields).
+async fn read_json_object(req: Request<Incoming>, limit: usize, empty_ok: bool) -> Result<Map<String, Value>, Problem> {
+    let headers = req.headers();
+    if let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(Problem::too_large(limit));
+        }
+    }
+    let content_type = match headers.get(CONTENT_TYPE) {
+        Some(v) => {
+            let ct = v.to_str().unwrap_or("(not text)").to_string();
+            if !is_json(&ct) {
+                return Err(Problem::unsupported_media_type(&ct));
+            }
+            Some(ct)
+        }
+        None => None,
+    };
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                Problem::too_large(limit)
+            } else {
+                Problem::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if empty_ok {
+            return Ok(Map::new());
+        }
+        return Err(Problem::bad_request("the request body is empty; a JSON object is required"));
+    }
+    if content_type.is_none() {
+        return Err(Problem::unsupported_media_type("(none)"));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::invalid_json(format!("request body is not valid JSON: {e}")).with_extra("line", json!(e.line())).with_extra("column", json!(e.column()))
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(Problem::bad_request(format!("the request body must be a JSON object, not {}", json_kind(&other)))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The engine's default page size for `GET /v1/journal`.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// POS status words and the internal states the journal filter accepts.
+const STATUS_WORDS: &[&str] = &["approved", "declined", "reversed", "pending", "failed", "unknown"];
+
+fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
+    let mut q = JournalQuery::default();
+    let mut seen = HashSet::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !seen.insert(k.to_string()) {
+            return Err(Problem::invalid_param(&k, "given more than once"));
+        }
+        if v.is_empty() {
+            continue; // an empty form field means "no filter"
+        }
+        match k.as_ref() {
+            "profile" => q.profile = Some(v.into_owned()),
+            "batch" => q.batch = Some(v.into_owned()),
+            "status" => {
+                if !STATUS_WORDS.contains(&v.as_ref()) {
+                    return Err(Problem::invalid_param("status", format!("{v:?} is not one of {}", STATUS_WORDS.join(", "))));
+                }
+                q.status = Some(v.into_owned());
+            }
+            "date" => {
+                chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").map_err(|_| Problem::invalid_param("date", format!("{v:?} is not a YYYY-MM-DD date")))?;
+                q.date = Some(v.into_owned());
+            }
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = Some(n),
+                _ => return Err(Problem::invalid_param("limit", format!("{v:?} is not a whole number from 1 to {MAX_LIMIT}"))),
+            },
+            "before" => {
+                q.before = Some(v.parse::<u64>().map_err(|_| Problem::invalid_param("before", format!("{v:?} is not a journal id")))?);
+            }
+            other => {
+                return Err(Problem::invalid_param(other, "unknown; known parameters: profile, batch, status, date, limit, before"));
+            }
+        }
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_segments_and_decode_params() {
+        assert_eq!(match_pattern("/v1/profiles/{profile}/{operation}", "/v1/profiles/store%201/checkin"), Some(vec!["store 1".into(), "checkin".into()]));
+        assert_eq!(match_pattern("/v1/journal/{id}", "/v1/journal/"), None);
+        assert_eq!(match_pattern("/v1/journal", "/v1/journal/5"), None);
+        assert_eq!(match_pattern("/v1/status", "/v1/status/"), None);
+    }
+
+    #[test]
+    fn wrong_method_lists_allowed_methods() {
+        match find_route(&Method::DELETE, "/v1/journal") {
+            RouteMatch::WrongMethod(a) => assert_eq!(a, vec!["GET"]),
+            _ => panic!("expected 405"),
+        }
+        assert!(matches!(find_route(&Method::GET, "/v2/status"), RouteMatch::NotFound));
+    }
+
+    #[test]
+    fn journal_query_names_the_bad_parameter() {
+        let q = parse_journal_query(Some("profile=a&batch=000001&status=approved&date=2024-05-01&limit=5&before=99")).expect("valid");
+        assert_eq!((q.limit, q.before, q.date.as_deref()), (Some(5), Some(99), Some("2024-05-01")));
+        for (bad, name) in [("limit=x", "limit"), ("date=2024-13-01", "date"), ("status=lost", "status"), ("colour=red", "colour"), ("profile=a&profile=b", "profile")] {
+            let p = parse_journal_query(Some(bad)).expect_err(bad);
+            assert_eq!(p.status, StatusCode::BAD_REQUEST);
+            assert!(p.detail.contains(name), "{bad}: {}", p.detail);
+        }
+    }
+
+    #[test]
+    fn bearer_check_is_strict() {
+        let d = digest(b"s3cret");
+        let mut h = HeaderMap::new();
+        assert!(check_bearer(Some(&d), &h).is_err());
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(check_bearer(Some(&d), &h).is_ok());
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer s3cre"));
+        assert!(check_bearer(Some(&d), &h).is_err());
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic czNjcmV0"));
+        assert!(check_bearer(Some(&d), &h).is_err());
+        assert!(check_bearer(None, &h).is_err());
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/merge-patch+json"));
+        assert!(!is_json("text/plain"));
+    }
+}

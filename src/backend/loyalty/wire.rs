@@ -1,0 +1,337 @@
+//! The loyalty wire vocabulary: each operation's path, reversal path and fields (the spec's 接口报文), and form encoding.
+//!
+//! The table is shared by the backend (which fields to accept from the POS, which to fill, what to send)
+//! and by the simulator (which fields to require), so the two cannot drift apart.
+use crate::backend::{OpClass, OpSpec, Recovery};
+
+/// Who supplies a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The POS request body.
+    Pos,
+    /// The daemon: identity, trace/batch, `ori*` references from the journal.
+    Daemon,
+}
+
+/// How a POS field is typed and where it may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain text, journal-safe.
+    Text,
+    /// The card number: masked in the journal, clear only in the vault.
+    Card,
+    /// Money: integer fen from the POS, yuan with 2 decimals on the wire.
+    Money,
+    /// A list of objects (`vaucher`, `ticket`): JSON text in its form field, nested `amount` is money.
+    List,
+    /// Track data: first send only, never stored.
+    Track,
+    /// The clear PIN from the POS, sent as an encrypted PIN block; first send only.
+    Pin,
+    /// A settlement total: count or amount, filled from the engine's totals.
+    Total,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    /// The spec's `!` column.
+    pub required: bool,
+    pub owner: Owner,
+    pub kind: Kind,
+}
+
+const fn d(name: &'static str, required: bool) -> Field {
+    Field { name, required, owner: Owner::Daemon, kind: Kind::Text }
+}
+const fn p(name: &'static str, required: bool, kind: Kind) -> Field {
+    Field { name, required, owner: Owner::Pos, kind }
+}
+const fn t(name: &'static str) -> Field {
+    Field { name, required: true, owner: Owner::Daemon, kind: Kind::Total }
+}
+
+/// One loyalty interface.
+#[derive(Debug, Clone, Copy)]
+pub struct WireOp {
+    pub spec: OpSpec,
+    /// Path after `{base_url}/{protocol_prefix}/`.
+    pub path: &'static str,
+    /// The reversal interface, for operations the spec gives one.
+    pub reversal: Option<&'static str>,
+    /// Request fields in the spec's order.
+    pub fields: &'static [Field],
+    /// The operation the original record must be (cancel: consume, refund: consume, refund-cancel: refund).
+    pub original_op: Option<&'static str>,
+}
+
+/// Fields the POS may never send: the daemon fills them from its identity and journal.
+pub const DAEMON_OWNED: &[&str] = &[
+    "storeNo",
+    "terminalNo",
+    "operatorNo",
+    "traceNo",
+    "batchNo",
+    "oriBatchNo",
+    "oriTraceNo",
+    "oriTransTime",
+    "oriSerialNo",
+    "oriTransDate",
+    "oriRegisterTraceNo",
+];
+
+const ID: [Field; 2] = [d("storeNo", true), d("terminalNo", true)];
+const TB: [Field; 2] = [d("traceNo", true), d("batchNo", true)];
+
+const CHECKIN: &[Field] = &[ID[0], ID[1], d("operatorNo", true)];
+const CARD_QUERY: &[Field] = &[ID[0], ID[1], p("cardNo", true, Kind::Card), TB[0], TB[1]];
+const CONSUME: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    p("password", false, Kind::Pin),
+    p("consumeType", true, Kind::Text),
+    p("pointAmount", true, Kind::Money),
+    p("cashAmount", true, Kind::Money),
+    p("vaucher", false, Kind::List),
+    p("registerTraceNo", false, Kind::Text),
+];
+const CANCEL: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    d("oriBatchNo", true),
+    d("oriTraceNo", true),
+    d("oriTransTime", true),
+    d("oriRegisterTraceNo", false),
+];
+const REFUND: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    d("oriSerialNo", true),
+    d("oriTransDate", true),
+    d("oriRegisterTraceNo", true),
+];
+const REFUND_CANCEL: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    d("oriSerialNo", true),
+    d("oriBatchNo", true),
+    d("oriTraceNo", true),
+    d("oriTransTime", true),
+    d("oriRegisterTraceNo", true),
+];
+const TICKET_CONSUME: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    // The spec leaves the constraint column empty, but a ticket consume without tickets means nothing.
+    p("ticket", true, Kind::List),
+];
+const SEND_VERIFY_CODE: &[Field] = &[ID[0], ID[1], p("mobileNo", true, Kind::Text), d("traceNo", false), d("batchNo", false)];
+const CARD_ACTIVATE: &[Field] = &[
+    ID[0],
+    ID[1],
+    p("cardNo", true, Kind::Card),
+    TB[0],
+    TB[1],
+    p("track2", false, Kind::Track),
+    p("track3", false, Kind::Track),
+    p("mobileNo", true, Kind::Text),
+    p("verifyCode", true, Kind::Text),
+    p("idType", true, Kind::Text),
+    p("idNo", false, Kind::Text),
+];
+/// `cardNo` is listed `!` for settlement; the daemon sends it empty (a settlement names no card).
+const SETTLE: &[Field] = &[
+    ID[0],
+    ID[1],
+    d("cardNo", true),
+    TB[0],
+    TB[1],
+    t("pointDebitCount"),
+    t("pointDebitAmount"),
+    t("pointCeditCount"),
+    t("pointCreditAmount"),
+    t("ticketDebitCount"),
+    t("ticketDebitAmount"),
+    t("ticketCreditCount"),
+    t("ticketCreditAmount"),
+    t("totalTransCount"),
+    t("cancelCount"),
+    t("refundCount"),
+    t("cardActiveCount"),
+];
+
+const fn spec(name: &'static str, class: OpClass, needs_original: bool) -> OpSpec {
+    OpSpec { name, class, needs_original }
+}
+
+/// Every loyalty operation, in the order of the spec's 接口列表.
+pub static OPS: &[WireOp] = &[
+    WireOp { spec: spec("checkin", OpClass::SignOn, false), path: "jpos/terminal/checkin", reversal: None, fields: CHECKIN, original_op: None },
+    WireOp { spec: spec("card-query", OpClass::Inquiry, false), path: "jpos/cards", reversal: None, fields: CARD_QUERY, original_op: None },
+    WireOp {
+        spec: spec("consume", OpClass::Financial(Recovery::Reverse), false),
+        path: "jpos/trans/consume",
+        reversal: Some("jpos/trans/consumeReversal"),
+        fields: CONSUME,
+        original_op: None,
+    },
+    WireOp {
+        spec: spec("cancel", OpClass::Financial(Recovery::Reverse), true),
+        path: "jpos/trans/cancel",
+        reversal: Some("jpos/trans/cancelReversal"),
+        fields: CANCEL,
+        original_op: Some("consume"),
+    },
+    WireOp { spec: spec("refund", OpClass::Financial(Recovery::Manual), true), path: "jpos/refunds", reversal: None, fields: REFUND, original_op: Some("consume") },
+    WireOp {
+        spec: spec("refund-cancel", OpClass::Financial(Recovery::Manual), true),
+        path: "jpos/refunds/cancel",
+        reversal: None,
+        fields: REFUND_CANCEL,
+        original_op: Some("refund"),
+    },
+    WireOp { spec: spec("ticket-query", OpClass::Inquiry, false), path: "jpos/tickets", reversal: None, fields: CARD_QUERY, original_op: None },
+    WireOp {
+        spec: spec("ticket-consume", OpClass::Financial(Recovery::Reverse), false),
+        path: "jpos/tickets/consume",
+        reversal: Some("jpos/tickets/consumeReversal"),
+        fields: TICKET_CONSUME,
+        original_op: None,
+    },
+    WireOp { spec: spec("send-verify-code", OpClass::Inquiry, false), path: "jpos/mobile/sendVerifyCode", reversal: None, fields: SEND_VERIFY_CODE, original_op: None },
+    WireOp { spec: spec("card-activate", OpClass::Financial(Recovery::Manual), false), path: "jpos/card/active", reversal: None, fields: CARD_ACTIVATE, original_op: None },
+    WireOp { spec: spec("settle", OpClass::Settle, false), path: "jpos/trans/settle", reversal: None, fields: SETTLE, original_op: None },
+];
+
+/// The same list as the engine sees it.
+pub static OP_SPECS: &[OpSpec] = &[
+    OPS[0].spec,
+    OPS[1].spec,
+    OPS[2].spec,
+    OPS[3].spec,
+    OPS[4].spec,
+    OPS[5].spec,
+    OPS[6].spec,
+    OPS[7].spec,
+    OPS[8].spec,
+    OPS[9].spec,
+    OPS[10].spec,
+];
+
+/// Default path of the settlement upload (after the protocol prefix).
+pub const UPLOAD_PATH: &str = "jpos/trans/upload";
+
+pub fn op(name: &str) -> Option<&'static WireOp> {
+    OPS.iter().find(|o| o.spec.name == name)
+}
+
+/// The operation served at a path (after the prefix), and whether the path is its reversal.
+pub fn op_by_path(path: &str) -> Option<(&'static WireOp, bool)> {
+    OPS.iter().find_map(|o| {
+        if o.path == path {
+            Some((o, false))
+        } else if o.reversal == Some(path) {
+            Some((o, true))
+        } else {
+            None
+        }
+    })
+}
+
+/// The settlement total fields: (wire name, engine total key, is an amount).
+/// The spec's 名称字典 spells the credit count `pointCeditCount`; the engine key is `pointCreditCount`.
+pub const TOTALS: &[(&str, &str, bool)] = &[
+    ("pointDebitCount", "pointDebitCount", false),
+    ("pointDebitAmount", "pointDebitAmount", true),
+    ("pointCeditCount", "pointCreditCount", false),
+    ("pointCreditAmount", "pointCreditAmount", true),
+    ("ticketDebitCount", "ticketDebitCount", false),
+    ("ticketDebitAmount", "ticketDebitAmount", true),
+    ("ticketCreditCount", "ticketCreditCount", false),
+    ("ticketCreditAmount", "ticketCreditAmount", true),
+    ("totalTransCount", "totalTransCount", false),
+    ("cancelCount", "cancelCount", false),
+    ("refundCount", "refundCount", false),
+    ("cardActiveCount", "cardActiveCount", false),
+];
+
+/// `application/x-www-form-urlencoded` body from ordered pairs (WHATWG encoding: space as `+`).
+pub fn encode_form(pairs: &[(&str, String)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// Parse a form body into ordered pairs (the simulator's side).
+pub fn decode_form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_covers_every_interface_once() {
+        assert_eq!(OPS.len(), 11);
+        for (o, s) in OPS.iter().zip(OP_SPECS) {
+            assert_eq!(o.spec.name, s.name);
+            assert_eq!(o.spec.needs_original, o.original_op.is_some(), "{}", o.spec.name);
+            for f in o.fields {
+                if DAEMON_OWNED.contains(&f.name) {
+                    assert_eq!(f.owner, Owner::Daemon, "{}.{}", o.spec.name, f.name);
+                }
+            }
+        }
+        assert_eq!(op_by_path("jpos/trans/cancelReversal").map(|(o, r)| (o.spec.name, r)), Some(("cancel", true)));
+        assert_eq!(op_by_path("jpos/refunds").map(|(o, r)| (o.spec.name, r)), Some(("refund", false)));
+        assert!(op("refund").is_some_and(|o| o.reversal.is_none()));
+    }
+
+    #[test]
+    fn form_encoding_matches_python_urlencode() {
+        // Expected text from python3: urllib.parse.urlencode([...]) (quote_plus), same pairs.
+        let body = encode_form(&[
+            ("storeNo", "100000000000001".into()),
+            ("consumeType", "01".into()),
+            ("pointAmount", "10.50".into()),
+            ("vaucher", r#"[{"id":1,"num":2}]"#.into()),
+            ("registerTraceNo", "R 20141103/001&x=1".into()),
+            ("name", "张三".into()),
+        ]);
+        assert_eq!(
+            body,
+            "storeNo=100000000000001&consumeType=01&pointAmount=10.50&vaucher=%5B%7B%22id%22%3A1%2C%22num%22%3A2%7D%5D&registerTraceNo=R+20141103%2F001%26x%3D1&name=%E5%BC%A0%E4%B8%89"
+        );
+        let back = decode_form(body.as_bytes());
+        assert_eq!(back[3], ("vaucher".to_string(), r#"[{"id":1,"num":2}]"#.to_string()));
+        assert_eq!(back[5].1, "张三");
+    }
+}

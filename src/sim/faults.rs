@@ -1,0 +1,123 @@
+//! Fault injection shared by the simulators: a queue of faults for coming requests and a seeded random rate.
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What a simulator does to one request instead of (or besides) answering it normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Wait, then handle the request normally (a client timeout turns this into an unknown outcome).
+    Delay(Duration),
+    /// Apply the request, then close the connection without answering.
+    DropAfterCommit,
+    /// Close the connection without applying the request.
+    Reset,
+    /// Answer HTTP 500 without applying the request.
+    Http500,
+    /// Apply the request, then answer 200 with a body that is not JSON.
+    Garbage,
+}
+
+struct Queued {
+    /// The endpoint it is for (path after the protocol prefix, e.g. `jpos/trans/consumeReversal`), or
+    /// `None` for "the next financial request".
+    target: Option<String>,
+    fault: Fault,
+}
+
+struct Random {
+    per_mille: u32,
+    rng: StdRng,
+}
+
+/// The pending faults of one simulator.
+#[derive(Default)]
+pub struct FaultPlan {
+    queue: Mutex<VecDeque<Queued>>,
+    random: Mutex<Option<Random>>,
+}
+
+impl FaultPlan {
+    /// Queue a fault for the next financial request (reversals included).
+    pub fn push(&self, fault: Fault) {
+        self.lock_queue().push_back(Queued { target: None, fault });
+    }
+
+    /// Queue a fault for the next request to one endpoint, financial or not (e.g. `jpos/terminal/checkin`).
+    pub fn push_on(&self, endpoint: &str, fault: Fault) {
+        self.lock_queue().push_back(Queued { target: Some(endpoint.trim_matches('/').to_string()), fault });
+    }
+
+    /// Fault `rate_per_mille` of financial requests at random, reproducibly from `seed`; 0 turns it off.
+    pub fn set_random(&self, rate_per_mille: u32, seed: u64) {
+        let mut r = self.random.lock().unwrap_or_else(|p| p.into_inner());
+        *r = (rate_per_mille > 0).then(|| Random { per_mille: rate_per_mille.min(1000), rng: StdRng::seed_from_u64(seed) });
+    }
+
+    /// Drop every queued fault and stop random ones.
+    pub fn clear(&self) {
+        self.lock_queue().clear();
+        self.set_random(0, 0);
+    }
+
+    /// The fault for this request, if any: a queued one first, then a random draw (financial only).
+    pub fn take(&self, endpoint: &str, financial: bool) -> Option<Fault> {
+        {
+            let mut q = self.lock_queue();
+            if let Some(i) = q.iter().position(|f| match &f.target {
+                Some(t) => t == endpoint,
+                None => financial,
+            }) {
+                return q.remove(i).map(|f| f.fault);
+            }
+        }
+        if !financial {
+            return None;
+        }
+        let mut r = self.random.lock().unwrap_or_else(|p| p.into_inner());
+        let r = r.as_mut()?;
+        if r.rng.gen_range(0..1000) >= r.per_mille {
+            return None;
+        }
+        Some(match r.rng.gen_range(0..5) {
+            0 => Fault::Delay(Duration::from_millis(r.rng.gen_range(5..200))),
+            1 => Fault::DropAfterCommit,
+            2 => Fault::Reset,
+            3 => Fault::Http500,
+            _ => Fault::Garbage,
+        })
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_faults_go_to_their_target_and_random_ones_repeat_with_the_seed() {
+        let p = FaultPlan::default();
+        p.push_on("jpos/terminal/checkin", Fault::Reset);
+        p.push(Fault::Http500);
+        assert_eq!(p.take("jpos/cards", false), None);
+        assert_eq!(p.take("jpos/trans/consume", true), Some(Fault::Http500));
+        assert_eq!(p.take("jpos/terminal/checkin", false), Some(Fault::Reset));
+        assert_eq!(p.take("jpos/trans/consume", true), None);
+        let draw = |seed| {
+            p.set_random(300, seed);
+            (0..100).map(|_| p.take("jpos/trans/consume", true)).collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        let n = a.iter().filter(|f| f.is_some()).count();
+        assert!((10..60).contains(&n), "{n}");
+        p.set_random(1000, 1);
+        assert_eq!(p.take("jpos/cards", false), None);
+    }
+}
