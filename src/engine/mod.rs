@@ -425,8 +425,9 @@ impl Engine {
         if financial {
             self.check_not_owing(lane)?;
         }
-        let (batch, session) = self.ensure_signed_on(lane).await?;
+        // Hold the gate before reading the batch, so a settlement cannot close it under this request.
         let _gate = lane.gate.read().await;
+        let (batch, session) = self.ensure_signed_on(lane).await?;
         let mut rec = self.new_record(lane, operation, class, &batch, key);
         rec.amount_fen = p.amount_fen;
         rec.card = p.card_masked.clone();

@@ -82,7 +82,8 @@ impl SledJournal {
     /// Open (or create) the journal in `dir` and start its sync thread.
     pub fn open(dir: &Path) -> Result<Arc<SledJournal>, JournalError> {
         std::fs::create_dir_all(dir).map_err(store_err)?;
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).open().map_err(store_err)?;
+        // No background flusher: every commit is flushed and synced by the group-commit thread below.
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
         let j = SledJournal {
             records: tree("records")?,
