@@ -8,7 +8,8 @@ use posgate::config::DaemonConfig;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 fn client(c: &Connect) -> anyhow::Result<ApiClient> {

@@ -48,6 +48,8 @@ pub enum OpClass {
     Financial(Recovery),
     /// Closes the batch with the engine's totals.
     Settle,
+    /// A report over the journal's records of one day (for example reconciliation): journaled, no money.
+    Report,
 }
 
 /// One operation a backend offers, named in kebab-case after the vendor interface.
@@ -104,6 +106,8 @@ pub struct TxRequest<'a> {
     pub identity: &'a TerminalIdentity,
     pub trace: &'a str,
     pub batch: &'a str,
+    /// When the engine created the record (RFC 3339, UTC): stable across resends.
+    pub created_at: &'a str,
     /// Opaque session state the backend returned at sign-on (for example encrypted working keys).
     pub session: &'a Value,
     pub public: &'a Map<String, Value>,
@@ -218,6 +222,55 @@ pub enum PrepareError {
     DaemonOwned(String),
 }
 
+/// One earlier record of the same profile, for backends with local risk rules.
+#[derive(Debug, Clone)]
+pub struct HistoryItem {
+    pub id: u64,
+    pub operation: String,
+    /// The POS status word: approved, declined, reversed, pending, failed.
+    pub status: &'static str,
+    pub code: Option<String>,
+    pub amount_fen: i64,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: i64,
+    pub public: Map<String, Value>,
+    pub result: Map<String, Value>,
+}
+
+/// What the engine knows that `prepare` may use.
+#[derive(Debug, Clone, Copy)]
+pub struct PrepareContext<'a> {
+    /// The engine clock's now, Unix milliseconds.
+    pub now_ms: i64,
+    /// This profile's records of the last 48 hours, oldest first (empty unless `wants_history`).
+    pub recent: &'a [HistoryItem],
+}
+
+/// A report over one day's records (for `OpClass::Report` operations).
+#[derive(Debug, Clone)]
+pub struct ReportRequest<'a> {
+    pub journal_id: u64,
+    pub operation: &'a str,
+    pub identity: &'a TerminalIdentity,
+    pub trace: &'a str,
+    pub created_at: &'a str,
+    /// The day reported on, in the host's local time.
+    pub date: chrono::NaiveDate,
+    /// The profile's records created on that local day, oldest first (public views, as the API shows them).
+    pub records: &'a [Value],
+    /// The POS body (minus `date`).
+    pub public: &'a Map<String, Value>,
+}
+
+/// An operation the engine runs by itself every day (for example the 01:00 reconciliation).
+#[derive(Debug, Clone, Copy)]
+pub struct DailyJob {
+    /// Local time of day.
+    pub at: chrono::NaiveTime,
+    /// An `OpClass::Report` operation, run for the previous local day.
+    pub operation: &'static str,
+}
+
 /// A vendor backend. Implementations hold their profile's wire settings and an HTTPS client.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -226,13 +279,25 @@ pub trait Backend: Send + Sync + 'static {
     /// Every operation this backend offers.
     fn operations(&self) -> &'static [OpSpec];
     /// Validate the POS body and split it into what may be journaled, vaulted or only sent.
-    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>) -> Result<Prepared, PrepareError>;
+    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, ctx: &PrepareContext<'_>) -> Result<Prepared, PrepareError>;
     async fn sign_on(&self, identity: &TerminalIdentity, journal_id: u64, trace: &str) -> Result<SignOn, BackendError>;
     /// Send one operation. `Ok` means a definite answer.
     async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError>;
     /// One recovery attempt for an operation whose outcome was unknown.
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError>;
     async fn settle(&self, req: SettleRequest<'_>) -> Result<Settled, BackendError>;
+    /// Whether `prepare` needs `PrepareContext::recent` (local risk rules).
+    fn wants_history(&self) -> bool {
+        false
+    }
+    /// Run an `OpClass::Report` operation.
+    async fn report(&self, req: ReportRequest<'_>) -> Result<Reply, BackendError> {
+        Err(BackendError::new(self.kind(), Stage::NotSent, format!("{} has no reports", req.operation)))
+    }
+    /// A report the engine should run by itself every day.
+    fn daily_job(&self) -> Option<DailyJob> {
+        None
+    }
 }
 
 impl dyn Backend {

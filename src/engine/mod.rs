@@ -5,6 +5,7 @@
 //! entry in the same commit; a terminal sends no new financial request while it owes recovery.
 pub mod clock;
 mod recovery;
+mod report;
 pub mod seal;
 pub mod types;
 
@@ -67,6 +68,8 @@ struct Lane {
     wake: Notify,
     owed: std::sync::Mutex<BTreeMap<u64, Owed>>,
     busy: std::sync::Mutex<HashSet<u64>>,
+    /// The last 48 hours of records, for backends with local risk rules (`wants_history`).
+    recent: std::sync::Mutex<std::collections::VecDeque<backend::HistoryItem>>,
 }
 
 impl Lane {
@@ -109,6 +112,7 @@ fn class_name(c: OpClass) -> &'static str {
         OpClass::Inquiry => "inquiry",
         OpClass::Financial(_) => "financial",
         OpClass::Settle => "settle",
+        OpClass::Report => "report",
     }
 }
 
@@ -134,6 +138,7 @@ impl Engine {
                     wake: Notify::new(),
                     owed: Default::default(),
                     busy: Default::default(),
+                    recent: Default::default(),
                 }),
             );
         }
@@ -153,7 +158,11 @@ impl Engine {
             }
         }
         for lane in engine.lanes.values() {
+            engine.load_recent(lane)?;
             tokio::spawn(recovery::worker(Arc::downgrade(&engine), lane.clone(), engine.stop.subscribe()));
+            if let Some(job) = lane.backend.daily_job() {
+                tokio::spawn(report::daily(Arc::downgrade(&engine), lane.clone(), job, engine.stop.subscribe()));
+            }
         }
         Ok(engine)
     }
@@ -245,6 +254,7 @@ impl Engine {
             Begun::Created(rec) => {
                 self.journal.sync().await.map_err(jerr)?;
                 testhook::order("synced", rec.id);
+                self.remember(&rec);
                 Ok(Ok(rec))
             }
         }
@@ -263,6 +273,7 @@ impl Engine {
         }
         self.journal.commit(change).map_err(jerr)?;
         self.journal.sync().await.map_err(jerr)?;
+        self.remember(rec);
         self.emit("transaction", rec.view());
         Ok(())
     }
@@ -317,6 +328,7 @@ impl Engine {
         match spec.class {
             OpClass::SignOn => self.sign_on(&lane, idempotency_key).await,
             OpClass::Settle => self.settle(&lane, idempotency_key).await,
+            OpClass::Report => self.report(&lane, operation, body, idempotency_key).await,
             class => {
                 let original = if spec.needs_original {
                     Some(self.original_ref(&lane, body.remove("original"))?)
@@ -326,7 +338,9 @@ impl Engine {
                     }
                     None
                 };
-                let prepared = lane.backend.prepare(operation, &body, original.as_ref()).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+                let recent = lane.recent_snapshot();
+                let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent };
+                let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
                 self.transact(&lane, operation, class, prepared, original, idempotency_key).await
             }
         }
@@ -448,6 +462,7 @@ impl Engine {
             identity: &lane.profile.identity,
             trace: &rec.trace,
             batch: &rec.batch,
+            created_at: &rec.created_at,
             session: &session,
             public: &p.public,
             vault: &p.vault,

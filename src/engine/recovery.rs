@@ -69,6 +69,7 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
         identity: &lane.profile.identity,
         trace: &rec.trace,
         batch: &rec.batch,
+        created_at: &rec.created_at,
         session: &session,
         public: &rec.request,
         vault: &vault,

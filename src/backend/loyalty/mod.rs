@@ -425,7 +425,7 @@ impl Backend for LoyaltyBackend {
         wire::OP_SPECS
     }
 
-    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>) -> Result<Prepared, PrepareError> {
+    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, _ctx: &crate::backend::PrepareContext<'_>) -> Result<Prepared, PrepareError> {
         let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown loyalty operation {operation:?}")))?;
         // registerTraceNo is accepted on every operation that names a card: it is the POS's own reference,
         // searched by and inherited by refunds; it is sent only where the spec lists it.
@@ -580,6 +580,7 @@ impl Backend for LoyaltyBackend {
             vault: &empty,
             transient: &empty,
             original: None,
+            created_at: "",
         };
         let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
         let url = self.url(w.path);

@@ -48,7 +48,7 @@ impl Lane {
 
     /// prepare + execute with a given trace; approved totals are added like the engine would.
     async fn run_at(&mut self, op: &str, body: Value, original: Option<&OriginalRef>, trace: String) -> Done {
-        let p = self.b.prepare(op, body.as_object().unwrap(), original).unwrap();
+        let p = self.b.prepare(op, body.as_object().unwrap(), original, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
         self.journal += 1;
         let tx = TxRequest {
             journal_id: self.journal,
@@ -56,6 +56,7 @@ impl Lane {
             identity: &self.id,
             trace: &trace,
             batch: &self.batch,
+            created_at: "2026-11-23T02:00:00.000Z",
             session: &self.session,
             public: &p.public,
             vault: &p.vault,
@@ -100,6 +101,7 @@ impl Lane {
             identity: &self.id,
             trace: &d.original.trace,
             batch: &d.original.batch,
+            created_at: "2026-11-23T02:00:00.000Z",
             session: &self.session,
             public: &d.prepared.public,
             vault: &d.prepared.vault,
