@@ -93,6 +93,9 @@ struct RawProfile {
     /// Backend-specific options, read by the backend.
     #[serde(default)]
     options: toml::Table,
+    /// Patterns that tag a scan with this profile and the operation it suggests.
+    #[serde(default)]
+    scan_rules: Vec<crate::devices::ScanRule>,
 }
 
 fn default_operator() -> String {
@@ -118,6 +121,8 @@ pub struct Profile {
     pub recovery: RecoverySettings,
     pub secrets: BTreeMap<String, Secret>,
     pub options: toml::Table,
+    /// Scan classification rules, with this profile filled in.
+    pub scan_rules: Vec<crate::devices::ScanRule>,
     /// The file it came from, for error messages.
     pub source: PathBuf,
 }
@@ -165,6 +170,7 @@ impl Profile {
         if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
             return Err(ConfigError::field(path, None, "timeout_ms", "timeouts must be above zero"));
         }
+        let scan_rules = raw.scan_rules.into_iter().map(|r| r.in_profile(&name)).collect();
         Ok(Profile {
             name,
             backend,
@@ -176,6 +182,7 @@ impl Profile {
             recovery: raw.recovery,
             secrets,
             options: raw.options,
+            scan_rules,
             source: path.to_path_buf(),
         })
     }
@@ -209,6 +216,9 @@ struct RawDaemon {
     token_file: Option<String>,
     #[serde(default = "default_body_limit")]
     max_body_bytes: usize,
+    /// Counter devices: serial ports by path, or USB matching rules.
+    #[serde(default)]
+    devices: Vec<crate::devices::DeviceConfig>,
 }
 
 fn default_body_limit() -> usize {
@@ -225,6 +235,7 @@ pub struct DaemonConfig {
     pub token: Option<Secret>,
     pub max_body_bytes: usize,
     pub profiles: Vec<Profile>,
+    pub devices: Vec<crate::devices::DeviceConfig>,
 }
 
 impl DaemonConfig {
@@ -252,6 +263,19 @@ impl DaemonConfig {
         }
         let profiles_dir = dir.join(raw.profiles_dir.as_deref().unwrap_or("terminal-profiles"));
         let profiles = load_profiles(&profiles_dir)?;
+        for d in &raw.devices {
+            d.validate().map_err(|e| ConfigError::field(path, None, "devices", e.to_string()))?;
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for d in &raw.devices {
+            if !ids.insert(d.stable_id()) {
+                return Err(ConfigError::field(path, None, "devices", format!("two devices have the id {:?}", d.stable_id())));
+            }
+        }
+        // Rules are checked (regexes compiled) at load, so a bad rule stops the start with its profile named.
+        for p in &profiles {
+            crate::devices::Classifier::new(p.scan_rules.clone()).map_err(|e| ConfigError::field(&p.source, None, "scan_rules", e.to_string()))?;
+        }
         Ok(DaemonConfig {
             data_dir: dir.join(raw.data_dir),
             unix_socket: raw.unix_socket.map(|s| dir.join(s)),
@@ -259,6 +283,7 @@ impl DaemonConfig {
             token,
             max_body_bytes: raw.max_body_bytes,
             profiles,
+            devices: raw.devices,
         })
     }
 }

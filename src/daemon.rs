@@ -6,6 +6,8 @@ use thiserror::Error;
 
 use crate::api::{self, ApiOptions, Listeners};
 use crate::config::DaemonConfig;
+use crate::devices::hub::Hub;
+use crate::devices::Classifier;
 use crate::engine::{Engine, EngineConfig, EngineError, SystemClock};
 
 #[derive(Debug, Error)]
@@ -29,9 +31,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         None => None,
     };
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
+    let rules = cfg.profiles.iter().flat_map(|p| p.scan_rules.iter().cloned());
+    let classifier = Classifier::new(rules).map_err(|e| DaemonError::Bind(format!("scan rules: {e}")))?;
+    let hub = Hub::new(classifier, engine.clock(), engine.event_sender());
+    let (stop_devices, devices_stop) = tokio::sync::watch::channel(false);
+    hub.start(cfg.devices.clone(), devices_stop);
+    engine.attach_devices(hub);
     tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
     let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
     let result = api::serve(engine.clone() as Arc<dyn api::Service>, Listeners { unix, tcp }, opts, shutdown).await;
+    let _ = stop_devices.send(true);
     engine.shutdown().await;
     if let Some(p) = &cfg.unix_socket {
         let _ = std::fs::remove_file(p);

@@ -82,6 +82,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         token: Some(Secret::new(token.as_bytes().to_vec())),
         max_body_bytes: 64 * 1024,
         profiles: vec![profile],
+        devices: Vec::new(),
     };
     Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, token })
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod devices;
 pub mod engine;
 pub mod journal;
 pub mod money;

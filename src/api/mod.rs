@@ -37,6 +37,10 @@ pub trait Service: Send + Sync + 'static {
     async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError>;
     /// A new subscription to the event feed (one per `GET /v1/events` client).
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+    /// `POST /v1/scans`: publish an injected scan; answers the `scan` event.
+    async fn scan(&self, _device: Option<&str>, _text: &str) -> Result<Value, EngineError> {
+        Err(EngineError::BadRequest("this service takes no scans".into()))
+    }
 }
 
 #[async_trait::async_trait]
@@ -61,6 +65,9 @@ impl Service for Engine {
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         Engine::subscribe(self)
+    }
+    async fn scan(&self, device: Option<&str>, text: &str) -> Result<Value, EngineError> {
+        Engine::inject_scan(self, device, text)
     }
 }
 

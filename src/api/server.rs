@@ -429,12 +429,10 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
             if !matches!(body.get("device"), None | Some(Value::Null) | Some(Value::String(_))) {
                 return Err(Problem::invalid_param("device", "must be a string"));
             }
-            Err(Problem::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not-implemented",
-                "Not implemented yet",
-                "scans arrive with the counter-devices work",
-            ))
+            let text = body.get("text").and_then(Value::as_str).unwrap_or_default();
+            let device = body.get("device").and_then(Value::as_str);
+            let event = svc.scan(device, text).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::ACCEPTED, &event))
         }
         Handler::Run => {
             let [profile, operation] = <[String; 2]>::try_from(params).map_err(|_| Problem::internal("route parameters"))?;

@@ -264,12 +264,12 @@ async fn journal_and_reversals() {
 }
 
 #[tokio::test]
-async fn scans_are_visibly_unfinished() {
+async fn scans_are_validated_then_handed_to_the_service() {
     let h = Harness::start().await;
     let c = h.unix();
+    // The fake service takes no scans: its refusal comes back as a problem, after validation passed.
     let (status, body) = c.post("/v1/scans", json!({ "text": "6901234567892" }), None).await.expect("scan");
-    assert_eq!(status, 501);
-    assert_eq!(body["detail"], "scans arrive with the counter-devices work");
+    assert_eq!((status, body["type"].as_str()), (400, Some("https://posgate.local/problems/bad-request")));
     let (status, body) = c.post("/v1/scans", json!({ "device": "usb0" }), None).await.expect("scan");
     assert_eq!((status, body["parameter"].as_str()), (400, Some("text")));
     h.shutdown().await;

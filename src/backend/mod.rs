@@ -237,6 +237,22 @@ pub struct HistoryItem {
     pub result: Map<String, Value>,
 }
 
+/// A swiped card, held by the daemon and handed to `prepare` when the POS sends `"scan": "<id>"`.
+/// Tracks are without sentinels. `Debug` shows the PAN masked and no track data.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardData {
+    pub pan: String,
+    pub track1: Option<String>,
+    pub track2: Option<String>,
+    pub track3: Option<String>,
+}
+
+impl std::fmt::Debug for CardData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardData").field("pan", &mask_card(&self.pan)).field("tracks", &"<redacted>").finish()
+    }
+}
+
 /// What the engine knows that `prepare` may use.
 #[derive(Debug, Clone, Copy)]
 pub struct PrepareContext<'a> {
@@ -244,6 +260,8 @@ pub struct PrepareContext<'a> {
     pub now_ms: i64,
     /// This profile's records of the last 48 hours, oldest first (empty unless `wants_history`).
     pub recent: &'a [HistoryItem],
+    /// The swiped card the POS referenced with `"scan": "<id>"`, if any.
+    pub card: Option<&'a CardData>,
 }
 
 /// A report over one day's records (for `OpClass::Report` operations).

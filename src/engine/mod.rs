@@ -93,6 +93,8 @@ impl Lane {
 }
 
 pub struct Engine {
+    /// Counter devices, once the daemon attached them (holds swiped cards for `"scan": "<id>"`).
+    devices: std::sync::OnceLock<Arc<crate::devices::hub::Hub>>,
     journal: Arc<dyn JournalStore>,
     lanes: BTreeMap<String, Arc<Lane>>,
     events: broadcast::Sender<Event>,
@@ -143,6 +145,7 @@ impl Engine {
             );
         }
         let engine = Arc::new(Engine {
+            devices: std::sync::OnceLock::new(),
             journal,
             lanes,
             events: broadcast::channel(1024).0,
@@ -338,8 +341,16 @@ impl Engine {
                     }
                     None
                 };
+                let card = match body.remove("scan") {
+                    None => None,
+                    Some(Value::String(id)) => {
+                        let hub = self.devices.get().ok_or_else(|| EngineError::BadRequest("`scan`: no counter devices are attached".into()))?;
+                        Some(hub.card(&id).map_err(|e| EngineError::BadRequest(format!("`scan`: {e}")))?)
+                    }
+                    Some(_) => return Err(EngineError::BadRequest("`scan` must be a scan id string".into())),
+                };
                 let recent = lane.recent_snapshot();
-                let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent };
+                let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent, card: card.as_ref() };
                 let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
                 self.transact(&lane, operation, class, prepared, original, idempotency_key).await
             }
@@ -629,7 +640,7 @@ impl Engine {
             "uptime_ms": self.clock.now_ms() - self.started_ms,
             "journal": { "syncs": self.journal.syncs() },
             "profiles": profiles,
-            "devices": [],
+            "devices": self.devices.get().map(|h| h.devices()).unwrap_or_default(),
         })
     }
 
@@ -664,6 +675,27 @@ impl Engine {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The sender side of the event feed, for the counter devices.
+    pub fn event_sender(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// The engine's clock, shared with the counter devices.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Attach the counter devices (once).
+    pub fn attach_devices(&self, hub: Arc<crate::devices::hub::Hub>) {
+        let _ = self.devices.set(hub);
+    }
+
+    /// `POST /v1/scans`: decode an injected scan and publish it like one from a port.
+    pub fn inject_scan(&self, device: Option<&str>, text: &str) -> Result<Value, EngineError> {
+        let hub = self.devices.get().ok_or_else(|| EngineError::BadRequest("no counter devices are attached".into()))?;
+        hub.inject(device, text).map_err(|e| EngineError::BadRequest(e.to_string()))
     }
 
     /// Stop the recovery workers and make the journal durable.

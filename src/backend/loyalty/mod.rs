@@ -425,7 +425,26 @@ impl Backend for LoyaltyBackend {
         wire::OP_SPECS
     }
 
-    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, _ctx: &crate::backend::PrepareContext<'_>) -> Result<Prepared, PrepareError> {
+    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, ctx: &crate::backend::PrepareContext<'_>) -> Result<Prepared, PrepareError> {
+        // A card swiped on a counter reader: its number and tracks come from the daemon, not the POS.
+        let with_card;
+        let body = match ctx.card {
+            Some(card) => {
+                if body.contains_key("cardNo") || body.contains_key("track2") || body.contains_key("track3") {
+                    return Err(invalid("scan", "send either `scan` or card fields, not both"));
+                }
+                let mut b = body.clone();
+                b.insert("cardNo".into(), Value::String(card.pan.clone()));
+                for (k, v) in [("track2", &card.track2), ("track3", &card.track3)] {
+                    if let Some(t) = v {
+                        b.insert(k.into(), Value::String(t.clone()));
+                    }
+                }
+                with_card = b;
+                &with_card
+            }
+            None => body,
+        };
         let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown loyalty operation {operation:?}")))?;
         // registerTraceNo is accepted on every operation that names a card: it is the POS's own reference,
         // searched by and inherited by refunds; it is sent only where the spec lists it.

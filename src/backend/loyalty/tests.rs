@@ -42,7 +42,7 @@ fn body(v: Value) -> Map<String, Value> {
 
 fn consume_original() -> OriginalRef {
     let b = backend();
-    let p = b.prepare("consume", &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "registerTraceNo": "R001"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let p = b.prepare("consume", &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "registerTraceNo": "R001"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     OriginalRef {
         id: 7,
         operation: "consume".into(),
@@ -78,34 +78,34 @@ fn a_bad_master_key_is_a_clear_config_error() {
 fn prepare_refuses_missing_daemon_owned_float_and_unknown_fields() {
     let b = backend();
     let ok = json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0});
-    assert!(b.prepare("consume", &body(ok.clone()), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).is_ok());
+    assert!(b.prepare("consume", &body(ok.clone()), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).is_ok());
     let mut m = body(ok.clone());
     m.remove("cardNo");
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::Missing("cardNo".into()));
+    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("cardNo".into()));
     let mut m = body(ok.clone());
     m.remove("pointAmount");
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::Missing("pointAmount".into()));
+    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("pointAmount".into()));
     let mut m = body(ok.clone());
     m.insert("traceNo".into(), json!("000001"));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::DaemonOwned("traceNo".into()));
+    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::DaemonOwned("traceNo".into()));
     let mut m = body(ok.clone());
     m.insert("storeNo".into(), json!("1"));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::DaemonOwned("storeNo".into()));
+    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::DaemonOwned("storeNo".into()));
     for bad in [json!(10.5), json!("10.50"), json!(1050.0), json!(-1)] {
         let mut m = body(ok.clone());
         m.insert("pointAmount".into(), bad.clone());
-        assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }), Err(PrepareError::Invalid { ref field, .. }) if field == "pointAmount"), "{bad}");
+        assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "pointAmount"), "{bad}");
     }
     let mut m = body(ok.clone());
     m.insert("colour".into(), json!("red"));
-    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }), Err(PrepareError::Invalid { ref field, .. }) if field == "colour"));
+    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "colour"));
     let mut m = body(ok.clone());
     m.insert("password".into(), json!("12"));
-    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }), Err(PrepareError::Invalid { ref field, .. }) if field == "password"));
+    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "password"));
     let mut m = body(ok);
     m.insert("vaucher".into(), json!([{"id": 1}]));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::Missing("vaucher[0].num".into()));
-    assert!(b.prepare("frobnicate", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).is_err());
+    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("vaucher[0].num".into()));
+    assert!(b.prepare("frobnicate", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).is_err());
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn prepare_splits_public_vault_and_transient() {
             "consume",
             &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 200, "password": "123456", "track2": "6222021234567890123=4912", "registerTraceNo": "R001", "vaucher": [{"id": 1, "num": 2}]})),
             None,
-            &crate::backend::PrepareContext { now_ms: 0, recent: &[] },
+            &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None },
         )
         .unwrap();
     assert_eq!(p.public["cardNo"], json!("622202*********0123"));
@@ -130,10 +130,10 @@ fn prepare_splits_public_vault_and_transient() {
     assert_eq!(p.pos_reference.as_deref(), Some("R001"));
     assert_eq!(p.totals, vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1050), ("totalTransCount".into(), 1)]);
 
-    let t = b.prepare("ticket-consume", &body(json!({"cardNo": CARD, "ticket": [{"id": 1, "type": "01", "num": 2, "amount": 1000}, {"id": 2, "num": 1}]})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let t = b.prepare("ticket-consume", &body(json!({"cardNo": CARD, "ticket": [{"id": 1, "type": "01", "num": 2, "amount": 1000}, {"id": 2, "num": 1}]})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(t.amount_fen, 2000);
     assert_eq!(t.totals, vec![("ticketDebitCount".into(), 1), ("ticketDebitAmount".into(), 2000), ("totalTransCount".into(), 1)]);
-    let a = b.prepare("card-activate", &body(json!({"cardNo": CARD, "mobileNo": "13800000000", "verifyCode": "123456", "idType": "01"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let a = b.prepare("card-activate", &body(json!({"cardNo": CARD, "mobileNo": "13800000000", "verifyCode": "123456", "idType": "01"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(a.totals, vec![("cardActiveCount".into(), 1), ("totalTransCount".into(), 1)]);
 }
 
@@ -141,18 +141,18 @@ fn prepare_splits_public_vault_and_transient() {
 fn originals_supply_card_amount_and_must_be_the_right_kind() {
     let b = backend();
     let o = consume_original();
-    let c = b.prepare("cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let c = b.prepare("cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(c.vault["cardNo"], json!(CARD));
     assert_eq!(c.amount_fen, 1050);
     assert_eq!(c.totals, vec![("pointCreditCount".into(), 1), ("pointCreditAmount".into(), 1050), ("cancelCount".into(), 1), ("totalTransCount".into(), 1)]);
-    let r = b.prepare("refund", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let r = b.prepare("refund", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(r.totals, vec![("pointCreditCount".into(), 1), ("pointCreditAmount".into(), 1050), ("refundCount".into(), 1), ("totalTransCount".into(), 1)]);
     assert_eq!(r.public["registerTraceNo"], json!("R001"));
-    assert_eq!(b.prepare("cancel", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap_err(), PrepareError::Missing("original".into()));
-    assert!(matches!(b.prepare("refund-cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }), Err(PrepareError::Invalid { ref field, .. }) if field == "original"));
-    assert!(matches!(b.prepare("cancel", &body(json!({"cardNo": "6222020000000000000"})), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }), Err(PrepareError::Invalid { ref field, .. }) if field == "cardNo"));
+    assert_eq!(b.prepare("cancel", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("original".into()));
+    assert!(matches!(b.prepare("refund-cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "original"));
+    assert!(matches!(b.prepare("cancel", &body(json!({"cardNo": "6222020000000000000"})), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "cardNo"));
     let refund = OriginalRef { operation: "refund".into(), public: r.public.clone(), vault: r.vault.clone(), ..o.clone() };
-    let rc = b.prepare("refund-cancel", &Map::new(), Some(&refund), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+    let rc = b.prepare("refund-cancel", &Map::new(), Some(&refund), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(rc.totals, vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1050), ("totalTransCount".into(), 1)]);
 }
 
@@ -160,7 +160,7 @@ fn originals_supply_card_amount_and_must_be_the_right_kind() {
 fn consume_form_matches_an_independent_encoding() {
     let b = backend();
     let p = b
-        .prepare("consume", &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "password": "123456", "registerTraceNo": "R 001", "vaucher": [{"id": 1, "num": 2}]})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[] })
+        .prepare("consume", &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "password": "123456", "registerTraceNo": "R 001", "vaucher": [{"id": 1, "num": 2}]})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None })
         .unwrap();
     let identity = TerminalIdentity { store: "100000000000001".into(), terminal: "10000001".into(), operator: "01".into() };
     let session = json!({ "workingKey": WORKING_KEY });
@@ -211,7 +211,7 @@ fn cancel_and_refund_forms_quote_the_original() {
         ("cancel", vec![("oriBatchNo", "000003"), ("oriTraceNo", "000012"), ("oriTransTime", "1415125804472"), ("oriRegisterTraceNo", "R001")]),
         ("refund", vec![("oriSerialNo", "10000000000012"), ("oriTransDate", "20141111"), ("oriRegisterTraceNo", "R001")]),
     ] {
-        let p = b.prepare(op, &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+        let p = b.prepare(op, &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
         let tx = TxRequest {
             journal_id: 2,
             operation: op,

@@ -48,7 +48,7 @@ impl Lane {
 
     /// prepare + execute with a given trace; approved totals are added like the engine would.
     async fn run_at(&mut self, op: &str, body: Value, original: Option<&OriginalRef>, trace: String) -> Done {
-        let p = self.b.prepare(op, body.as_object().unwrap(), original, &crate::backend::PrepareContext { now_ms: 0, recent: &[] }).unwrap();
+        let p = self.b.prepare(op, body.as_object().unwrap(), original, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
         self.journal += 1;
         let tx = TxRequest {
             journal_id: self.journal,
