@@ -108,6 +108,9 @@ pub struct DemoArgs {
     /// Loopback TCP address for the local API (token printed at start).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub tcp: SocketAddr,
+    /// Also run a pseudo-terminal scanner that sends a barcode, a QR code and a card swipe every 15 s.
+    #[arg(long)]
+    pub scanner: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -106,7 +106,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     init_logging();
-    let setup = posgate::demo::prepare(&args.data_dir, args.unix_socket.clone(), Some(args.tcp)).await.map_err(anyhow::Error::msg)?;
+    let mut setup = posgate::demo::prepare(&args.data_dir, args.unix_socket.clone(), Some(args.tcp)).await.map_err(anyhow::Error::msg)?;
+    if args.scanner {
+        let path = posgate::demo::spawn_scanner(std::time::Duration::from_secs(15)).map_err(anyhow::Error::msg)?;
+        let mut dev = posgate::devices::DeviceConfig::for_path(path.clone());
+        dev.id = Some("demo-scanner".into());
+        setup.config.devices.push(dev);
+        println!("  demo scanner on {path}: watch it with  curl -N --unix-socket {} http://posgate/v1/events", setup.config.unix_socket.clone().unwrap_or_default().display());
+    }
     let sock = setup.config.unix_socket.clone().unwrap_or_default();
     println!("posgate demo: loyalty simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.config.data_dir.join("pki").display());
     println!("  local API, Unix socket: {}", sock.display());

@@ -46,6 +46,41 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     f.write_all(data).map_err(|e| io(path, e))
 }
 
+/// What the demo scanner sends, in order: a barcode, a QR code, a card swipe (tracks 1 and 2).
+pub const SCANNER_SCRIPT: &[&[u8]] = &[
+    b"]E04006381333931\r",
+    b"]Q1https://example.invalid/ticket/2026-0001\r",
+    b"%B6222021234567890123^ZHANG/SAN^2912101000000000?;6222021234567890123=29121010000000000?\r",
+];
+
+/// A pseudo-terminal posing as a serial scanner: the daemon reads the slave path, this task writes
+/// the script to the master every `every`, for as long as the process runs.
+pub fn spawn_scanner(every: std::time::Duration) -> Result<String, String> {
+    use std::io::Write;
+    let pair = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+    let path = nix::unistd::ttyname(&pair.slave).map_err(|e| format!("ttyname: {e}"))?;
+    let mut master = std::fs::File::from(pair.master);
+    let slave = pair.slave;
+    std::thread::Builder::new()
+        .name("demo-scanner".into())
+        .spawn(move || {
+            // Keep our slave end open so the line stays up between the daemon's reopenings.
+            let _slave = slave;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                for frame in SCANNER_SCRIPT {
+                    if master.write_all(frame).and_then(|_| master.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(path.display().to_string())
+}
+
 /// Make (or reuse) the demo folder: test CA, master key, token, profile; start the simulator.
 pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<std::net::SocketAddr>) -> Result<DemoSetup, String> {
     std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
