@@ -127,4 +127,10 @@ pub struct BenchArgs {
     /// Scratch folder (default: a fresh one under the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Frames for the scan benchmark (pty bytes to the `scan` event at an SSE subscriber).
+    #[arg(long, default_value_t = 2000)]
+    pub scan_frames: usize,
+    /// Run only this part: consume, scan, or all.
+    #[arg(long, default_value = "all")]
+    pub only: String,
 }
