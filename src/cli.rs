@@ -80,10 +80,17 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
-    /// List owed and parked recovery entries; `--retry ID` re-queues a parked one.
+    /// List owed and parked recovery entries; `--retry ID` re-queues a parked one;
+    /// `--resolve ID --outcome approved|reversed` records what the vendor confirmed.
     Reversals {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resolve")]
         retry: Option<u64>,
+        #[arg(long, requires = "outcome")]
+        resolve: Option<u64>,
+        #[arg(long, value_parser = ["approved", "reversed"])]
+        outcome: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },

@@ -79,11 +79,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             finish(s, v)
         }
-        Command::Reversals { retry, connect } => {
+        Command::Reversals { retry, resolve, outcome, note, connect } => {
             let c = client(&connect)?;
-            let (s, v) = match retry {
-                Some(id) => c.post(&format!("/v1/reversals/{id}/retry"), json!({}), None).await?,
-                None => c.get("/v1/reversals").await?,
+            let (s, v) = match (retry, resolve) {
+                (Some(id), _) => c.post(&format!("/v1/reversals/{id}/retry"), json!({}), None).await?,
+                (None, Some(id)) => c.post(&format!("/v1/reversals/{id}/resolve"), json!({"outcome": outcome, "note": note}), None).await?,
+                (None, None) => c.get("/v1/reversals").await?,
             };
             finish(s, v)
         }

@@ -35,6 +35,10 @@ pub trait Service: Send + Sync + 'static {
     async fn recoveries(&self) -> Result<Vec<Value>, EngineError>;
     /// Put a parked entry back into the recovery queue.
     async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError>;
+    /// Close a recovery entry by hand with the outcome the vendor confirmed.
+    async fn resolve_recovery(&self, _id: u64, _outcome: &str, _note: Option<&str>) -> Result<Value, EngineError> {
+        Err(EngineError::BadRequest("this service resolves nothing".into()))
+    }
     /// A new subscription to the event feed (one per `GET /v1/events` client).
     fn subscribe(&self) -> broadcast::Receiver<Event>;
     /// `POST /v1/scans`: publish an injected scan; answers the `scan` event.
@@ -68,6 +72,9 @@ impl Service for Engine {
     }
     async fn scan(&self, device: Option<&str>, text: &str) -> Result<Value, EngineError> {
         Engine::inject_scan(self, device, text)
+    }
+    async fn resolve_recovery(&self, id: u64, outcome: &str, note: Option<&str>) -> Result<Value, EngineError> {
+        Engine::resolve_recovery(self, id, outcome, note).await
     }
 }
 

@@ -53,6 +53,7 @@ pub enum Handler {
     Journal,
     JournalRecord,
     Reversals,
+    ResolveReversal,
     RetryReversal,
     OpenApi,
 }
@@ -75,6 +76,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/v1/journal/{id}", handler: Handler::JournalRecord },
     Route { method: "GET", pattern: "/v1/reversals", handler: Handler::Reversals },
     Route { method: "POST", pattern: "/v1/reversals/{id}/retry", handler: Handler::RetryReversal },
+    Route { method: "POST", pattern: "/v1/reversals/{id}/resolve", handler: Handler::ResolveReversal },
     Route { method: "GET", pattern: "/v1/openapi", handler: Handler::OpenApi },
 ];
 
@@ -250,6 +252,7 @@ where
 }
 
 /// Answer one request: run it, stamp `X-Request-Id`, log method/path/status/ms (never bodies).
+#[allow(clippy::disallowed_methods)] // request timing for the access log, not engine time
 async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -462,6 +465,17 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
         Handler::RetryReversal => {
             let id = parse_id(&params)?;
             let rec = svc.retry_recovery(id).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &rec))
+        }
+        Handler::ResolveReversal => {
+            let id = parse_id(&params)?;
+            let body = read_json_object(req, state.max_body, false).await?;
+            let outcome = match body.get("outcome") {
+                Some(Value::String(o)) => o.clone(),
+                _ => return Err(Problem::invalid_param("outcome", "is required: \"approved\" or \"reversed\"")),
+            };
+            let note = body.get("note").and_then(Value::as_str);
+            let rec = svc.resolve_recovery(id, &outcome, note).await.map_err(|e| Problem::from_engine(&e))?;
             Ok(json_response(StatusCode::OK, &rec))
         }
         Handler::OpenApi => {

@@ -69,7 +69,7 @@ impl LengthRule {
         match self {
             LengthRule::Exact(e) => n == *e,
             LengthRule::OneOf(v) => v.contains(&n),
-            LengthRule::Range { min, max } => min.map_or(true, |m| n >= m) && max.map_or(true, |m| n <= m),
+            LengthRule::Range { min, max } => min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m),
         }
     }
 }

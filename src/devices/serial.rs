@@ -275,7 +275,7 @@ pub fn match_ports(ports: &[PortInfo], rules: &[UsbMatch]) -> Vec<Discovered> {
         .iter()
         .filter_map(|p| {
             let u = p.usb.as_ref()?;
-            let rule = rules.iter().position(|r| r.vid == u.vid && r.pid == u.pid && r.serial.as_ref().map_or(true, |s| u.serial.as_ref() == Some(s)))?;
+            let rule = rules.iter().position(|r| r.vid == u.vid && r.pid == u.pid && r.serial.as_ref().is_none_or(|s| u.serial.as_ref() == Some(s)))?;
             let id = match &u.serial {
                 Some(s) if !s.is_empty() => format!("usb-{:04x}:{:04x}-{s}", u.vid, u.pid),
                 _ => port_id(&p.path),

@@ -73,11 +73,10 @@ struct Lane {
 }
 
 impl Lane {
-    fn owed_unparked(&self) -> (usize, Option<u64>) {
+    /// (entries owed, parked or not; the oldest id; how many of them are parked).
+    fn owed_summary(&self) -> (usize, Option<u64>, usize) {
         let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut it = owed.iter().filter(|(_, o)| !o.parked);
-        let first = it.next().map(|(id, _)| *id);
-        (first.map(|_| 1 + it.count()).unwrap_or(0), first)
+        (owed.len(), owed.keys().next().copied(), owed.values().filter(|o| o.parked).count())
     }
     fn set_owed(&self, id: u64, owed: Option<Owed>) {
         let mut m = self.owed.lock().unwrap_or_else(|p| p.into_inner());
@@ -383,11 +382,13 @@ impl Engine {
         })
     }
 
-    /// Refuse new financial work while this terminal owes recovery.
+    /// Refuse new financial work while this terminal owes recovery, parked entries included: a
+    /// parked entry is still an unresolved charge, so a person resolves it (retry, or record what the
+    /// vendor says happened) before the terminal takes money again.
     fn check_not_owing(&self, lane: &Lane) -> Result<(), EngineError> {
-        match lane.owed_unparked() {
-            (0, _) => Ok(()),
-            (count, oldest) => Err(EngineError::RecoveryPending { profile: lane.profile.name.clone(), count, oldest: oldest.unwrap_or(0) }),
+        match lane.owed_summary() {
+            (0, _, _) => Ok(()),
+            (count, oldest, parked) => Err(EngineError::RecoveryPending { profile: lane.profile.name.clone(), count, parked, oldest: oldest.unwrap_or(0) }),
         }
     }
 
@@ -670,6 +671,31 @@ impl Engine {
         lane.set_owed(id, Some(Owed { next_at_ms: r.next_at_ms, parked: false }));
         self.finish_durable(&rec, false, None).await?;
         lane.wake.notify_one();
+        Ok(rec.view())
+    }
+
+    /// Close a recovery entry by hand with the outcome the vendor confirmed (after checking with them):
+    /// `approved` (it happened: totals count it) or `reversed` (it did not, or was undone).
+    pub async fn resolve_recovery(&self, id: u64, outcome: &str, note: Option<&str>) -> Result<Value, EngineError> {
+        let mut rec = self.journal.get(id).map_err(jerr)?.ok_or(EngineError::NoRecord(id))?;
+        let lane = self.lane(&rec.profile)?.clone();
+        if rec.status != Status::Unknown || rec.recovery.is_none() {
+            return Err(EngineError::BadRequest(format!("journal record {id} owes no recovery")));
+        }
+        let _busy = recovery::claim(&lane, id).ok_or_else(|| EngineError::BadRequest(format!("journal record {id} is being recovered right now; try again")))?;
+        let approved = match outcome {
+            "approved" => true,
+            "reversed" => false,
+            other => return Err(EngineError::BadRequest(format!("`outcome` must be \"approved\" or \"reversed\", not {other:?}"))),
+        };
+        rec.status = if approved { Status::Approved } else { Status::Reversed };
+        rec.recovery = None;
+        rec.updated_at = self.clock.now_rfc3339();
+        rec.message = Some(format!("resolved by hand as {outcome}{}", note.map(|n| format!(": {n}")).unwrap_or_default()));
+        let settle = rec.class == "settle";
+        self.finish_durable(&rec, approved && !settle, None).await?;
+        lane.set_owed(id, None);
+        tracing::warn!(profile = %rec.profile, id, outcome, "recovery resolved by hand");
         Ok(rec.view())
     }
 

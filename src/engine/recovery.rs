@@ -16,7 +16,7 @@ fn backoff_ms(initial: u64, max: u64, attempts: u32) -> i64 {
 }
 
 /// Releases a record's "attempt in progress" mark when dropped.
-struct Busy<'a>(&'a Lane, u64);
+pub(super) struct Busy<'a>(&'a Lane, u64);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -25,11 +25,13 @@ impl Drop for Busy<'_> {
 }
 
 /// One recovery attempt for journal record `id`. `Some(record)` once it is resolved.
+/// Mark a record's recovery as in progress; `None` when someone else is at it.
+pub(super) fn claim(lane: &Lane, id: u64) -> Option<Busy<'_>> {
+    lane.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id).then_some(Busy(lane, id))
+}
+
 pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
-    if !lane.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
-        return Ok(None);
-    }
-    let _busy = Busy(lane, id);
+    let Some(_busy) = claim(lane, id) else { return Ok(None) };
     let Some(mut rec) = engine.journal.get(id).map_err(jerr)? else {
         lane.set_owed(id, None);
         return Ok(None);

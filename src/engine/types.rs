@@ -160,8 +160,8 @@ pub enum EngineError {
     BadRequest(String),
     #[error("no journal record {0}")]
     NoRecord(u64),
-    #[error("reversal pending: profile {profile:?} has {count} unresolved recovery entr(ies), oldest journal id {oldest}; new financial requests wait until it is resolved")]
-    RecoveryPending { profile: String, count: usize, oldest: u64 },
+    #[error("reversal pending: profile {profile:?} has {count} unresolved recovery entr(ies) ({parked} parked, needing attention), oldest journal id {oldest}; new financial requests wait until they are resolved{}", if *parked > 0 { " (`posgate reversals --retry ID` or `--resolve ID --outcome approved|reversed`)" } else { "" })]
+    RecoveryPending { profile: String, count: usize, parked: usize, oldest: u64 },
     #[error("Idempotency-Key {key:?} was first used for {first_operation:?} on profile {first_profile:?}")]
     IdempotencyConflict { key: String, first_profile: String, first_operation: String },
     #[error("sign-on with the backend failed: {0}")]

@@ -158,3 +158,65 @@ async fn void_refund_and_settlement_balance_with_the_backend() {
     assert!(snap.settlements.iter().all(|s| s.flag == "ss"));
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_that_keeps_failing_is_parked_visible_and_still_blocks_until_resolved() {
+    let world = World::new("parked").await;
+    let path = world.dir.join("terminal-profiles/loyalty.toml");
+    let text = std::fs::read_to_string(&path).expect("profile").replace("max_attempts = 50", "max_attempts = 3");
+    std::fs::write(&path, text).expect("profile");
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let mut events = c.events().await.expect("events");
+    let (s, _) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!(s, 200);
+    // Applied at the backend, answer lost; then every reversal fails.
+    world.sim.push_fault(Fault::DropAfterCommit);
+    for _ in 0..20 {
+        world.sim.push_fault(Fault::Http500);
+    }
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 321, "P1"), Some("p-1")).await.expect("consume");
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_u64().expect("id");
+    // Parked after 3 attempts: visible in status, the reversals list and as a `recovery` event.
+    let mut parked_event = None;
+    while parked_event.is_none() {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.next()).await.expect("in time").expect("stream").expect("open");
+        if ev.event == "recovery" && ev.data["needs_attention"] == true {
+            parked_event = Some(ev.data);
+        }
+    }
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["needs_attention"], 1, "{st}");
+    assert_eq!(st["profiles"][0]["pending_recovery"], 0, "{st}");
+    let (_, list) = c.get("/v1/reversals").await.expect("reversals");
+    assert_eq!(list["records"][0]["id"].as_u64(), Some(id), "{list}");
+    assert_eq!(list["records"][0]["recovery"]["parked"], true, "{list}");
+    // Still an unresolved charge: no new money on this terminal, and the answer says what to do.
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 5, "P2"), Some("p-2")).await.expect("consume");
+    assert_eq!(s, 409, "{v}");
+    assert!(v["detail"].as_str().unwrap_or("").contains("--retry"), "{v}");
+    assert_eq!(v["parked"], 1, "{v}");
+    // A person re-queues it; the backend works again; the reversal goes through.
+    world.sim.clear_faults();
+    let (s, v) = c.post(&format!("/v1/reversals/{id}/retry"), json!({}), None).await.expect("retry");
+    assert_eq!(s, 200, "{v}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    let (_, r) = c.get(&format!("/v1/journal/{id}")).await.expect("record");
+    assert_eq!(r["status"], "reversed", "{r}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(CARD, 5, "P2"), Some("p-2")).await.expect("consume");
+    assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
+    // A refund whose answer is lost has no automatic recovery: parked at once, resolved by hand.
+    world.sim.push_fault(Fault::DropAfterCommit);
+    let (s, v) = c.post("/v1/profiles/loyalty/refund", json!({"original": v["id"]}), None).await.expect("refund");
+    assert_eq!(s, 202, "{v}");
+    let rid = v["id"].as_u64().expect("id");
+    assert_eq!(v["recovery"]["how"], "manual", "{v}");
+    let (s, v) = c.post(&format!("/v1/reversals/{rid}/resolve"), json!({"outcome": "approved", "note": "vendor confirmed serial 1"}), None).await.expect("resolve");
+    assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["totals"]["refundCount"], 1, "the hand-resolved refund counts in the totals: {st}");
+    let (s, v) = c.post("/v1/profiles/loyalty/settle", json!({}), None).await.expect("settle");
+    assert_eq!((s, v["result"]["balanced"].clone()), (200, json!(true)), "{v}");
+    d.stop().await;
+}
