@@ -30,6 +30,8 @@ pub const BEFORE_SEND: &str = "before_send";
 pub const AFTER_SEND: &str = "after_send";
 pub const AFTER_OUTCOME: &str = "after_outcome";
 pub const IN_SETTLE: &str = "in_settle";
+/// The settlement was answered but its outcome is not journaled yet.
+pub const SETTLE_SENT: &str = "settle_sent";
 
 /// Reach a crash point. When it is the armed one, announce and hang until killed.
 pub async fn point(name: &str) {

@@ -577,6 +577,7 @@ impl Engine {
             public: &rec.request,
         };
         let r = lane.backend.settle(req).await;
+        testhook::point(testhook::SETTLE_SENT).await;
         Self::note_online(lane, &r);
         rec.updated_at = self.clock.now_rfc3339();
         let mut state = None;
