@@ -4,6 +4,7 @@
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
 pub mod loyalty;
+pub mod lottery;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -328,7 +329,8 @@ impl dyn Backend {
 pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, crate::config::ConfigError> {
     match profile.backend.as_str() {
         "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
-        other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty)"))),
+        "lottery" => Ok(Arc::new(lottery::LotteryBackend::new(profile, http)?)),
+        other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty, lottery)"))),
     }
 }
 

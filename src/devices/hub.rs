@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{decode, run_port, Classifier, DecodeError, DeviceConfig, DeviceContext, DeviceEvent, DeviceMsg, ReaderKind, ScanError, ScanStore};
+use super::{decode, run_port, Classifier, DecodeError, DeviceConfig, DeviceContext, DeviceEvent, DeviceKind, DeviceMsg, ReaderKind, ScanError, ScanStore};
 use crate::backend::CardData;
 use crate::engine::clock::Clock;
 use crate::engine::Event;
@@ -33,15 +33,22 @@ impl Hub {
         Arc::new(Hub { store: ScanStore::default(), ctx: DeviceContext::new(classifier, clock), events, devices: Mutex::new(BTreeMap::new()) })
     }
 
-    /// Start one task per configured port, the card reaper, and the forwarder to subscribers.
+    /// Start one task per configured device (serial port or keyboard-mode scanner), the card reaper,
+    /// and the forwarder to subscribers.
     pub fn start(self: &Arc<Self>, devices: Vec<DeviceConfig>, stop: watch::Receiver<bool>) {
         self.store.spawn_reaper();
         let (tx, mut rx) = mpsc::channel::<DeviceMsg>(1024);
         for cfg in devices {
             let mut stop = stop.clone();
-            tokio::spawn(run_port(cfg, self.ctx.clone(), tx.clone(), async move {
+            let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
-            }));
+            };
+            match cfg.kind {
+                DeviceKind::Serial => {
+                    tokio::spawn(run_port(cfg, self.ctx.clone(), tx.clone(), stopped));
+                }
+                DeviceKind::Keyboard => spawn_keyboard(cfg, self.ctx.clone(), tx.clone(), stopped),
+            }
         }
         let hub = self.clone();
         tokio::spawn(async move {
@@ -94,5 +101,48 @@ impl Hub {
 
     pub fn devices(&self) -> Vec<DeviceEvent> {
         self.devices.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+#[cfg(all(target_os = "linux", feature = "evdev"))]
+fn spawn_keyboard(cfg: DeviceConfig, ctx: DeviceContext, tx: mpsc::Sender<DeviceMsg>, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(super::evdev::run_keyboard(cfg, ctx, tx, stop));
+}
+
+/// Without evdev (another OS, or built without the feature) a keyboard device says why it is not read.
+/// Config validation refuses such a device first; this covers a `Hub` started with one anyway.
+#[cfg(not(all(target_os = "linux", feature = "evdev")))]
+fn spawn_keyboard(cfg: DeviceConfig, ctx: DeviceContext, tx: mpsc::Sender<DeviceMsg>, _stop: impl std::future::Future<Output = ()> + Send + 'static) {
+    let ev = DeviceEvent { device: cfg.stable_id(), path: cfg.path.unwrap_or_default(), state: super::DeviceState::Error, detail: Some(super::keyboard::UNSUPPORTED.to_string()), at: ctx.now() };
+    tokio::spawn(async move {
+        let _ = tx.send(DeviceMsg::Device(ev)).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::devices::keyboard::{Layout, SUPPORTED, UNSUPPORTED};
+    use crate::devices::DeviceState;
+    use crate::engine::clock::SystemClock;
+
+    #[tokio::test]
+    async fn keyboard_devices_are_started() {
+        let (events, mut rx) = broadcast::channel(16);
+        let hub = Hub::new(Classifier::default(), Arc::new(SystemClock), events);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        hub.start(vec![DeviceConfig::keyboard("/nonexistent/event-kbd", Layout::Us)], stop_rx);
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an event").expect("received");
+        assert_eq!((ev.kind, ev.data["device"].as_str(), ev.data["state"].as_str()), ("device", Some("kbd-event-kbd"), Some("error")));
+        let detail = ev.data["detail"].as_str().unwrap_or_default();
+        if SUPPORTED {
+            assert!(detail.starts_with("cannot open: "), "{detail}");
+        } else {
+            assert_eq!(detail, UNSUPPORTED);
+        }
+        assert_eq!(hub.devices().first().map(|d| d.state), Some(DeviceState::Error));
+        let _ = stop_tx.send(true);
     }
 }

@@ -2,12 +2,16 @@
 //!
 //! `framer` cuts the byte stream, `aim` and `track` decode a frame, `classify` suggests what to do
 //! with it, `scans` holds swiped cards for operations, and `serial` runs one port with hot-plug.
+//! `keyboard` (pure) and `evdev` (Linux) do the same for scanners that type as a USB keyboard.
 //! `decode` is shared by the serial path and by scans injected through the local API, so both give
 //! the same events.
 pub mod aim;
 pub mod classify;
 pub mod framer;
+#[cfg(all(target_os = "linux", feature = "evdev"))]
+pub mod evdev;
 pub mod hub;
+pub mod keyboard;
 pub mod scans;
 pub mod serial;
 pub mod track;
@@ -26,7 +30,7 @@ use crate::engine::clock::Clock;
 pub use classify::{Classifier, ScanRule, Suggestion};
 pub use framer::{FrameEvent, Framer, FramingConfig, Terminator};
 pub use scans::{CardSummary, HeldCard, ScanError, ScanEvent, ScanKind, ScanStore};
-pub use serial::{discover, run_port, DeviceConfig, Discovered, UsbMatch};
+pub use serial::{discover, run_port, DeviceConfig, DeviceKind, Discovered, UsbMatch};
 
 /// What a device sends: `auto` tells swipes from barcodes by their sentinels; `card` treats every
 /// frame as a swipe (so a swipe with a lost sentinel is still masked, never shown as a barcode).

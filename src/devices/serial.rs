@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use super::framer::{FrameEvent, Framer, FramingConfig};
+use super::keyboard::Layout;
 use super::{decode, DeviceContext, DeviceEvent, DeviceMsg, DeviceState, ReaderKind};
 
 /// First reopen delay after a port goes away; doubles up to `BACKOFF_MAX`.
@@ -70,6 +71,16 @@ fn de_hex16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     }
 }
 
+/// What a `[[devices]]` entry reads: a serial line (the default), or a keyboard-mode scanner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Serial,
+    /// A scanner that types as a USB keyboard, read through Linux evdev (`devices::evdev`).
+    Keyboard,
+}
+
 fn d_baud() -> u32 {
     9600
 }
@@ -94,10 +105,18 @@ fn d_stop_bits() -> u8 {
 /// flow_control = "none"              # software, hardware
 /// reader = "auto"                    # "card" for a dedicated magnetic card reader
 /// framing = { terminators = ["cr", "lf", "crlf"], stx = false, max_len = 4096, idle_gap_ms = 50 }
+///
+/// [[devices]]
+/// kind = "keyboard"                  # a keyboard-mode scanner (Linux, evdev); default "serial"
+/// path = "/dev/input/by-id/usb-Honeywell_Scanner-event-kbd"
+/// layout = "de"                      # required: us, de or fr, as the scanner is set up
+/// # id, reader and framing as above; Enter and keypad Enter type CR, Tab types TAB.
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
+    #[serde(default)]
+    pub kind: DeviceKind,
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default)]
@@ -118,6 +137,9 @@ pub struct DeviceConfig {
     pub reader: ReaderKind,
     #[serde(default)]
     pub framing: FramingConfig,
+    /// The keyboard layout a `kind = "keyboard"` scanner types in; only for keyboards.
+    #[serde(default)]
+    pub layout: Option<Layout>,
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -132,6 +154,7 @@ impl DeviceConfig {
     /// A config for a port path with every default (9600 8N1, CR/LF framing).
     pub fn for_path(path: impl Into<String>) -> Self {
         DeviceConfig {
+            kind: DeviceKind::Serial,
             id: None,
             path: Some(path.into()),
             usb: None,
@@ -142,7 +165,13 @@ impl DeviceConfig {
             flow_control: FlowControl::None,
             reader: ReaderKind::Auto,
             framing: FramingConfig::default(),
+            layout: None,
         }
+    }
+
+    /// A keyboard-mode scanner at an evdev path, typing in `layout`, with default framing (Enter ends a scan).
+    pub fn keyboard(path: impl Into<String>, layout: Layout) -> Self {
+        DeviceConfig { kind: DeviceKind::Keyboard, layout: Some(layout), ..DeviceConfig::for_path(path) }
     }
 
     /// The device id in events: the configured one, else from the USB ids and serial number or the
@@ -156,6 +185,7 @@ impl DeviceConfig {
                 Some(s) => format!("usb-{:04x}:{:04x}-{s}", m.vid, m.pid),
                 None => format!("usb-{:04x}:{:04x}", m.vid, m.pid),
             },
+            (None, Some(p)) if self.kind == DeviceKind::Keyboard => format!("kbd-{}", base_name(p)),
             (None, Some(p)) => port_id(p),
             (None, None) => "unnamed".to_string(),
         }
@@ -164,11 +194,30 @@ impl DeviceConfig {
     pub fn validate(&self) -> Result<(), DeviceConfigError> {
         let id = self.stable_id();
         let field = |field, why: &str| Err(DeviceConfigError::Field { id: id.clone(), field, why: why.to_string() });
+        match (self.kind, self.layout) {
+            (DeviceKind::Keyboard, _) if !super::keyboard::SUPPORTED => return field("kind", super::keyboard::UNSUPPORTED),
+            (DeviceKind::Keyboard, _) if self.usb.is_some() => return field("match", "is for serial devices; give a keyboard's `path` (/dev/input/by-id/...-event-kbd)"),
+            (DeviceKind::Keyboard, None) => return field("layout", "is required for a keyboard device (us, de or fr)"),
+            (DeviceKind::Serial, Some(_)) => return field("layout", "applies only to kind = \"keyboard\""),
+            _ => {}
+        }
         if self.path.is_some() == self.usb.is_some() {
             return Err(DeviceConfigError::PathOrMatch { id });
         }
         if self.path.as_deref().is_some_and(|p| p.trim().is_empty()) {
             return field("path", "is empty");
+        }
+        if self.kind == DeviceKind::Keyboard {
+            let serial_only = [
+                ("baud", self.baud != d_baud()),
+                ("data_bits", self.data_bits != d_data_bits()),
+                ("parity", self.parity != Parity::None),
+                ("stop_bits", self.stop_bits != d_stop_bits()),
+                ("flow_control", self.flow_control != FlowControl::None),
+            ];
+            if let Some((name, _)) = serial_only.iter().find(|(_, set)| *set) {
+                return field(name, "is a serial line setting; it does not apply to a keyboard device");
+            }
         }
         if self.baud == 0 {
             return field("baud", "must be more than 0");
@@ -212,8 +261,11 @@ impl DeviceConfig {
 
 /// `port-<basename>` for a path like `/dev/ttyACM0` or `COM3`.
 fn port_id(path: &str) -> String {
-    let base = Path::new(path).file_name().and_then(|s| s.to_str()).unwrap_or(path);
-    format!("port-{base}")
+    format!("port-{}", base_name(path))
+}
+
+fn base_name(path: &str) -> &str {
+    Path::new(path).file_name().and_then(|s| s.to_str()).unwrap_or(path)
 }
 
 /// A serial port the system reports, with its USB identity when it has one.
@@ -511,6 +563,60 @@ mod tests {
         assert!(matches!(c.validate(), Err(DeviceConfigError::Field { field: "framing", .. })));
         assert!(toml::from_str::<DeviceConfig>("path = \"x\"\nbaudrate = 1").is_err());
         assert!(toml::from_str::<DeviceConfig>("match = { vid = \"zz\", pid = 1 }").is_err());
+    }
+
+    #[test]
+    fn keyboard_config() {
+        #[derive(Deserialize)]
+        struct Daemon {
+            devices: Vec<DeviceConfig>,
+        }
+        let d: Daemon = toml::from_str(
+            r#"
+            [[devices]]
+            path = "/dev/ttyACM0"
+
+            [[devices]]
+            kind = "keyboard"
+            path = "/dev/input/by-id/usb-Honeywell_1900-event-kbd"
+            layout = "de"
+
+            [[devices]]
+            kind = "keyboard"
+            id = "msr"
+            path = "/dev/input/event7"
+            layout = "fr"
+            reader = "card"
+            framing = { terminators = ["cr", "tab"] }
+            "#,
+        )
+        .expect("toml");
+        let [serial, kbd, msr] = &d.devices[..] else { panic!("three devices") };
+        assert_eq!(*serial, DeviceConfig::for_path("/dev/ttyACM0"), "serial entries parse as before");
+        assert_eq!(*kbd, DeviceConfig::keyboard("/dev/input/by-id/usb-Honeywell_1900-event-kbd", Layout::De));
+        assert_eq!(kbd.stable_id(), "kbd-usb-Honeywell_1900-event-kbd");
+        assert_eq!((msr.kind, msr.layout, msr.reader, msr.stable_id().as_str()), (DeviceKind::Keyboard, Some(Layout::Fr), ReaderKind::Card, "msr"));
+        let check = |c: &DeviceConfig| c.validate().map_err(|e| e.to_string());
+        if super::super::keyboard::SUPPORTED {
+            assert_eq!(check(kbd), Ok(()));
+            assert_eq!(check(msr), Ok(()));
+        } else {
+            assert!(check(kbd).is_err_and(|e| e.contains("`evdev` cargo feature")));
+        }
+        assert_eq!(check(serial), Ok(()));
+        let base = || DeviceConfig::keyboard("/dev/input/event3", Layout::Us);
+        if super::super::keyboard::SUPPORTED {
+            let no_layout = DeviceConfig { layout: None, ..base() };
+            assert_eq!(check(&no_layout), Err("device kbd-event3: `layout` is required for a keyboard device (us, de or fr)".into()));
+            let baud = DeviceConfig { baud: 115200, ..base() };
+            assert!(check(&baud).is_err_and(|e| e.contains("`baud` is a serial line setting")));
+            let usb = DeviceConfig { path: None, usb: Some(UsbMatch { vid: 1, pid: 2, serial: None }), ..base() };
+            assert!(check(&usb).is_err_and(|e| e.contains("`match` is for serial devices")));
+        }
+        let serial_with_layout = DeviceConfig { layout: Some(Layout::Us), ..DeviceConfig::for_path("/dev/ttyS0") };
+        assert!(check(&serial_with_layout).is_err_and(|e| e.contains("`layout` applies only to kind = \"keyboard\"")));
+        assert!(toml::from_str::<DeviceConfig>("kind = \"hid\"\npath = \"x\"").is_err());
+        assert!(toml::from_str::<DeviceConfig>("kind = \"keyboard\"\npath = \"x\"\nlayout = \"dvorak\"").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! faults on demand so tests can prove recovery. Shared pieces: [`faults`] and the TLS HTTP [`server`].
 pub mod faults;
 pub mod loyalty;
+pub mod lottery;
 pub mod server;
 
 pub use faults::Fault;

@@ -1,0 +1,337 @@
+//! The lottery wire vocabulary: operation table (paths, business fields), the signed envelope, bodies, answers.
+//!
+//! Shared by the backend (what to accept from the POS, what to send) and the simulator (what to require),
+//! so the two cannot drift apart.
+use serde_json::{Map, Value};
+
+use super::sign::{self, SignMethod};
+use crate::backend::{OpClass, OpSpec, Recovery};
+
+/// Who supplies a business field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The POS request body.
+    Pos,
+    /// The daemon (transacId, type, login identity).
+    Daemon,
+}
+
+/// How a POS field is typed and where it may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain text, journal-safe.
+    Text,
+    /// A ticket's security bar code (保安区): whoever holds it can redeem the prize, so it is journaled
+    /// masked and kept clear only in the sealed vault (a resend needs it again).
+    BarCode,
+    /// A password: first send only, never journaled.
+    Password,
+    /// `YYYY/MM/DD`.
+    Date,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub required: bool,
+    pub owner: Owner,
+    pub kind: Kind,
+    /// Sent when the POS leaves the field out (the spec's "全部填写: 00000" and the like).
+    /// `"$clerk"` means the station's clerk id.
+    pub default: Option<&'static str>,
+}
+
+const fn p(name: &'static str, required: bool, kind: Kind) -> Field {
+    Field { name, required, owner: Owner::Pos, kind, default: None }
+}
+const fn pd(name: &'static str, default: &'static str) -> Field {
+    Field { name, required: true, owner: Owner::Pos, kind: Kind::Text, default: Some(default) }
+}
+const fn d(name: &'static str) -> Field {
+    Field { name, required: true, owner: Owner::Daemon, kind: Kind::Text, default: None }
+}
+
+/// One lottery interface.
+#[derive(Debug, Clone, Copy)]
+pub struct WireOp {
+    pub spec: OpSpec,
+    /// Path after `{base_url}/`; empty for `reconcile`, which uses [`AWARD_SUMMARY`] and [`AWARD_DETAIL`].
+    pub path: &'static str,
+    /// Business fields (`param_json`) in the spec's order.
+    pub fields: &'static [Field],
+}
+
+/// The body key a POS may add to pick the station an inquiry runs on (not sent to the backend).
+pub const STATION_KEY: &str = "stationId";
+
+/// Fields the POS may never send.
+pub const DAEMON_OWNED: &[&str] = &["transacId", "type", "access_token", "app_key", "sign", "sign_method", "timestamp", "clerkId", "serialNo"];
+
+const LOGIN: &[Field] = &[d("stationId"), d("clerkId"), d("password"), d("type"), d("version"), d("serialNo")];
+const PASSWORD: &[Field] = &[p("old", false, Kind::Password), p("new", true, Kind::Password)];
+const REDEEM: &[Field] = &[p("userId", true, Kind::Text), p("userRealIp", true, Kind::Text), d("transacId"), d("type"), p("barCode", true, Kind::BarCode)];
+const NONE: &[Field] = &[];
+const PRIZE: &[Field] = &[p("barCode", true, Kind::BarCode)];
+const SALES: &[Field] = &[pd("gameNo", "00000"), pd("batchNo", "00000"), p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
+const BALANCE: &[Field] = &[p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date)];
+const TRACE: &[Field] = &[p("barCode", true, Kind::Text)];
+const AWARD: &[Field] = &[pd("gameNo", "00000"), pd("batchNo", "00000"), p("beginTime", true, Kind::Date), p("endTime", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
+/// awardSummary / awardDetail: filled by the daemon for the reconciled day.
+pub const ACCOUNT: &[Field] = &[d("gameNo"), d("batchNo"), d("beginTime"), d("endTime")];
+
+const fn spec(name: &'static str, class: OpClass) -> OpSpec {
+    OpSpec { name, class, needs_original: false }
+}
+
+pub const LOGIN_PATH: &str = "proxy/station/login";
+pub const REDEEM_PATH: &str = "proxy/validate/thirdAward";
+pub const AWARD_SUMMARY: &str = "migt/account/awardSummary";
+pub const AWARD_DETAIL: &str = "migt/account/awardDetail";
+/// The thirdAward `type` for station machine-read redemption (1704, manual, is "暂不支持").
+pub const REDEEM_TYPE: i64 = 1701;
+
+/// Every lottery operation, in the order of the spec's section 8.
+pub static OPS: &[WireOp] = &[
+    WireOp { spec: spec("login", OpClass::SignOn), path: LOGIN_PATH, fields: LOGIN },
+    WireOp { spec: spec("password", OpClass::Inquiry), path: "proxy/station/password", fields: PASSWORD },
+    WireOp { spec: spec("redeem", OpClass::Financial(Recovery::Resend)), path: REDEEM_PATH, fields: REDEEM },
+    WireOp { spec: spec("count", OpClass::Inquiry), path: "proxy/validate/getCount", fields: NONE },
+    WireOp { spec: spec("reset-count", OpClass::Inquiry), path: "proxy/validate/resetCount", fields: NONE },
+    WireOp { spec: spec("report-sales", OpClass::Inquiry), path: "migt/report/sales", fields: SALES },
+    WireOp { spec: spec("report-balance", OpClass::Inquiry), path: "migt/report/balance", fields: BALANCE },
+    WireOp { spec: spec("report-trace", OpClass::Inquiry), path: "migt/report/trace", fields: TRACE },
+    WireOp { spec: spec("report-award", OpClass::Inquiry), path: "migt/report/award", fields: AWARD },
+    WireOp { spec: spec("reconcile", OpClass::Report), path: "", fields: NONE },
+    WireOp { spec: spec("prize", OpClass::Inquiry), path: "proxy/validate/getPrize", fields: PRIZE },
+];
+
+/// The same list as the engine sees it.
+pub static OP_SPECS: &[OpSpec] = &[
+    OPS[0].spec,
+    OPS[1].spec,
+    OPS[2].spec,
+    OPS[3].spec,
+    OPS[4].spec,
+    OPS[5].spec,
+    OPS[6].spec,
+    OPS[7].spec,
+    OPS[8].spec,
+    OPS[9].spec,
+    OPS[10].spec,
+];
+
+pub fn op(name: &str) -> Option<&'static WireOp> {
+    OPS.iter().find(|o| o.spec.name == name)
+}
+
+/// The operation served at a path (the simulator's side); the two account paths are not operations.
+pub fn op_by_path(path: &str) -> Option<&'static WireOp> {
+    OPS.iter().find(|o| !o.path.is_empty() && o.path == path)
+}
+
+/// Request body encoding (profile option `body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/x-www-form-urlencoded`, one form field per envelope parameter (the spec).
+    Form,
+    /// The same parameters as one JSON object of strings.
+    Json,
+}
+
+pub const FORM_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
+pub const JSON_TYPE: &str = "application/json; charset=utf-8";
+
+/// `param_json` text with the fields in the given order (serde_json's map would sort them).
+pub fn param_json(fields: &[(&str, Value)]) -> String {
+    let mut s = String::from("{");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&Value::String((*k).to_string()).to_string());
+        s.push(':');
+        s.push_str(&v.to_string());
+    }
+    s.push('}');
+    s
+}
+
+/// The public parameters of one request, before signing.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    pub app_key: &'a str,
+    /// Absent for login (an optional parameter left out of the signature).
+    pub access_token: Option<&'a str>,
+    pub timestamp: String,
+    pub sign_method: SignMethod,
+    pub param_json: String,
+}
+
+impl Envelope<'_> {
+    /// The parameters to send, `sign` last. The pairs hold the token: never log them.
+    pub fn signed_pairs(&self, app_secret: &str) -> Vec<(&'static str, String)> {
+        let mut pairs: Vec<(&'static str, String)> = vec![("app_key", self.app_key.to_string())];
+        if let Some(t) = self.access_token {
+            pairs.push(("access_token", t.to_string()));
+        }
+        pairs.extend([
+            ("timestamp", self.timestamp.clone()),
+            ("format", "json".to_string()),
+            ("v", "1.0".to_string()),
+            ("sign_method", self.sign_method.wire().to_string()),
+            ("param_json", self.param_json.clone()),
+        ]);
+        let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let sig = sign::sign(&refs, app_secret, self.sign_method);
+        pairs.push(("sign", sig));
+        pairs
+    }
+}
+
+/// Body text and content type for the signed pairs.
+pub fn encode_body(pairs: &[(&'static str, String)], format: BodyFormat) -> (&'static str, String) {
+    match format {
+        BodyFormat::Form => {
+            let mut s = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                s.append_pair(k, v);
+            }
+            (FORM_TYPE, s.finish())
+        }
+        BodyFormat::Json => {
+            let m: Map<String, Value> = pairs.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
+            (JSON_TYPE, Value::Object(m).to_string())
+        }
+    }
+}
+
+/// Parse a request body, form or JSON by its content type (the simulator's side). JSON scalars become text.
+pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    if content_type.to_ascii_lowercase().contains("json") {
+        let m: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+        Ok(m.into_iter().map(|(k, v)| (k, text_of(&v).unwrap_or_default())).collect())
+    } else {
+        Ok(form_urlencoded::parse(body).into_owned().collect())
+    }
+}
+
+/// A JSON scalar as text (strings as they are, numbers and booleans as written).
+pub fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The common answer of every interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub success: bool,
+    pub ret: String,
+    pub msg: String,
+    /// `content` as JSON: an object (or for awardDetail a list); JSON text is parsed; absent is `{}`.
+    pub content: Value,
+}
+
+/// Parse an answer body. `Err` carries a short reason (the caller scrubs and stages it).
+pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
+    let m: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("answer is not a JSON object ({e})"))?;
+    let success = match m.get("success") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => return Err("answer has no boolean `success`".into()),
+    };
+    let ret = m.get("ret").and_then(text_of).filter(|s| !s.is_empty()).ok_or("answer has no `ret`")?;
+    let msg = m.get("msg").and_then(text_of).unwrap_or_default();
+    let content = match m.get("content") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
+        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+        Some(v) => v.clone(),
+    };
+    Ok(Answer { success, ret, msg, content })
+}
+
+/// The HTML of a report as plain text for the CLI: rows on lines, cells separated by tabs, entities decoded.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = rest[i + 1..i + j].trim().to_ascii_lowercase();
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        match name.as_str() {
+            "br" | "tr" | "p" | "div" | "h1" | "h2" | "h3" | "h4" | "li" | "table" | "caption" if tag.starts_with('/') || name == "br" => out.push('\n'),
+            "td" | "th" if tag.starts_with('/') => out.push('\t'),
+            _ => {}
+        }
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    let decoded = out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&");
+    decoded
+        .lines()
+        .map(|l| l.trim_end_matches(['\t', ' ']).trim_start())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_covers_section_8() {
+        let names: Vec<&str> = OP_SPECS.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["login", "password", "redeem", "count", "reset-count", "report-sales", "report-balance", "report-trace", "report-award", "reconcile", "prize"]);
+        assert_eq!(op("redeem").map(|o| o.spec.class), Some(OpClass::Financial(Recovery::Resend)));
+        assert_eq!(op_by_path(REDEEM_PATH).map(|o| o.spec.name), Some("redeem"));
+        assert!(op_by_path("").is_none());
+        for o in OPS {
+            for f in o.fields {
+                if DAEMON_OWNED.contains(&f.name) && o.spec.name != "login" {
+                    assert_eq!(f.owner, Owner::Daemon, "{}.{}", o.spec.name, f.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn envelope_is_signed_and_encoded_both_ways() {
+        let pj = param_json(&[("stationId", Value::from("21010001")), ("type", Value::from(1701))]);
+        assert_eq!(pj, r#"{"stationId":"21010001","type":1701}"#);
+        let e = Envelope { app_key: "k", access_token: None, timestamp: "2018-05-07 10:23:44".into(), sign_method: SignMethod::Md5, param_json: pj.clone() };
+        let pairs = e.signed_pairs("s");
+        assert!(pairs.iter().all(|(k, _)| *k != "access_token"));
+        assert_eq!(pairs.last().map(|p| p.0), Some("sign"));
+        let (ct, body) = encode_body(&pairs, BodyFormat::Form);
+        let back = decode_body(ct, body.as_bytes()).unwrap();
+        assert_eq!(back.iter().find(|(k, _)| k == "param_json").map(|p| p.1.as_str()), Some(pj.as_str()));
+        assert_eq!(back.iter().find(|(k, _)| k == "timestamp").map(|p| p.1.as_str()), Some("2018-05-07 10:23:44"));
+        let (ct, body) = encode_body(&pairs, BodyFormat::Json);
+        assert_eq!(decode_body(ct, body.as_bytes()).unwrap().len(), pairs.len());
+    }
+
+    #[test]
+    fn answers_accept_content_as_object_or_text() {
+        let a = parse_answer(br#"{"success":true,"ret":"10000","msg":"ok","content":"{\"token\":\"t\"}"}"#).unwrap();
+        assert_eq!(a.content["token"], "t");
+        let a = parse_answer(br#"{"success":false,"ret":1305,"msg":"x","content":{"ticketNo":"1"}}"#).unwrap();
+        assert_eq!((a.success, a.ret.as_str()), (false, "1305"));
+        assert!(parse_answer(b"<html>").is_err());
+        assert!(parse_answer(br#"{"ret":"1"}"#).is_err());
+    }
+
+    #[test]
+    fn html_reports_render_as_text() {
+        let t = html_to_text("<html><body><h3>进销存</h3><table><tr><th>游戏</th><th>张数</th></tr><tr><td>A&amp;B</td><td>3</td></tr></table></body></html>");
+        assert_eq!(t, "进销存\n游戏\t张数\nA&B\t3");
+    }
+}
