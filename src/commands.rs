@@ -116,7 +116,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("  demo scanner on {path}: watch it with  curl -N --unix-socket {} http://posgate/v1/events", setup.config.unix_socket.clone().unwrap_or_default().display());
     }
     let sock = setup.config.unix_socket.clone().unwrap_or_default();
-    println!("posgate demo: loyalty simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.config.data_dir.join("pki").display());
+    println!("posgate demo: loyalty simulator on https://{}, lottery simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.lottery_addr, setup.config.data_dir.join("pki").display());
     println!("  local API, Unix socket: {}", sock.display());
     println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
     println!("  demo cards: 6222021234567890123 (PIN 123456), 6222020000000000016 (no PIN, 200.00), 6222020000000000008 (no PIN, large balance)");
@@ -124,6 +124,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("    curl --unix-socket {} http://posgate/v1/status", sock.display());
     println!(
         "    curl --unix-socket {} -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' -d '{{\"cardNo\":\"6222020000000000008\",\"consumeType\":\"01\",\"pointAmount\":1050,\"cashAmount\":0}}' http://posgate/v1/profiles/loyalty/consume",
+        sock.display()
+    );
+    println!(
+        "    curl --unix-socket {} -H 'Content-Type: application/json' -d '{{\"userId\":\"wx0001\",\"userRealIp\":\"127.0.0.1\",\"barCode\":\"GW00000003\"}}' http://posgate/v1/profiles/lottery/redeem",
         sock.display()
     );
     println!("    POSGATE_SOCKET={} posgate journal", sock.display());

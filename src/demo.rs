@@ -7,16 +7,21 @@ use rand::RngCore;
 use crate::config::{DaemonConfig, Profile};
 use crate::net::tls::TestPki;
 use crate::secret::Secret;
+use crate::sim::lottery::LotterySim;
 use crate::sim::loyalty::{LoyaltySim, SimConfig};
 
 /// The example loyalty profile shipped in `terminal-profiles/`.
 pub const LOYALTY_PROFILE: &str = include_str!("../terminal-profiles/loyalty.toml");
+/// The example lottery profile shipped in `terminal-profiles/`.
+pub const LOTTERY_PROFILE: &str = include_str!("../terminal-profiles/lottery.toml");
 
 /// A running simulator and the daemon configuration that points at it.
 pub struct DemoSetup {
     pub config: DaemonConfig,
     pub loyalty: Arc<LoyaltySim>,
     pub loyalty_addr: std::net::SocketAddr,
+    pub lottery: Arc<LotterySim>,
+    pub lottery_addr: std::net::SocketAddr,
     pub token: String,
 }
 
@@ -103,12 +108,26 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     let acceptor = pki.acceptor().map_err(|e| e.to_string())?;
     tokio::spawn(sim.clone().serve(listener, acceptor, std::future::pending::<()>()));
 
+    let lottery = Arc::new(LotterySim::demo());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
+    let lottery_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(lottery.clone().serve(listener, pki.acceptor().map_err(|e| e.to_string())?, std::future::pending::<()>()));
+    write_private(&data_dir.join("secrets/lottery-app-secret.txt"), crate::sim::lottery::DEMO_APP_SECRET.as_bytes())?;
+    write_private(&data_dir.join("secrets/lottery-station-password.txt"), crate::sim::lottery::DEMO_PASSWORD.as_bytes())?;
+
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
-    let text = LOYALTY_PROFILE.replace("https://127.0.0.1:18443", &format!("https://{addr}"));
-    let profile_path = profiles_dir.join("loyalty.toml");
-    std::fs::write(&profile_path, text).map_err(|e| io(&profile_path, e))?;
-    let profile = Profile::load(&profile_path).map_err(|e| e.to_string())?;
+    let mut profiles = Vec::new();
+    for (file, text, example, actual) in [
+        ("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr),
+        ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr),
+    ] {
+        let path = profiles_dir.join(file);
+        // The demo serves around the clock, so a newcomer in any time zone sees a redeem go through.
+        let text = text.replace(example, &format!("https://{actual}")).replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+        profiles.push(Profile::load(&path).map_err(|e| e.to_string())?);
+    }
 
     let config = DaemonConfig {
         data_dir: data_dir.clone(),
@@ -116,8 +135,8 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         tcp,
         token: Some(Secret::new(token.as_bytes().to_vec())),
         max_body_bytes: 64 * 1024,
-        profiles: vec![profile],
+        profiles,
         devices: Vec::new(),
     };
-    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, token })
+    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, token })
 }

@@ -2,5 +2,6 @@
 mod api;
 mod crash;
 mod devices;
+mod lottery;
 mod order;
 mod support;

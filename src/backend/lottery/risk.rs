@@ -119,7 +119,14 @@ impl RiskRules {
         };
         let t = now.time();
         let (start, end) = self.hours;
-        let open = if start <= end { t >= start && t < end } else { t >= start || t < end };
+        // Equal ends ("00:00-00:00") mean around the clock; start > end wraps past midnight.
+        let open = if start == end {
+            true
+        } else if start < end {
+            t >= start && t < end
+        } else {
+            t >= start || t < end
+        };
         if !open {
             return refuse("operation", code::HOURS, format!("outside service hours {}-{}", start.format("%H:%M"), end.format("%H:%M")));
         }
