@@ -63,6 +63,19 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Run a report operation (lottery `reconcile`, `report-sales`, …) and print its text rendering.
+    Report {
+        profile: String,
+        operation: String,
+        /// The JSON body (for example `{"date": "2026-11-22"}` or `{"beginDate": …}`).
+        #[arg(long, default_value = "{}")]
+        body: String,
+        /// Print the whole JSON answer instead of the text rendering.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// List journal records, or show one by id.
     Journal {
         id: Option<u64>,

@@ -62,6 +62,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await?;
             finish(s, v)
         }
+        Command::Report { profile, operation, body, json, connect } => {
+            let body: Value = serde_json::from_str(&body).context("--body is not JSON")?;
+            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, None).await?;
+            match v["result"]["report_text"].as_str() {
+                Some(text) if !json && s < 400 => {
+                    println!("{text}");
+                    Ok(())
+                }
+                _ => finish(s, v),
+            }
+        }
         Command::Journal { id, profile, batch, status, date, limit, connect } => {
             let c = client(&connect)?;
             let (s, v) = match id {
