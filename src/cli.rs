@@ -150,7 +150,10 @@ pub struct BenchArgs {
     /// Frames for the scan benchmark (pty bytes to the `scan` event at an SSE subscriber).
     #[arg(long, default_value_t = 2000)]
     pub scan_frames: usize,
-    /// Run only this part: consume, scan, or all.
+    /// Records in the journal for the start-up measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub startup_records: usize,
+    /// Run only this part: consume, scan, startup, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
 }

@@ -45,6 +45,14 @@ fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
     k
 }
 
+fn profile_index_key(profile: &str, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(profile.len() + 9);
+    k.extend_from_slice(profile.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
 fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     let mut k = batch_key(profile, batch);
     k.push(0);
@@ -71,6 +79,8 @@ pub struct SledJournal {
     pending: sled::Tree,
     recovery: sled::Tree,
     batchidx: sled::Tree,
+    /// profile \0 id → (): one profile's records in id (= creation) order.
+    profidx: sled::Tree,
     totals: sled::Tree,
     profiles: sled::Tree,
     idem: sled::Tree,
@@ -90,6 +100,7 @@ impl SledJournal {
             pending: tree("pending")?,
             recovery: tree("recovery")?,
             batchidx: tree("batchidx")?,
+            profidx: tree("profidx")?,
             totals: tree("totals")?,
             profiles: tree("profiles")?,
             idem: tree("idem")?,
@@ -190,8 +201,8 @@ impl JournalStore for SledJournal {
     fn begin(&self, new: NewRecord) -> Result<Begun, JournalError> {
         let id = self.db.generate_id().map_err(store_err)? + 1;
         let idem_key = new.record.idempotency_key.as_ref().map(|k| batch_key(&new.record.profile, k));
-        (&self.records, &self.pending, &self.batchidx, &self.profiles, &self.idem)
-            .transaction(|(records, pending, batchidx, profiles, idem)| {
+        (&self.records, &self.pending, &self.batchidx, &self.profiles, &self.idem, &self.profidx)
+            .transaction(|(records, pending, batchidx, profiles, idem, profidx)| {
                 if let Some(k) = &idem_key {
                     if let Some(first) = idem.get(k)? {
                         let v = records.get(&first)?.ok_or_else(|| abort(JournalError::Corrupt(hex::encode(&first), "idempotency key names a missing record".into())))?;
@@ -213,6 +224,7 @@ impl JournalStore for SledJournal {
                     pending.insert(&key, &[])?;
                 }
                 batchidx.insert(batch_index_key(&rec.profile, &rec.batch, id), &[])?;
+                profidx.insert(profile_index_key(&rec.profile, id), &[])?;
                 if let Some(k) = &idem_key {
                     idem.insert(k.as_slice(), &key)?;
                 }
@@ -336,8 +348,26 @@ impl JournalStore for SledJournal {
                 && q.date.as_ref().is_none_or(|d| r.created_at.starts_with(d.as_str()))
         };
         let mut out = Vec::new();
-        let upper = q.before.unwrap_or(u64::MAX).to_be_bytes();
-        for kv in self.records.range(..upper).rev() {
+        let before = q.before.unwrap_or(u64::MAX);
+        if let Some(p) = &q.profile {
+            // One profile: walk its index, so other profiles' records cost nothing.
+            let lower = profile_index_key(p, 0);
+            let upper = profile_index_key(p, before);
+            for kv in self.profidx.range(lower..upper).rev() {
+                let (k, _) = kv.map_err(store_err)?;
+                let id = &k[k.len() - 8..];
+                let Some(v) = self.records.get(id).map_err(store_err)? else { continue };
+                let rec = decode(id, &v)?;
+                if keep(&rec) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        for kv in self.records.range(..before.to_be_bytes()).rev() {
             let (k, v) = kv.map_err(store_err)?;
             let rec = decode(&k, &v)?;
             if keep(&rec) {
