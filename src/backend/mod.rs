@@ -164,7 +164,7 @@ pub struct SignOn {
     pub reply: Reply,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SettleRequest<'a> {
     pub journal_id: u64,
     pub identity: &'a TerminalIdentity,
@@ -173,8 +173,9 @@ pub struct SettleRequest<'a> {
     pub session: &'a Value,
     /// The engine's running totals for the batch (counts and fen).
     pub totals: &'a BTreeMap<String, i64>,
-    /// The batch's journal lines (public view), for vendors that want them uploaded.
-    pub lines: &'a [Value],
+    /// The batch's journal lines (public view), read only when a vendor wants them uploaded, so a
+    /// balanced settlement costs the same however many records the batch holds.
+    pub lines: &'a (dyn Fn() -> Result<Vec<Value>, String> + Send + Sync),
     pub public: &'a Map<String, Value>,
 }
 

@@ -558,14 +558,10 @@ impl Engine {
     async fn settle_send(&self, lane: &Lane, mut rec: Record, session: &Value) -> Result<Record, EngineError> {
         testhook::point(testhook::IN_SETTLE).await;
         let totals: BTreeMap<String, i64> = rec.request.get("totals").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
-        let lines: Vec<Value> = self
-            .journal
-            .batch_records(&lane.profile.name, &rec.batch)
-            .map_err(jerr)?
-            .iter()
-            .filter(|r| r.class == "financial")
-            .map(Record::view)
-            .collect();
+        let (journal, profile, batch) = (self.journal.clone(), lane.profile.name.clone(), rec.batch.clone());
+        let lines = move || -> Result<Vec<Value>, String> {
+            Ok(journal.batch_records(&profile, &batch).map_err(|e| e.to_string())?.iter().filter(|r| r.class == "financial").map(Record::view).collect())
+        };
         let req = backend::SettleRequest {
             journal_id: rec.id,
             identity: &lane.profile.identity,

@@ -153,3 +153,22 @@ pub(super) async fn worker(engine: Weak<Engine>, lane: Arc<Lane>, mut stop: watc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_ms;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
+        for attempts in 0..40 {
+            let base = (200u64 << attempts.min(30)).min(60_000) as i64;
+            for _ in 0..50 {
+                let d = backoff_ms(200, 60_000, attempts);
+                assert!(d >= base / 2 && d <= base, "attempt {attempts}: {d} not in [{}, {base}]", base / 2);
+            }
+        }
+        // Jitter: not every retry of a fleet lands on the same millisecond.
+        let spread: std::collections::HashSet<i64> = (0..100).map(|_| backoff_ms(200, 60_000, 5)).collect();
+        assert!(spread.len() > 10, "{spread:?}");
+    }
+}

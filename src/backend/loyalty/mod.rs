@@ -681,8 +681,9 @@ impl Backend for LoyaltyBackend {
         if flag == "ss" {
             return Ok(Settled { balanced: true, uploaded: false, reply });
         }
-        tracing::warn!(batch = req.batch, flag, lines = req.lines.len(), "loyalty settlement unbalanced; uploading the batch's lines");
-        let lines = serde_json::to_vec(req.lines).map_err(|e| err(Stage::NotSent, format!("lines: {e}")))?;
+        let lines = (req.lines)().map_err(|e| err(Stage::NotSent, format!("reading the batch's lines: {e}")))?;
+        tracing::warn!(batch = req.batch, flag, lines = lines.len(), "loyalty settlement unbalanced; uploading the batch's lines");
+        let lines = serde_json::to_vec(&lines).map_err(|e| err(Stage::NotSent, format!("lines: {e}")))?;
         let up = self.http.post(&self.upload_url, "application/json", Bytes::from(lines), req.journal_id).await.map_err(net_error)?;
         match up.status {
             200..=299 => Ok(Settled { balanced: false, uploaded: true, reply }),

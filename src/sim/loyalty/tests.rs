@@ -115,6 +115,7 @@ impl Lane {
         self.journal += 1;
         let t = self.next_trace();
         let empty = Map::new();
+        let lines = self.lines.clone();
         let req = SettleRequest {
             journal_id: self.journal,
             identity: &self.id,
@@ -122,7 +123,7 @@ impl Lane {
             batch: &self.batch,
             session: &self.session,
             totals: &self.totals,
-            lines: &self.lines,
+            lines: &|| Ok(lines.clone()),
             public: &empty,
         };
         self.b.settle(req).await.unwrap()
