@@ -206,3 +206,43 @@ async fn risk_rules_refuse_before_sending_and_name_their_code() {
     d.stop().await;
 }
 
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_reconciliation_runs_once_for_yesterday_even_across_a_restart() {
+    use chrono::TimeZone;
+    use posgate::engine::clock::ManualClock;
+    use posgate::engine::{Engine, EngineConfig, JournalQuery};
+    let w = world("lottery-daily", "hours = \"00:00-00:00\"").await;
+    let cfg = posgate::config::DaemonConfig::load(&w.config).expect("config");
+    // Today, 01:00:30 local: just past the default reconcile_at of 01:00.
+    let today = chrono::Local::now().date_naive();
+    let at = chrono::Local.from_local_datetime(&today.and_hms_opt(1, 0, 30).expect("time")).earliest().expect("local time");
+    let yesterday = today.pred_opt().expect("yesterday").to_string();
+    let reconciles = |e: &Engine| {
+        e.journal(&JournalQuery { profile: Some("lottery".into()), ..Default::default() })
+            .expect("journal")
+            .into_iter()
+            .filter(|r| r["operation"] == "reconcile")
+            .collect::<Vec<_>>()
+    };
+    for life in 0..2 {
+        let clock = Arc::new(ManualClock::new(at.timestamp_millis()));
+        let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, clock).await.expect("engine");
+        for _ in 0..200 {
+            if !reconciles(&engine).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Give a second run every chance to happen, then check there was just one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let found = reconciles(&engine);
+        assert_eq!(found.len(), 1, "life {life}: {found:?}");
+        assert_eq!(found[0]["request"]["date"], json!(yesterday), "{:?}", found[0]);
+        assert_eq!(found[0]["idempotency_key"], json!(format!("daily-reconcile-{yesterday}")));
+        assert_eq!(found[0]["status"], "approved", "{:?}", found[0]);
+        engine.shutdown().await;
+        drop(engine);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
