@@ -211,6 +211,15 @@ impl BackendError {
     pub fn new(backend: &'static str, stage: Stage, detail: impl Into<String>) -> Self {
         BackendError { backend, stage, detail: detail.into() }
     }
+
+    /// The stage an HTTPS failure means: nothing left the host, or the outcome is unknown.
+    pub fn from_net(backend: &'static str, e: crate::net::client::NetError) -> Self {
+        use crate::net::client::NetError;
+        match e {
+            NetError::NotSent(d) | NetError::Setup(d) => Self::new(backend, Stage::NotSent, d),
+            NetError::Unknown(d) => Self::new(backend, Stage::Unknown, d),
+        }
+    }
 }
 
 /// The POS request was wrong before anything was sent.
@@ -222,6 +231,12 @@ pub enum PrepareError {
     Invalid { field: String, why: String },
     #[error("field `{0}` is set by the daemon and may not be sent")]
     DaemonOwned(String),
+}
+
+impl PrepareError {
+    pub fn invalid(field: &str, why: impl Into<String>) -> Self {
+        PrepareError::Invalid { field: field.to_string(), why: why.into() }
+    }
 }
 
 /// One earlier record of the same profile, for backends with local risk rules.

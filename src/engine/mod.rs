@@ -368,15 +368,20 @@ impl Engine {
         if rec.status != Status::Approved {
             return Err(EngineError::BadRequest(format!("journal record {id} is {}, not approved", rec.status.pos_word())));
         }
+        self.original_of(rec)
+    }
+
+    /// What a follow-up operation (or its recovery) needs of its original record.
+    fn original_of(&self, rec: Record) -> Result<OriginalRef, EngineError> {
         Ok(OriginalRef {
-            id,
-            operation: rec.operation.clone(),
-            trace: rec.trace.clone(),
-            batch: rec.batch.clone(),
+            id: rec.id,
+            operation: rec.operation,
+            trace: rec.trace,
+            batch: rec.batch,
             amount_fen: rec.amount_fen,
-            reference: rec.reference.clone(),
-            trans_time: rec.trans_time.clone(),
-            created_at: rec.created_at.clone(),
+            reference: rec.reference,
+            trans_time: rec.trans_time,
+            created_at: rec.created_at,
             vault: self.sealer.unseal(rec.sealed.as_deref())?,
             public: rec.request,
         })

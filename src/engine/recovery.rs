@@ -6,7 +6,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::{jerr, Engine, EngineError, Lane, Owed, Record, Status};
-use crate::backend::{OriginalRef, Recovered, TxRequest, Verdict};
+use crate::backend::{Recovered, TxRequest, Verdict};
 
 /// Backoff before attempt `attempts + 1`: initial × 2^attempts, capped, with jitter in [½, 1].
 fn backoff_ms(initial: u64, max: u64, attempts: u32) -> i64 {
@@ -47,23 +47,9 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
     }
     let vault = engine.sealer.unseal(rec.sealed.as_deref())?;
     let original = match rec.original {
-        Some(oid) => engine.journal.get(oid).map_err(jerr)?.map(|o| -> Result<OriginalRef, EngineError> {
-            Ok(OriginalRef {
-                id: o.id,
-                operation: o.operation.clone(),
-                trace: o.trace.clone(),
-                batch: o.batch.clone(),
-                amount_fen: o.amount_fen,
-                reference: o.reference.clone(),
-                trans_time: o.trans_time.clone(),
-                created_at: o.created_at.clone(),
-                vault: engine.sealer.unseal(o.sealed.as_deref())?,
-                public: o.request.clone(),
-            })
-        }),
+        Some(oid) => engine.journal.get(oid).map_err(jerr)?.map(|o| engine.original_of(o)).transpose()?,
         None => None,
-    }
-    .transpose()?;
+    };
     let empty = serde_json::Map::new();
     let tx = TxRequest {
         journal_id: rec.id,

@@ -475,12 +475,7 @@ impl LoyaltySim {
     }
 
     fn reply(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>> {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-        if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
-            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-        }
-        r
+        super::server::reply(status, content_type, body)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {

@@ -84,14 +84,11 @@ fn err(stage: Stage, detail: impl Into<String>) -> BackendError {
 }
 
 fn net_error(e: NetError) -> BackendError {
-    match e {
-        NetError::NotSent(d) | NetError::Setup(d) => err(Stage::NotSent, d),
-        NetError::Unknown(d) => err(Stage::Unknown, d),
-    }
+    BackendError::from_net(KIND, e)
 }
 
 fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
-    PrepareError::Invalid { field: field.to_string(), why: why.into() }
+    PrepareError::invalid(field, why)
 }
 
 /// Shorten text from outside for an error detail (no more than ~200 characters).

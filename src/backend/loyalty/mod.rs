@@ -104,14 +104,11 @@ pub fn scrub(text: &str) -> String {
 }
 
 fn net_error(e: NetError) -> BackendError {
-    match e {
-        NetError::NotSent(d) | NetError::Setup(d) => err(Stage::NotSent, d),
-        NetError::Unknown(d) => err(Stage::Unknown, d),
-    }
+    BackendError::from_net(KIND, e)
 }
 
 fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
-    PrepareError::Invalid { field: field.to_string(), why: why.into() }
+    PrepareError::invalid(field, why)
 }
 
 /// A JSON value that must be an integer (not a float, not text).
