@@ -141,6 +141,9 @@ pub struct Reply {
     pub reference: Option<String>,
     /// The backend's transaction time, as sent.
     pub trans_time: Option<String>,
+    /// The amount the backend says this moved, in fen, when only the answer knows it (a lottery prize).
+    #[serde(default)]
+    pub amount_fen: Option<i64>,
 }
 
 /// The result of one recovery attempt.

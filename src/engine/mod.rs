@@ -291,6 +291,9 @@ impl Engine {
         rec.result = reply.fields.clone();
         rec.reference = reply.reference.clone();
         rec.trans_time = reply.trans_time.clone();
+        if let Some(a) = reply.amount_fen {
+            rec.amount_fen = a;
+        }
         rec.recovery = None;
     }
 

@@ -73,7 +73,11 @@ struct Ticket {
 async fn send(c: &ApiClient, t: &Ticket) -> Option<(String, i64)> {
     let (_, v) = c.post("/v1/profiles/lottery/redeem", redeem_body(&format!("u{}", &t.bar[2..]), &t.bar), Some(&t.key)).await.ok()?;
     let st = v.get("status").and_then(Value::as_str)?.to_string();
-    FINAL.contains(&st.as_str()).then(|| (st, v["result"]["prize"].as_i64().unwrap_or(0)))
+    if st == "approved" {
+        // The journal record carries what was paid, from the answer.
+        assert_eq!(v["amount_fen"], v["result"]["prize"], "{v}");
+    }
+    FINAL.contains(&st.as_str()).then(|| (st, v["amount_fen"].as_i64().unwrap_or(0)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -171,6 +171,7 @@ fn plain_reply(a: &Answer, station: &str) -> Reply {
         fields,
         reference: None,
         trans_time: None,
+        amount_fen: None,
     }
 }
 
@@ -198,6 +199,10 @@ pub fn redeem_reply(a: &Answer, transac: &str, station: &str) -> Result<Reply, B
         }
     } else {
         r.verdict = if a.success && codes::redeem_success(ret) { Verdict::Approved } else { Verdict::Declined };
+    }
+    if r.verdict == Verdict::Approved {
+        // The prize is known only now; the journal record's amount is what was paid.
+        r.amount_fen = r.fields.get("prize").and_then(Value::as_i64);
     }
     Ok(r)
 }
@@ -507,6 +512,7 @@ impl LotteryBackend {
             fields: report,
             reference: None,
             trans_time: None,
+            amount_fen: None,
         })
     }
 }

@@ -271,7 +271,7 @@ pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
     let (zh, en) = codes::lookup(&code);
     let verdict = if code == "00" { Verdict::Approved } else { Verdict::Declined };
     let message = message.filter(|s| !s.is_empty()).unwrap_or_else(|| zh.to_string());
-    Ok(Reply { verdict, code, message, message_en: en.to_string(), fields, reference, trans_time })
+    Ok(Reply { verdict, code, message, message_en: en.to_string(), fields, reference, trans_time, amount_fen: None })
 }
 
 /// YYYYMMDD of an RFC 3339 time, as written (the original's local date).
