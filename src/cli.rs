@@ -107,6 +107,13 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Check the config, secrets, backends (TLS handshake), serial ports and the running daemon.
+    Doctor {
+        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Measure consume latency and throughput against the built-in simulator.
     Bench(BenchArgs),
     /// Print the man page (roff), generated from these definitions.

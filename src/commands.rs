@@ -99,6 +99,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             finish(s, v)
         }
+        Command::Doctor { config, connect } => {
+            let report = posgate::doctor::run(&config, &client(&connect)?).await;
+            print!("{}", report.render());
+            if report.failed() {
+                bail!("doctor found problems");
+            }
+            Ok(())
+        }
         Command::Man => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             man.render(&mut std::io::stdout())?;

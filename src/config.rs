@@ -120,6 +120,8 @@ pub struct Profile {
     pub timeout: Duration,
     pub recovery: RecoverySettings,
     pub secrets: BTreeMap<String, Secret>,
+    /// Where each secret came from (for `posgate doctor`'s permission check).
+    pub secret_files: BTreeMap<String, PathBuf>,
     pub options: toml::Table,
     /// Scan classification rules, with this profile filled in.
     pub scan_rules: Vec<crate::devices::ScanRule>,
@@ -162,8 +164,10 @@ impl Profile {
             None => None,
         };
         let mut secrets = BTreeMap::new();
+        let mut secret_files = BTreeMap::new();
         for (k, f) in &raw.secrets {
             let p = dir.join(f.get_ref());
+            secret_files.insert(k.clone(), p.clone());
             let bytes = std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
             secrets.insert(k.clone(), Secret::new(bytes));
         }
@@ -181,6 +185,7 @@ impl Profile {
             timeout: Duration::from_millis(raw.timeout_ms),
             recovery: raw.recovery,
             secrets,
+            secret_files,
             options: raw.options,
             scan_rules,
             source: path.to_path_buf(),

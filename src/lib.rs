@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod devices;
+pub mod doctor;
 pub mod engine;
 pub mod journal;
 pub mod money;

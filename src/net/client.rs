@@ -68,6 +68,29 @@ fn load_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, NetError>
     Ok(roots)
 }
 
+/// Connect and complete a TLS handshake with `url`'s host, sending no request: `posgate doctor`'s check
+/// that a backend is reachable and its certificate verifies against the profile's CA bundle.
+pub async fn tls_probe(url: &str, ca_file: Option<&Path>, timeout: Duration) -> Result<String, NetError> {
+    let u = url::Url::parse(url).map_err(|e| NetError::Setup(format!("{url}: {e}")))?;
+    let host = u.host_str().ok_or_else(|| NetError::Setup(format!("{url}: no host")))?.trim_matches(['[', ']']).to_string();
+    let port = u.port_or_known_default().unwrap_or(443);
+    let roots = load_roots(ca_file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| NetError::Setup(format!("{host}: {e}")))?;
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| NetError::NotSent(format!("connect {host}:{port}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(|e| NetError::NotSent(format!("TLS with {host}:{port}: {e}")))?;
+        let (_, conn) = tls.get_ref();
+        Ok(format!("{:?}", conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default()))
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::NotSent(format!("{host}:{port}: no handshake within {} ms", timeout.as_millis())))?
+}
+
 impl HttpsClient {
     pub fn new(opts: &HttpOptions) -> Result<Self, NetError> {
         let roots = load_roots(opts.ca_file.as_deref())?;

@@ -220,3 +220,29 @@ async fn a_reversal_that_keeps_failing_is_parked_visible_and_still_blocks_until_
     assert_eq!((s, v["result"]["balanced"].clone()), (200, json!(true)), "{v}");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_secrets_backends_and_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new("doctor").await;
+    let tmk = world.dir.join("secrets/loyalty-tmk.hex");
+    std::fs::set_permissions(&tmk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let d = world.start(&[]).await;
+    let report = posgate::doctor::run(&world.config, &d.client).await;
+    let text = report.render();
+    assert!(!report.failed(), "{text}");
+    assert!(text.contains("profile loyalty: backend reachable, certificate verified"), "{text}");
+    assert!(text.contains("secret master_key present and private"), "{text}");
+    assert!(text.contains("daemon running"), "{text}");
+    assert!(!text.contains(crate::support::TMK_HEX), "doctor printed a secret: {text}");
+    // A group-readable key is a warning; a backend whose certificate the CA bundle does not sign is a failure.
+    std::fs::set_permissions(&tmk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let other = posgate::net::tls::TestPki::ensure(&world.dir.join("other-ca")).expect("pki");
+    std::fs::copy(&other.ca_file, world.dir.join("pki/test-ca.pem")).expect("swap CA");
+    let report = posgate::doctor::run(&world.config, &d.client).await;
+    let text = report.render();
+    assert!(report.failed(), "{text}");
+    assert!(text.contains("WARN profile loyalty: secret master_key") && text.contains("mode 644"), "{text}");
+    assert!(text.contains("FAIL profile loyalty: backend: not sent: TLS with"), "{text}");
+    d.stop().await;
+}
