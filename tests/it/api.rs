@@ -246,3 +246,27 @@ async fn doctor_checks_secrets_backends_and_the_daemon() {
     assert!(text.contains("FAIL profile loyalty: backend: not sent: TLS with"), "{text}");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_idempotency_key_sent_concurrently_charges_once() {
+    let world = World::new("idem-race").await;
+    let d = world.start(&[]).await;
+    world.sim.push_fault(Fault::Delay(Duration::from_millis(200)));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = d.client.clone();
+        tasks.push(tokio::spawn(async move { c.post("/v1/profiles/loyalty/consume", consume(CARD, 777, "R1"), Some("race-1")).await.expect("consume") }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (s, v) = t.await.expect("task");
+        assert!(s == 200 || s == 202, "{s} {v}");
+        ids.insert(v["id"].as_u64().expect("id"));
+    }
+    assert_eq!(ids.len(), 1, "one journal record for one key: {ids:?}");
+    let (_, v) = d.client.post("/v1/profiles/loyalty/consume", consume(CARD, 777, "R1"), Some("race-1")).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    let applied = world.sim.state_snapshot().transactions.iter().filter(|t| t.op == "consume").count();
+    assert_eq!(applied, 1);
+    d.stop().await;
+}
