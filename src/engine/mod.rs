@@ -126,8 +126,8 @@ impl Engine {
         let mut lanes = BTreeMap::new();
         for p in cfg.profiles {
             let http = HttpsClient::new(&HttpOptions { ca_file: p.ca_file.clone(), connect_timeout: p.connect_timeout, timeout: p.timeout })
-                .map_err(|e| EngineError::BadRequest(format!("profile {}: {e}", p.name)))?;
-            let backend = backend::build(&p, http).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+                .map_err(|e| EngineError::Config(format!("profile {} ({}): {e}", p.name, p.source.display())))?;
+            let backend = backend::build(&p, http).map_err(|e| EngineError::Config(e.to_string()))?;
             lanes.insert(
                 p.name.clone(),
                 Arc::new(Lane {

@@ -168,6 +168,8 @@ pub enum EngineError {
     SignOnFailed(String),
     #[error("journal: {0}")]
     Journal(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -180,7 +182,7 @@ impl EngineError {
             EngineError::BadRequest(_) => 400,
             EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } => 409,
             EngineError::SignOnFailed(_) => 502,
-            EngineError::Journal(_) => 500,
+            EngineError::Journal(_) | EngineError::Config(_) => 500,
             EngineError::ShuttingDown => 503,
         }
     }
@@ -195,6 +197,7 @@ impl EngineError {
             EngineError::IdempotencyConflict { .. } => "idempotency-conflict",
             EngineError::SignOnFailed(_) => "sign-on-failed",
             EngineError::Journal(_) => "journal",
+            EngineError::Config(_) => "configuration",
             EngineError::ShuttingDown => "shutting-down",
         }
     }

@@ -12,6 +12,10 @@ use tokio::sync::watch;
 use super::{next_trace, Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
 use crate::engine::types::{JournalQuery, Record, Status};
 
+/// sled's page cache. A store PC has little memory to spare and the hot set (open batches, owed
+/// recovery, recent records) is small; sled's default is 1 GiB.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
 
 fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
@@ -93,7 +97,7 @@ impl SledJournal {
     pub fn open(dir: &Path) -> Result<Arc<SledJournal>, JournalError> {
         std::fs::create_dir_all(dir).map_err(store_err)?;
         // No background flusher: every commit is flushed and synced by the group-commit thread below.
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).open().map_err(store_err)?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
         let j = SledJournal {
             records: tree("records")?,
