@@ -109,8 +109,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            man.render(&mut std::io::stdout())?;
-            Ok(())
+            match man.render(&mut std::io::stdout()) {
+                // `posgate man | head` closes the pipe early: not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => Ok(r?),
+            }
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
