@@ -111,13 +111,11 @@ async fn startup(args: &BenchArgs) -> Result<(), BenchError> {
     let t = Instant::now();
     {
         let j = crate::journal::SledJournal::open(&dir.join("journal")).map_err(|e| BenchError::Setup(e.to_string()))?;
-        let template: crate::engine::Record = serde_json::from_value(json!({
-            "id": 0, "profile": "loyalty", "operation": "consume", "class": "financial", "status": "pending",
-            "trace": "", "batch": "900001", "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z",
-            "amount_fen": 1, "card": "622202*********0008", "request": {"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0},
-            "result": {}, "totals": [["pointDebitCount", 1], ["pointDebitAmount", 1], ["totalTransCount", 1]]
-        }))
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let mut template = crate::engine::Record::new("loyalty", "consume", "financial", "900001", "2026-01-01T00:00:00.000Z");
+        template.amount_fen = 1;
+        template.card = Some("622202*********0008".into());
+        template.request = serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}).as_object().cloned().unwrap_or_default();
+        template.totals = vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1), ("totalTransCount".into(), 1)];
         for i in 0..n {
             let crate::journal::Begun::Created(mut r) = j.begin(NewRecord { record: template.clone(), allocate_trace: false }).map_err(|e| BenchError::Setup(e.to_string()))? else {
                 continue;

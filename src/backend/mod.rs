@@ -292,9 +292,10 @@ pub struct ReportRequest<'a> {
     pub identity: &'a TerminalIdentity,
     pub trace: &'a str,
     pub created_at: &'a str,
-    /// The day reported on, in the host's local time.
+    /// The day reported on: the backend's business day.
     pub date: chrono::NaiveDate,
-    /// The profile's records created on that local day, oldest first (public views, as the API shows them).
+    /// The profile's records created from the local day before `date` to the local day after it, oldest
+    /// first (public views, as the API shows them). The backend keeps those of its own business day.
     pub records: &'a [Value],
     /// The POS body (minus `date`).
     pub public: &'a Map<String, Value>,

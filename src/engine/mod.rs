@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Mutex, Notify, RwLock};
 
 pub use clock::{Clock, SystemClock};
@@ -219,34 +219,9 @@ impl Engine {
     }
 
     fn new_record(&self, lane: &Lane, operation: &str, class: OpClass, batch: &str, key: Option<&str>) -> Record {
-        let now = self.clock.now_rfc3339();
-        Record {
-            id: 0,
-            profile: lane.profile.name.clone(),
-            operation: operation.to_string(),
-            class: class_name(class).to_string(),
-            status: Status::Pending,
-            trace: String::new(),
-            batch: batch.to_string(),
-            created_at: now.clone(),
-            updated_at: now,
-            amount_fen: 0,
-            card: None,
-            request: Map::new(),
-            sealed: None,
-            code: None,
-            message: None,
-            message_en: None,
-            reference: None,
-            trans_time: None,
-            result: Map::new(),
-            totals: Vec::new(),
-            original: None,
-            idempotency_key: key.map(str::to_string),
-            pos_reference: None,
-            recovery: None,
-            error: None,
-        }
+        let mut rec = Record::new(&lane.profile.name, operation, class_name(class), batch, &self.clock.now_rfc3339());
+        rec.idempotency_key = key.map(str::to_string);
+        rec
     }
 
     /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used before.
@@ -596,7 +571,6 @@ impl Engine {
                     st.batch_open = false;
                 }
                 state = Some(st);
-                lane.set_owed(rec.id, None);
                 tracing::info!(profile = %lane.profile.name, batch = %rec.batch, balanced = s.balanced, "batch settled");
             }
             Err(e) if e.stage == Stage::Unknown => {
@@ -612,10 +586,14 @@ impl Engine {
                 rec.status = Status::Failed;
                 rec.recovery = None;
                 rec.error = Some(e.to_string());
-                lane.set_owed(rec.id, None);
             }
         }
         self.finish_durable(&rec, false, state).await?;
+        // Only once the closed batch is durable may new money move: clearing the entry earlier let a
+        // consume start on the batch this settlement had just closed (found by the crash loop).
+        if rec.recovery.is_none() {
+            lane.set_owed(rec.id, None);
+        }
         Ok(rec)
     }
 

@@ -40,11 +40,15 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
         lane.set_owed(id, None);
         return Ok(Some(rec));
     };
-    let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
     if rec.class == "settle" {
+        // A settlement resend holds the gate like the first send did, so no operation can read the
+        // batch while it is being closed.
+        let _gate = lane.gate.write().await;
+        let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
         let done = engine.settle_send(lane, rec, &session).await?;
         return Ok(done.status.is_final().then_some(done));
     }
+    let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
     let vault = engine.sealer.unseal(rec.sealed.as_deref())?;
     let original = match rec.original {
         Some(oid) => engine.journal.get(oid).map_err(jerr)?.map(|o| engine.original_of(o)).transpose()?,

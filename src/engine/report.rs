@@ -89,14 +89,17 @@ impl Engine {
             Some(Value::String(s)) => NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| EngineError::BadRequest(format!("field `date`: {s:?} is not YYYY-MM-DD")))?,
             Some(other) => return Err(EngineError::BadRequest(format!("field `date`: {other} is not a YYYY-MM-DD string"))),
         };
-        // Records are stored in id order, which is creation order: stop once a whole page is older.
+        // The backend's business day may sit in another time zone than this host, so hand it a day
+        // either side of the local day and let it draw the boundary. Records are in creation order:
+        // stop at the first one older than the window.
+        let (first, last) = (date.pred_opt().unwrap_or(date), date.succ_opt().unwrap_or(date));
         let mut records = Vec::new();
         self.scan_back(&lane.profile.name, |r| {
             let d = local_date(created_ms(r));
-            if d == date && r.class != "report" {
+            if d >= first && d <= last && r.class != "report" {
                 records.push(r.view());
             }
-            d >= date
+            d >= first
         })?;
         records.reverse();
         let batch = self.journal.profile_state(&lane.profile.name).map_err(jerr)?.batch.unwrap_or_default();

@@ -100,6 +100,37 @@ pub struct Record {
 }
 
 impl Record {
+    /// A fresh `pending` record with nothing but its identity; the journal gives it an id (and trace).
+    pub fn new(profile: &str, operation: &str, class: &str, batch: &str, now: &str) -> Record {
+        Record {
+            id: 0,
+            profile: profile.to_string(),
+            operation: operation.to_string(),
+            class: class.to_string(),
+            status: Status::Pending,
+            trace: String::new(),
+            batch: batch.to_string(),
+            created_at: now.to_string(),
+            updated_at: now.to_string(),
+            amount_fen: 0,
+            card: None,
+            request: Map::new(),
+            sealed: None,
+            code: None,
+            message: None,
+            message_en: None,
+            reference: None,
+            trans_time: None,
+            result: Map::new(),
+            totals: Vec::new(),
+            original: None,
+            idempotency_key: None,
+            pos_reference: None,
+            recovery: None,
+            error: None,
+        }
+    }
+
     /// The view a POS app gets: `status` in its words, the journal id, trace, batch, vendor code and fields.
     pub fn view(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);

@@ -104,36 +104,13 @@ pub trait JournalStore: Send + Sync + 'static {
 mod tests {
     use super::*;
     use crate::engine::types::Status;
-    use serde_json::Map;
 
     fn rec(profile: &str, batch: &str, key: Option<&str>) -> Record {
-        Record {
-            id: 0,
-            profile: profile.into(),
-            operation: "consume".into(),
-            class: "financial".into(),
-            status: Status::Pending,
-            trace: String::new(),
-            batch: batch.into(),
-            created_at: "2026-11-23T00:00:00.000Z".into(),
-            updated_at: "2026-11-23T00:00:00.000Z".into(),
-            amount_fen: 100,
-            card: None,
-            request: Map::new(),
-            sealed: None,
-            code: None,
-            message: None,
-            message_en: None,
-            reference: None,
-            trans_time: None,
-            result: Map::new(),
-            totals: vec![("pointDebitAmount".into(), 100)],
-            original: None,
-            idempotency_key: key.map(str::to_string),
-            pos_reference: None,
-            recovery: None,
-            error: None,
-        }
+        let mut r = Record::new(profile, "consume", "financial", batch, "2026-11-23T00:00:00.000Z");
+        r.amount_fen = 100;
+        r.totals = vec![("pointDebitAmount".into(), 100)];
+        r.idempotency_key = key.map(str::to_string);
+        r
     }
 
     fn dir(name: &str) -> std::path::PathBuf {

@@ -181,7 +181,10 @@ async fn every_ticket_is_paid_once_across_sigkill_and_lost_answers() {
     assert_eq!(v["result"]["amount"].as_i64(), Some(sim_total), "{v}");
     assert_eq!(sim_total, paid_fen);
     // And today's reconciliation balances.
-    let today = chrono::Local::now().date_naive().to_string();
+    // The business day is the backend's (+08:00), whatever this host's zone and hour; the daemon under
+    // test reads the same wall clock.
+    #[allow(clippy::disallowed_methods)]
+    let today = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00")).date_naive().to_string();
     let (s, v) = c.post("/v1/profiles/lottery/reconcile", json!({"date": today}), None).await.expect("reconcile");
     assert_eq!((s, v["result"]["balanced"].clone()), (200, json!(true)), "{v}");
     eprintln!("lottery: {} tickets, {} paid, {paid_fen} fen, {hits} crashes", tickets.len(), tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count());

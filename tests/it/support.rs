@@ -164,7 +164,10 @@ pub async fn wait_recovered(c: &ApiClient, limit: Duration) -> serde_json::Value
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let (_, st) = c.get("/v1/status").await.expect("status");
-        let owed: u64 = st["profiles"].as_array().map(|a| a.iter().map(|p| p["pending_recovery"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+        let sum = |k: &str| -> u64 { st["profiles"].as_array().map(|a| a.iter().map(|p| p[k].as_u64().unwrap_or(0)).sum()).unwrap_or(0) };
+        // A parked entry will not resolve by waiting: say so now instead of hanging the test.
+        assert_eq!(sum("needs_attention"), 0, "recovery parked an entry (needs attention): {st}");
+        let owed = sum("pending_recovery");
         if owed == 0 {
             return st;
         }

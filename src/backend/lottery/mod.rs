@@ -556,7 +556,11 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
         bar: String,
     }
     let mut local: BTreeMap<String, Local> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.get("operation").and_then(Value::as_str) == Some("redeem")) {
+    // The engine sends a day either side; keep the redeems of this business day in the backend's zone.
+    let on_date = |r: &&Value| {
+        r.get("created_at").and_then(Value::as_str).and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()).is_some_and(|t| t.with_timezone(&tz).date_naive() == date)
+    };
+    for r in records.iter().filter(|r| r.get("operation").and_then(Value::as_str) == Some("redeem")).filter(on_date) {
         let result = r.get("result");
         let transac = result.and_then(|x| x.get("transacId")).and_then(Value::as_str).map(str::to_string).or_else(|| {
             let created = r.get("created_at").and_then(Value::as_str)?;

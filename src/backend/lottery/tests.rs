@@ -158,7 +158,13 @@ fn redeem_answers_map_to_verdicts() {
 fn comparison_names_every_difference() {
     let tz = FixedOffset::east_opt(8 * 3600).unwrap();
     let rec = |id: u64, t: &str, status: &str, prize: i64| json!({"id": id, "operation": "redeem", "status": status, "trace": "000001", "created_at": "2026-03-10T02:00:00Z", "request": {"barCode": "GW0000****0001"}, "result": {"transacId": t, "ticketNo": format!("T{id}"), "prize": prize}});
-    let records = vec![rec(1, "A", "approved", 500), rec(2, "B", "approved", 1000), rec(3, "C", "approved", 2000), rec(4, "D", "declined", 0)];
+    let mut records = vec![rec(1, "A", "approved", 500), rec(2, "B", "approved", 1000), rec(3, "C", "approved", 2000), rec(4, "D", "declined", 0)];
+    // The engine hands over a day either side: 23:59 and 00:00 Beijing of the neighbouring days are not this day.
+    let mut before = rec(5, "E", "approved", 700);
+    before["created_at"] = json!("2026-03-09T15:59:59Z");
+    let mut after = rec(6, "F", "approved", 700);
+    after["created_at"] = json!("2026-03-10T16:00:00Z");
+    records.extend([before, after]);
     let row = |t: &str, prize: i64| json!({"gameNo": "00101", "packNo": "00001", "ticketNo": format!("N{t}"), "transacId": t, "time": "2026-03-10 10:00:00", "prize": prize}).as_object().cloned().unwrap();
     let rows = vec![row("A", 5), row("C", 30), row("X", 100)];
     let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
