@@ -16,19 +16,34 @@ fn backoff_ms(initial: u64, max: u64, attempts: u32) -> i64 {
 }
 
 /// Releases a record's "attempt in progress" mark when dropped.
-pub(super) struct Busy<'a>(&'a Lane, u64);
+pub(super) struct Busy<'a>(&'a std::sync::Mutex<std::collections::HashSet<u64>>, u64);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+/// Mark a record's recovery as in progress; `None` when someone else is at it.
+///
+/// The guard is built only after the set's lock is released, and only when this caller inserted the
+/// mark: a `Busy` built inside the locked expression (`insert(id).then_some(Busy(..))` evaluates its
+/// argument eagerly) was dropped with the lock held, and its `Drop` locked it again: a self-deadlock
+/// that hung the whole daemon, and it also removed the other claimant's mark.
+pub(super) fn claim(lane: &Lane, id: u64) -> Option<Busy<'_>> {
+    claim_in(&lane.busy, id)
+}
+
+fn claim_in(set: &std::sync::Mutex<std::collections::HashSet<u64>>, id: u64) -> Option<Busy<'_>> {
+    let inserted = set.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    if inserted {
+        Some(Busy(set, id))
+    } else {
+        None
     }
 }
 
 /// One recovery attempt for journal record `id`. `Some(record)` once it is resolved.
-/// Mark a record's recovery as in progress; `None` when someone else is at it.
-pub(super) fn claim(lane: &Lane, id: u64) -> Option<Busy<'_>> {
-    lane.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id).then_some(Busy(lane, id))
-}
 
 pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
     let Some(_busy) = claim(lane, id) else { return Ok(None) };
@@ -146,7 +161,31 @@ pub(super) async fn worker(engine: Weak<Engine>, lane: Arc<Lane>, mut stop: watc
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_ms;
+    use super::{backoff_ms, claim_in};
+
+    /// Regression: a second claim on a claimed record deadlocked the thread (its throw-away guard was
+    /// dropped while the set was locked) and removed the first claimant's mark.
+    #[test]
+    fn second_claim_on_a_claimed_record_returns_at_once_and_leaves_the_first_mark() {
+        let set = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = set.clone();
+        // A thread, not a scope: if the claim deadlocks, the test fails instead of hanging on the join.
+        std::thread::spawn(move || {
+            let first = claim_in(&s2, 7).expect("first claim");
+            let second = claim_in(&s2, 7);
+            let still_marked = s2.lock().map(|m| m.contains(&7)).unwrap_or(false);
+            let refused = second.is_none();
+            drop(second);
+            drop(first);
+            let _ = tx.send((refused, still_marked));
+        });
+        let (refused, still_marked) = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the second claim hung (self-deadlock)");
+        assert!(refused, "a second claim must be refused");
+        assert!(still_marked, "the refused claim removed the first claimant's mark");
+        assert!(set.lock().map(|m| m.is_empty()).unwrap_or(false), "the first guard releases its mark");
+        assert!(claim_in(&set, 7).is_some());
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
