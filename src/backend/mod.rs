@@ -79,6 +79,11 @@ pub struct Prepared {
     pub totals: Vec<(String, i64)>,
     /// A POS-side reference for searching (for example `registerTraceNo`).
     pub pos_reference: Option<String>,
+    /// What an unresolved outcome of this request holds back, when less than the whole terminal: a
+    /// lottery ticket (`ticket:<barCode>`). `None`: the terminal (loyalty's batch), so every new
+    /// financial request of the profile waits for its recovery. With `Some(u)`, only requests naming
+    /// the same unit wait (and a second request for the unit answers from the first's outcome).
+    pub unit: Option<String>,
 }
 
 /// The journal's memory of an original transaction, for cancel/refund style operations.
@@ -116,6 +121,25 @@ pub struct TxRequest<'a> {
     /// Empty when replaying from the journal.
     pub transient: &'a Map<String, Value>,
     pub original: Option<&'a OriginalRef>,
+    /// The slot (lottery station) this request was journaled on, when the backend leases slots. The
+    /// caller holds that slot's [`Lease`] for the whole call: the backend uses it without taking it.
+    pub slot: Option<&'a str>,
+}
+
+/// A unit of a backend's capacity that one request occupies exclusively until its outcome is known
+/// (a lottery station: the host is serial per station). The engine journals `slot` with the record
+/// before sending, keeps the lease while the outcome is unknown (also across a restart, through
+/// [`Backend::lease_slot`]), and drops it once the outcome is known.
+pub struct Lease {
+    pub slot: String,
+    /// Whatever keeps the slot taken (a station guard); dropping it frees the slot.
+    pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("slot", &self.slot).finish_non_exhaustive()
+    }
 }
 
 /// A definite answer from the backend.
@@ -196,6 +220,10 @@ pub struct Settled {
 pub enum Stage {
     /// Nothing left the host (bad input, no connection, TLS refused): nothing is owed.
     NotSent,
+    /// The backend refused it, unapplied, because the terminal must sign on again first (loyalty
+    /// `77`: outside the host's current batch). The engine signs on once and resends it with a fresh
+    /// trace number in the new batch, inside the same POS request.
+    SignOnFirst,
     /// The backend answered that it did not take the request (HTTP 4xx, bad signature): nothing is owed.
     Rejected,
     /// It may or may not have happened (timeout, reset, 5xx, garbage): recovery is owed.
@@ -336,6 +364,16 @@ pub trait Backend: Send + Sync + 'static {
     /// A report the engine should run by itself every day.
     fn daily_job(&self) -> Option<DailyJob> {
         None
+    }
+    /// Take a slot for a financial request before it is journaled, waiting at most `wait`.
+    /// `Ok(None)`: this backend has no slots. `Err` with `Stage::NotSent`: every slot stayed busy.
+    async fn lease(&self, _operation: &str, _public: &Map<String, Value>, _wait: std::time::Duration) -> Result<Option<Lease>, BackendError> {
+        Ok(None)
+    }
+    /// Take one named slot (at start-up, for the recovery of a record journaled on it). `Ok(None)`:
+    /// this backend has no slots, or no slot of that name.
+    async fn lease_slot(&self, _slot: &str) -> Result<Option<Lease>, BackendError> {
+        Ok(None)
     }
 }
 

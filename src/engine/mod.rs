@@ -452,6 +452,7 @@ impl Engine {
         };
         testhook::point(testhook::BEFORE_SEND).await;
         let tx = TxRequest {
+            slot: None,
             journal_id: rec.id,
             operation,
             identity: &lane.profile.identity,

@@ -71,6 +71,7 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
     };
     let empty = serde_json::Map::new();
     let tx = TxRequest {
+        slot: None,
         journal_id: rec.id,
         operation: &rec.operation,
         identity: &lane.profile.identity,

@@ -97,6 +97,12 @@ pub struct Record {
     /// Why it failed, when it did (not sent, rejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The backend slot (lottery station) the request was sent on; held while its outcome is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// What an unknown outcome holds back (see `Prepared::unit`); `None` is the whole terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 impl Record {
@@ -128,6 +134,8 @@ impl Record {
             pos_reference: None,
             recovery: None,
             error: None,
+            slot: None,
+            unit: None,
         }
     }
 

@@ -586,6 +586,7 @@ impl Backend for LoyaltyBackend {
         let Some(w) = wire::op("checkin") else { return Err(err(Stage::NotSent, "no checkin interface")) };
         let empty = Map::new();
         let tx = TxRequest {
+            slot: None,
             journal_id,
             operation: "checkin",
             identity,

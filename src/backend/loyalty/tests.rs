@@ -165,6 +165,7 @@ fn consume_form_matches_an_independent_encoding() {
     let identity = TerminalIdentity { store: "100000000000001".into(), terminal: "10000001".into(), operator: "01".into() };
     let session = json!({ "workingKey": WORKING_KEY });
     let tx = TxRequest {
+        slot: None,
         journal_id: 1,
         operation: "consume",
         identity: &identity,
@@ -213,6 +214,7 @@ fn cancel_and_refund_forms_quote_the_original() {
     ] {
         let p = b.prepare(op, &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
         let tx = TxRequest {
+            slot: None,
             journal_id: 2,
             operation: op,
             identity: &identity,

@@ -44,6 +44,7 @@ impl Done {
 impl Lane {
     fn tx<'a>(&'a self, op: &'a str, d: &'a Done, transient: &'a Map<String, Value>) -> TxRequest<'a> {
         TxRequest {
+            slot: None,
             journal_id: d.journal_id,
             operation: op,
             identity: &self.id,

@@ -51,6 +51,7 @@ impl Lane {
         let p = self.b.prepare(op, body.as_object().unwrap(), original, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
         self.journal += 1;
         let tx = TxRequest {
+            slot: None,
             journal_id: self.journal,
             operation: op,
             identity: &self.id,
@@ -96,6 +97,7 @@ impl Lane {
     async fn reverse(&mut self, d: &Done, original: Option<&OriginalRef>) -> Result<Recovered, crate::backend::BackendError> {
         let empty = Map::new();
         let tx = TxRequest {
+            slot: None,
             journal_id: d.original.id,
             operation: &d.original.operation,
             identity: &self.id,
