@@ -45,9 +45,13 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
-    /// Settle a terminal's open batch.
+    /// Settle a terminal's open batch, or with `--batch N` an earlier batch that `posgate status` lists
+    /// as unsettled.
     Settle {
         profile: String,
+        /// An earlier batch listed as unsettled (`unsettled_batches` in `posgate status`).
+        #[arg(long)]
+        batch: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },

@@ -53,8 +53,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/checkin"), json!({}), None).await?;
             finish(s, v)
         }
-        Command::Settle { profile, connect } => {
-            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), json!({}), None).await?;
+        Command::Settle { profile, batch, connect } => {
+            let body = match batch {
+                Some(b) => json!({ "batch": b }),
+                None => json!({}),
+            };
+            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), body, None).await?;
             finish(s, v)
         }
         Command::Run { profile, operation, body, idempotency_key, connect } => {

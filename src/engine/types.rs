@@ -103,6 +103,10 @@ pub struct Record {
     /// What an unknown outcome holds back (see `Prepared::unit`); `None` is the whole terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The backend refused this request unapplied until the terminal signed on again; it was resent
+    /// as this record (same POS request, fresh trace, new batch). Idempotency lookups follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
 impl Record {
@@ -136,6 +140,7 @@ impl Record {
             error: None,
             slot: None,
             unit: None,
+            superseded_by: None,
         }
     }
 
@@ -186,6 +191,11 @@ pub struct ProfileStatus {
     pub online: bool,
     pub pending_recovery: usize,
     pub needs_attention: usize,
+    /// The journal ids of the records that owe recovery (oldest first).
+    pub owed_ids: Vec<u64>,
+    /// Earlier batches holding approved records that the host refused to settle when a new batch was
+    /// opened; settle each with `posgate settle PROFILE --batch N`.
+    pub unsettled_batches: Vec<String>,
     pub totals: BTreeMap<String, i64>,
 }
 
@@ -200,7 +210,9 @@ pub enum EngineError {
     #[error("no journal record {0}")]
     NoRecord(u64),
     #[error("reversal pending: profile {profile:?} has {count} unresolved recovery entr(ies) ({parked} parked, needing attention), oldest journal id {oldest}; new financial requests wait until they are resolved{}", if *parked > 0 { " (`posgate reversals --retry ID` or `--resolve ID --outcome approved|reversed`)" } else { "" })]
-    RecoveryPending { profile: String, count: usize, parked: usize, oldest: u64 },
+    RecoveryPending { profile: String, count: usize, parked: usize, oldest: u64, retry_after_s: u64 },
+    #[error("busy: {detail}")]
+    Busy { profile: String, detail: String, retry_after_s: u64 },
     #[error("Idempotency-Key {key:?} was first used for {first_operation:?} on profile {first_profile:?}")]
     IdempotencyConflict { key: String, first_profile: String, first_operation: String },
     #[error("sign-on with the backend failed: {0}")]
@@ -219,7 +231,7 @@ impl EngineError {
         match self {
             EngineError::UnknownProfile(_) | EngineError::UnknownOperation { .. } | EngineError::NoRecord(_) => 404,
             EngineError::BadRequest(_) => 400,
-            EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } => 409,
+            EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } | EngineError::Busy { .. } => 409,
             EngineError::SignOnFailed(_) => 502,
             EngineError::Journal(_) | EngineError::Config(_) => 500,
             EngineError::ShuttingDown => 503,
@@ -233,6 +245,7 @@ impl EngineError {
             EngineError::BadRequest(_) => "bad-request",
             EngineError::NoRecord(_) => "no-record",
             EngineError::RecoveryPending { .. } => "reversal-pending",
+            EngineError::Busy { .. } => "busy",
             EngineError::IdempotencyConflict { .. } => "idempotency-conflict",
             EngineError::SignOnFailed(_) => "sign-on-failed",
             EngineError::Journal(_) => "journal",
