@@ -153,3 +153,54 @@ async fn a_reversal_that_cannot_complete_gives_409_with_retry_after_and_the_owed
     assert!(snap.transactions.iter().all(|t| t.amount_fen != 520), "the refused sale never reached the host");
     d.stop().await;
 }
+
+/// Regression (the daemon hung 4 s into a slow-host run): two recovery attempts on one record met and
+/// the claim deadlocked, after which `GET /v1/status` never answered and SIGTERM was ignored. With the
+/// host slower than the timeout and 4 lanes, the local API keeps answering throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_a_slow_host_the_local_api_keeps_answering_status() {
+    let world = World::new("watchdog").await;
+    let d = world.start(&[]).await;
+    let c = d.client.clone();
+    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    // Every financial request and reversal is answered after the client's 2 s timeout for a while.
+    for _ in 0..24 {
+        world.sim.push_fault(Fault::Delay(Duration::from_millis(2300)));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..4 {
+        let (c, stop) = (c.clone(), stop.clone());
+        lanes.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c.post("/v1/profiles/loyalty/consume", consume(100 + lane, &format!("W{lane}-{n}")), Some(&format!("w-{lane}-{n}"))).await;
+                n += 1;
+            }
+        });
+    }
+    let mut worst = Duration::ZERO;
+    let mut took = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < end {
+        let t0 = tokio::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get("/v1/status")).await;
+        let dt = t0.elapsed();
+        assert!(matches!(r, Ok(Ok((200, _)))), "GET /v1/status did not answer within 5 s: {r:?}");
+        worst = worst.max(dt);
+        took.push(dt);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    world.sim.clear_faults();
+    while lanes.join_next().await.is_some() {}
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!("status latency under a slow host: {} probes, median {median:?}, worst {worst:?}", took.len());
+    // A hang is seconds; the figures are printed. Only a generous bound is asserted (noisy machines).
+    assert!(median < Duration::from_millis(100), "median status latency {median:?}");
+    assert!(worst < Duration::from_secs(1), "worst status latency {worst:?}");
+    wait_recovered(&c, Duration::from_secs(60)).await;
+    // SIGTERM is obeyed.
+    d.stop().await;
+}
