@@ -630,7 +630,15 @@ impl Backend for LoyaltyBackend {
         }
         let form = self.build_form(w, &tx, true).map_err(|d| err(Stage::NotSent, d))?;
         tracing::debug!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty request");
-        self.post_form(&self.url(w.path), &form, tx.journal_id).await
+        let reply = self.post_form(&self.url(w.path), &form, tx.journal_id).await?;
+        // 77 / 99 / A0: the host refused it unapplied because the terminal must check in again (a lost
+        // check-in answer left us on an old batch or old keys). Not a decline for the POS: the engine
+        // signs on and resends it in the new batch.
+        if codes::sign_on_again(&reply.code) {
+            tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, code = %reply.code, "loyalty host asks to sign on again");
+            return Err(err(Stage::SignOnFirst, format!("{} {}: refused unapplied, sign on and resend", reply.code, scrub(&reply.message))));
+        }
+        Ok(reply)
     }
 
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError> {
@@ -645,6 +653,8 @@ impl Backend for LoyaltyBackend {
         let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
         tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty reversal");
         let reply = self.post_form(&self.url(path), &form, tx.journal_id).await?;
+        // A reversal answered 77 (or 99/A0) is NOT done: the host did not look. Try again later, after
+        // whatever sign-on the engine does; never a SignOnFirst, which would mean "resend as new".
         if codes::reversal_done(&reply.code) {
             Ok(Recovered::Reversed { code: reply.code, message: reply.message })
         } else {
