@@ -587,6 +587,18 @@ impl LoyaltySim {
         State::lock(&self.state).refusals.push((endpoint.trim_matches('/').to_string(), status));
     }
 
+    /// The host moves a terminal to a new batch by itself (as after a check-in from elsewhere), keeping
+    /// its working keys: the daemon learns of it only from the 77 its next request gets.
+    pub fn move_to_new_batch(&self, terminal: &str) {
+        let mut st = State::lock(&self.state);
+        if let Some(t) = st.terms.get_mut(terminal) {
+            t.batch = if t.batch >= 999_999 { 1 } else { t.batch + 1 };
+            t.closed = false;
+            t.opened = true;
+            t.batches.insert(t.batch);
+        }
+    }
+
     /// Forget queued faults and stop random ones (lost answers included).
     pub fn clear_faults(&self) {
         self.faults.clear();

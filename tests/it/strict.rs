@@ -79,11 +79,20 @@ async fn a_sale_refused_until_sign_on_is_resent_in_the_new_batch_inside_the_same
     let c = &d.client;
     let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(100, "H0"), Some("h-0")).await.expect("first");
     assert_eq!(v["status"], "approved", "{v}");
-    // Somebody else checks the terminal in at the host (the host now expects another batch).
-    world.sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
-    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    let first_batch = v["batch"].as_str().unwrap_or_default().to_string();
+    // The host moves the terminal to another batch by itself; the daemon still thinks it is open.
+    world.sim.move_to_new_batch("10000001");
     let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(250, "H1"), Some("h-1")).await.expect("sale");
     assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    assert_ne!(v["batch"].as_str(), Some(first_batch.as_str()), "resent in a new batch: {v}");
+    assert_eq!(world.sim.declined_77(), 1, "the host refused the first send once");
+    // The refused send is journaled, failed, pointing at its resend.
+    let (_, j) = c.get("/v1/journal").await.expect("journal");
+    let refused: Vec<&Value> = j["records"].as_array().map(|a| a.iter().filter(|r| r["superseded_by"] == v["id"]).collect()).unwrap_or_default();
+    assert_eq!(refused.len(), 1, "{j}");
+    assert_eq!(refused[0]["status"], "failed", "{j}");
+    // The batch the first sale was in was settled before the new one opened.
+    assert!(world.sim.state_snapshot().settlements.iter().any(|st| st.batch == first_batch));
     let (s2, again) = c.post("/v1/profiles/loyalty/consume", consume(250, "H1"), Some("h-1")).await.expect("retry");
     assert_eq!((s2, &again["id"]), (200, &v["id"]), "the retry answers from the resend: {again}");
     let snap = world.sim.state_snapshot();
