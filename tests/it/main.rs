@@ -4,4 +4,5 @@ mod crash;
 mod devices;
 mod lottery;
 mod order;
+mod soak;
 mod support;
