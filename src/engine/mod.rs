@@ -851,7 +851,7 @@ impl Engine {
                     Self::apply_reply(&mut rec, &reply);
                     approved = reply.verdict == Verdict::Approved && financial;
                 }
-                Err(e) if e.stage == Stage::SignOnFirst && financial => {
+                Err(e) if e.stage == Stage::SignOnFirst => {
                     // Refused unapplied until the terminal signs on again (the host moved to another
                     // batch, for instance after a check-in whose answer was lost): journal the refusal,
                     // sign on once, and resend with a fresh trace in the new batch.

@@ -5,4 +5,5 @@ mod devices;
 mod lottery;
 mod order;
 mod strict;
+mod soak;
 mod support;
