@@ -350,6 +350,14 @@ impl Engine {
                 _ => None,
             };
             rec.updated_at = now.clone();
+            if rec.class == "settle" {
+                if let Ok(mut st) = self.journal.profile_state(&rec.profile) {
+                    if st.batch_open && st.batch.as_deref() == Some(rec.batch.as_str()) {
+                        st.batch_open = false;
+                        change.profile_states.push((rec.profile.clone(), st));
+                    }
+                }
+            }
             match how {
                 Some(how) => {
                     rec.status = Status::Unknown;
@@ -755,20 +763,20 @@ impl Engine {
             return Ok(st);
         }
         tracing::info!(profile = %lane.profile.name, batch = %batch, "settling the open batch before signing on again");
-        let rec = self.settle_locked(lane, &batch, None).await?;
+        let mut rec = self.settle_locked(lane, &batch, None).await?;
+        if rec.status == Status::Unknown {
+            // Its answer was lost: resend it once now, before giving up on this sign-on.
+            if let Some(done) = recovery::attempt_locked(self, lane, rec.id).await? {
+                rec = done;
+            }
+        }
         let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
         match rec.status {
             Status::Approved => Ok(st),
             Status::Failed if rec.result.get("stage") == Some(&json!(Stage::Rejected)) => {
-                if !st.unsettled.contains(&batch) {
-                    st.unsettled.push(batch.clone());
-                }
-                st.batch_open = false;
+                // `settle_send` listed it as unsettled; the new batch may open.
                 tracing::warn!(profile = %lane.profile.name, batch = %batch, "the host refused to settle the batch; it is listed as unsettled");
-                let mut change = Change::default();
-                change.profile_states.push((lane.profile.name.clone(), st.clone()));
-                self.journal.commit(change).map_err(jerr)?;
-                self.journal.sync().await.map_err(jerr)?;
+                st.batch_open = false;
                 Ok(st)
             }
             _ => Err(EngineError::SignOnFailed(format!(
@@ -961,7 +969,25 @@ impl Engine {
                 return first.ok_or_else(|| EngineError::Journal("an idempotency key names a missing record".into()));
             }
         };
+        // From the moment a settlement of the batch may leave, nothing new is sent in it: a sale sent
+        // into a batch the host has just closed is refused there, and its reversal too (found by the
+        // soak: a reversal parked for good). A settlement that was not sent opens it again.
+        self.close_batch(lane, batch).await?;
         self.settle_send(lane, rec, &st.session).await
+    }
+
+    /// Mark `batch` closed for new work (a settlement of it is about to leave), durably.
+    async fn close_batch(&self, lane: &Lane, batch: &str) -> Result<(), EngineError> {
+        let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        if !(st.batch_open && st.batch.as_deref() == Some(batch)) {
+            return Ok(());
+        }
+        st.batch_open = false;
+        let mut change = Change::default();
+        change.profile_states.push((lane.profile.name.clone(), st));
+        self.journal.commit(change).map_err(jerr)?;
+        self.journal.sync().await.map_err(jerr)?;
+        Ok(())
     }
 
     /// Send (or resend) a journaled settlement and journal what came of it.
@@ -1017,6 +1043,17 @@ impl Engine {
                 rec.recovery = None;
                 rec.error = Some(e.to_string());
                 rec.result.insert("stage".into(), json!(e.stage));
+                let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+                if e.stage == Stage::NotSent {
+                    // Nothing reached the host: the batch is open there still, and here again.
+                    if st.batch.as_deref() == Some(rec.batch.as_str()) && !st.unsettled.contains(&rec.batch) {
+                        st.batch_open = true;
+                    }
+                } else if !st.unsettled.contains(&rec.batch) {
+                    // Refused: the batch stays closed here and is listed until a person settles it.
+                    st.unsettled.push(rec.batch.clone());
+                }
+                state = Some(st);
             }
         }
         self.finish_durable(&rec, false, state).await?;

@@ -817,7 +817,18 @@ impl LoyaltySim {
         let Some(number) = six_digits(&batch) else { return Answer::fail("30", "batchNo must be 6 digits") };
         let k = (terminal.to_string(), batch.clone());
         if let Some(s) = st.settlements.get(&k) {
-            let detail = format!("batch {batch} was settled before ({})", s.flag);
+            // The same settlement again (its answer was lost): the first answer again. Other totals for
+            // a settled batch: refused.
+            let same = wire::TOTALS.iter().all(|&(wire_name, key, is_amount)| {
+                let text = form.get(wire_name).or_else(|| form.get(key)).map(String::as_str).unwrap_or("");
+                let v = if is_amount { money::yuan_to_fen(text).ok() } else { text.trim().parse::<i64>().ok() };
+                v == Some(s.theirs.get(key).copied().unwrap_or(0))
+            });
+            if same {
+                let flag = s.flag.clone();
+                return Answer::ok(vec![("settleFlag", json_str(&flag))]);
+            }
+            let detail = format!("batch {batch} was settled before ({}) with other totals", s.flag);
             *st.settle_refused.entry(k).or_insert(0) += 1;
             return Answer::fail("94", detail);
         }

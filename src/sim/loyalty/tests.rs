@@ -556,9 +556,16 @@ async fn an_older_batch_settles_once_balanced_only_on_equal_totals_and_is_closed
     lane.totals = b1_totals.clone();
     let s = lane.try_settle().await.unwrap();
     assert!(s.balanced, "{:?}", s.reply);
-    // A second settlement of it is refused (94) and changes nothing.
+    // The same settlement again (as when its answer was lost) gets the first answer again; other
+    // totals for the settled batch are refused (94) and change nothing.
+    let again = lane.try_settle().await.unwrap();
+    assert!(again.balanced, "{:?}", again.reply);
+    let n = sim.state_snapshot().settlements.len();
+    lane.totals.clear();
     let e = lane.try_settle().await.unwrap_err();
     assert!(e.stage == Stage::Rejected && e.detail.contains("94"), "{e}");
+    assert_eq!(sim.state_snapshot().settlements.len(), n);
+    lane.totals = b1_totals.clone();
     // Its transactions and reversals are refused now: 77 for new work (not the current batch), 22 for a
     // reversal (a settled batch is final; recovery must not count it as done).
     let d = lane.run("cancel", json!({}), Some(&sale.original)).await;
@@ -637,9 +644,9 @@ async fn lost_answers_of_every_kind_are_still_applied() {
     let b2 = batch_ledger(&sim, "000002");
     assert_eq!(b2.records.iter().map(|r| (r.amount_fen, r.reversed)).collect::<Vec<_>>(), [(300, true), (500, false)]);
     assert!(b2.settled && b2.balanced == Some(true));
-    // The resend of the settlement is refused: it was settled before.
-    let e = lane.try_settle().await.unwrap_err();
-    assert!(e.detail.contains("94"), "{e}");
+    // The resend of the settlement gets the first answer again: settled, balanced.
+    let again = lane.try_settle().await.unwrap();
+    assert!(again.balanced, "{:?}", again.reply);
     assert_eq!(sim.applied_sales().iter().map(|s| s.amount_fen).collect::<Vec<_>>(), [500]);
     let _ = stop.send(());
 }
