@@ -3,5 +3,7 @@ mod api;
 mod crash;
 mod devices;
 mod lottery;
+mod money;
 mod order;
+mod schemathesis;
 mod support;
