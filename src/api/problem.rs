@@ -58,6 +58,13 @@ impl Problem {
             .with_extra("parameter", Value::String(name.to_string()))
     }
 
+    /// A request body naming one key twice in an object (which of the two would count is ambiguous).
+    pub fn duplicate_key(key: &str, path: &str) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "duplicate-key", "Duplicate key in the request body", format!("key `{key}` appears more than once in the object at {path}"))
+            .with_extra("key", Value::String(key.to_string()))
+            .with_extra("path", Value::String(path.to_string()))
+    }
+
     pub fn not_found(path: &str) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "No such route", format!("no route for {path}; see GET /v1/openapi"))
     }

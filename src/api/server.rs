@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::idempotency::{valid_idempotency_key, IDEMPOTENCY_KEY_RULE};
 use super::problem::Problem;
+use super::strict_json::{self, StrictError};
 use super::{sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
 use crate::engine::JournalQuery;
 
@@ -474,7 +476,11 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
                 Some(Value::String(o)) => o.clone(),
                 _ => return Err(Problem::invalid_param("outcome", "is required: \"approved\" or \"reversed\"")),
             };
-            let note = body.get("note").and_then(Value::as_str);
+            let note = match body.get("note") {
+                None => None,
+                Some(Value::String(n)) => Some(n.as_str()),
+                Some(_) => return Err(Problem::invalid_param("note", "must be text")),
+            };
             let rec = svc.resolve_recovery(id, &outcome, note).await.map_err(|e| Problem::from_engine(&e))?;
             Ok(json_response(StatusCode::OK, &rec))
         }
@@ -494,19 +500,29 @@ fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
     resp
 }
 
-fn parse_id(params: &[String]) -> Result<u64, Problem> {
-    let raw = params.first().ok_or_else(|| Problem::internal("route parameters"))?;
-    raw.parse::<u64>().map_err(|_| Problem::invalid_param("id", format!("{raw:?} is not a journal id (a whole number)")))
+/// The largest journal id the API takes (the OpenAPI document's int64 `maximum`).
+const MAX_ID: u64 = i64::MAX as u64;
+
+/// A journal id as the document describes it: ASCII digits, 0 to [`MAX_ID`].
+fn journal_id(raw: &str) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<u64>().ok().filter(|&n| n <= MAX_ID)
 }
 
-/// `Idempotency-Key`: 1–255 visible ASCII characters.
+fn parse_id(params: &[String]) -> Result<u64, Problem> {
+    let raw = params.first().ok_or_else(|| Problem::internal("route parameters"))?;
+    journal_id(raw).ok_or_else(|| Problem::invalid_param("id", format!("{raw:?} is not a journal id (a whole number from 0 to {MAX_ID})")))
+}
+
+/// `Idempotency-Key`: the one rule of [`super::idempotency`], also in the OpenAPI document.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
-    let s = v.to_str().map_err(|_| Problem::invalid_param("Idempotency-Key", "must be visible ASCII"))?;
-    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Problem::invalid_param("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+    match v.to_str() {
+        Ok(s) if valid_idempotency_key(s) => Ok(Some(s.to_string())),
+        _ => Err(Problem::invalid_param("Idempotency-Key", IDEMPOTENCY_KEY_RULE)),
     }
-    Ok(Some(s.to_string()))
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -553,8 +569,11 @@ async fn read_json_object(req: Request<Incoming>, limit: usize, empty_ok: bool) 
     if content_type.is_none() {
         return Err(Problem::unsupported_media_type("(none)"));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Problem::invalid_json(format!("request body is not valid JSON: {e}")).with_extra("line", json!(e.line())).with_extra("column", json!(e.column()))
+    let v: Value = strict_json::from_slice(&bytes).map_err(|e| match e {
+        StrictError::DuplicateKey { key, path } => Problem::duplicate_key(&key, &path),
+        StrictError::Syntax { message, line, column } => {
+            Problem::invalid_json(format!("request body is not valid JSON: {message}")).with_extra("line", json!(line)).with_extra("column", json!(column))
+        }
     })?;
     match v {
         Value::Object(m) => Ok(m),
@@ -586,8 +605,8 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
         if !seen.insert(k.to_string()) {
             return Err(Problem::invalid_param(&k, "given more than once"));
         }
-        if v.is_empty() {
-            continue; // an empty form field means "no filter"
+        if v.is_empty() && matches!(k.as_ref(), "profile" | "batch") {
+            continue; // an empty text filter means "no filter"; typed parameters must be given right
         }
         match k.as_ref() {
             "profile" => q.profile = Some(v.into_owned()),
@@ -607,7 +626,7 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
                 _ => return Err(Problem::invalid_param("limit", format!("{v:?} is not a whole number from 1 to {MAX_LIMIT}"))),
             },
             "before" => {
-                q.before = Some(v.parse::<u64>().map_err(|_| Problem::invalid_param("before", format!("{v:?} is not a journal id")))?);
+                q.before = Some(journal_id(&v).ok_or_else(|| Problem::invalid_param("before", format!("{v:?} is not a journal id (a whole number from 0 to {MAX_ID})")))?);
             }
             other => {
                 return Err(Problem::invalid_param(other, "unknown; known parameters: profile, batch, status, date, limit, before"));
@@ -642,7 +661,15 @@ mod tests {
     fn journal_query_names_the_bad_parameter() {
         let q = parse_journal_query(Some("profile=a&batch=000001&status=approved&date=2024-05-01&limit=5&before=99")).expect("valid");
         assert_eq!((q.limit, q.before, q.date.as_deref()), (Some(5), Some(99), Some("2024-05-01")));
-        for (bad, name) in [("limit=x", "limit"), ("date=2024-13-01", "date"), ("status=lost", "status"), ("colour=red", "colour"), ("profile=a&profile=b", "profile")] {
+        let q = parse_journal_query(Some("profile=&batch=&before=9223372036854775807")).expect("valid");
+        assert_eq!((q.profile, q.batch, q.before), (None, None, Some(9_223_372_036_854_775_807)));
+        // Regression: schemathesis found values the document refuses being accepted, and the reverse.
+        let refused = [
+            ("limit=x", "limit"), ("date=2024-13-01", "date"), ("status=lost", "status"), ("colour=red", "colour"), ("profile=a&profile=b", "profile"),
+            ("date=", "date"), ("limit=", "limit"), ("status=", "status"), ("before=", "before"), ("before=-9223372036854775808", "before"),
+            ("before=9223372036854775808", "before"), ("before=%2B5", "before"),
+        ];
+        for (bad, name) in refused {
             let p = parse_journal_query(Some(bad)).expect_err(bad);
             assert_eq!(p.status, StatusCode::BAD_REQUEST);
             assert!(p.detail.contains(name), "{bad}: {}", p.detail);

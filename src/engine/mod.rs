@@ -269,6 +269,20 @@ pub struct Engine {
     started_ms: i64,
 }
 
+tokio::task_local! {
+    /// The fingerprint of the request `run` is serving with an idempotency key, for `new_record`.
+    static REQUEST_FINGERPRINT: String;
+}
+
+/// A first record found under the request's idempotency key must have been the very same request.
+/// Records journaled before fingerprints existed carry none and are not compared.
+fn check_same_request(first: &Record, fingerprint: Option<&str>) -> Result<(), EngineError> {
+    match (first.request_fingerprint.as_deref(), fingerprint) {
+        (Some(a), Some(b)) if a != b => Err(EngineError::IdempotencyKeyReused { key: first.idempotency_key.clone().unwrap_or_default(), first_id: first.id }),
+        _ => Ok(()),
+    }
+}
+
 fn jerr(e: crate::journal::JournalError) -> EngineError {
     EngineError::Journal(e.to_string())
 }
@@ -395,13 +409,22 @@ impl Engine {
     fn new_record(&self, lane: &Lane, operation: &str, class: OpClass, batch: &str, key: Option<&str>) -> Record {
         let mut rec = Record::new(&lane.profile.name, operation, class_name(class), batch, &self.clock.now_rfc3339());
         rec.idempotency_key = key.map(str::to_string);
+        if key.is_some() {
+            rec.request_fingerprint = REQUEST_FINGERPRINT.try_with(Clone::clone).ok();
+        }
         rec
     }
 
-    /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used before.
+    /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used
+    /// before (by a request that raced this one past the check in `run`): the first result, or 422
+    /// when the first was another body.
     async fn begin_durable(&self, rec: Record, allocate_trace: bool) -> Result<Result<Record, Answer>, EngineError> {
+        let fingerprint = rec.request_fingerprint.clone();
         match self.journal.begin(NewRecord { record: rec, allocate_trace }).map_err(jerr)? {
-            Begun::Existing(first) => Ok(Err(Answer::of(&first))),
+            Begun::Existing(first) => {
+                check_same_request(&first, fingerprint.as_deref())?;
+                Ok(Err(Answer::of(&first)))
+            }
             Begun::Created(rec) => {
                 self.journal.sync().await.map_err(jerr)?;
                 testhook::order("synced", rec.id);
@@ -465,20 +488,30 @@ impl Engine {
             backend: lane.profile.backend.clone(),
             operation: operation.to_string(),
         })?;
-        let Value::Object(mut body) = body else {
+        let Value::Object(body) = body else {
             return Err(EngineError::BadRequest("the body must be a JSON object".into()));
         };
+        let mut fingerprint = None;
         if let Some(key) = idempotency_key {
-            if key.is_empty() || key.len() > 200 {
-                return Err(EngineError::BadRequest("Idempotency-Key must be 1 to 200 characters".into()));
+            if !crate::api::valid_idempotency_key(key) {
+                return Err(EngineError::BadRequest(format!("Idempotency-Key {}", crate::api::idempotency::IDEMPOTENCY_KEY_RULE)));
             }
+            let fp = self.sealer.fingerprint(operation, &body);
             if let Some(first) = self.journal.by_idempotency_key(profile, key).map_err(jerr)? {
                 if first.operation != operation {
                     return Err(EngineError::IdempotencyConflict { key: key.into(), first_profile: first.profile, first_operation: first.operation });
                 }
+                check_same_request(&first, Some(&fp))?;
                 return Ok(Answer::of(&self.latest_of(first)?));
             }
+            fingerprint = Some(fp);
         }
+        // The fingerprint reaches `new_record` through the task, not through every signature below.
+        let Some(fp) = fingerprint else { return self.run_checked(lane, operation, spec, body, idempotency_key).await };
+        REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, idempotency_key)).await
+    }
+
+    async fn run_checked(&self, lane: Arc<Lane>, operation: &str, spec: backend::OpSpec, mut body: serde_json::Map<String, Value>, idempotency_key: Option<&str>) -> Result<Answer, EngineError> {
         match spec.class {
             OpClass::SignOn => self.sign_on(&lane, idempotency_key, SignOnNeed::Asked).await,
             OpClass::Settle => {

@@ -90,6 +90,11 @@ pub struct Record {
     pub original: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// With an idempotency key: the keyed fingerprint of the operation and POS body
+    /// (`Sealer::fingerprint`), so a key reused for another body is refused rather than answered
+    /// with the first result. `None` in records written before it existed: those are not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +140,7 @@ impl Record {
             totals: Vec::new(),
             original: None,
             idempotency_key: None,
+            request_fingerprint: None,
             pos_reference: None,
             recovery: None,
             error: None,
@@ -149,6 +155,7 @@ impl Record {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.remove("sealed");
+            m.remove("request_fingerprint");
             m.insert("status".into(), Value::String(self.status.pos_word().into()));
             m.insert("state".into(), serde_json::to_value(self.status).unwrap_or(Value::Null));
         }
@@ -215,6 +222,8 @@ pub enum EngineError {
     Busy { profile: String, detail: String, retry_after_s: u64 },
     #[error("Idempotency-Key {key:?} was first used for {first_operation:?} on profile {first_profile:?}")]
     IdempotencyConflict { key: String, first_profile: String, first_operation: String },
+    #[error("Idempotency-Key {key:?} was first used with another request body (journal id {first_id}); a retry must send the very same body, a new request needs a new key")]
+    IdempotencyKeyReused { key: String, first_id: u64 },
     #[error("sign-on with the backend failed: {0}")]
     SignOnFailed(String),
     #[error("journal: {0}")]
@@ -231,6 +240,7 @@ impl EngineError {
         match self {
             EngineError::UnknownProfile(_) | EngineError::UnknownOperation { .. } | EngineError::NoRecord(_) => 404,
             EngineError::BadRequest(_) => 400,
+            EngineError::IdempotencyKeyReused { .. } => 422,
             EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } | EngineError::Busy { .. } => 409,
             EngineError::SignOnFailed(_) => 502,
             EngineError::Journal(_) | EngineError::Config(_) => 500,
@@ -247,6 +257,7 @@ impl EngineError {
             EngineError::RecoveryPending { .. } => "reversal-pending",
             EngineError::Busy { .. } => "busy",
             EngineError::IdempotencyConflict { .. } => "idempotency-conflict",
+            EngineError::IdempotencyKeyReused { .. } => "idempotency-key-reused",
             EngineError::SignOnFailed(_) => "sign-on-failed",
             EngineError::Journal(_) => "journal",
             EngineError::Config(_) => "configuration",
