@@ -323,7 +323,7 @@ fn admit_refused(state: &State) -> Option<u64> {
     state.refused_log.lock().unwrap_or_else(|p| p.into_inner()).admit(Instant::now())
 }
 
-/// A value from outside made safe for one log line: printable ASCII kept (minus `"` and `\\`),
+/// A value from outside made safe for one log line: printable ASCII kept (minus `"` and a backslash),
 /// everything else escaped, and cut at [`LOG_VALUE_MAX`] bytes with the original length noted.
 pub fn log_value(raw: &str) -> String {
     let mut out = String::new();
@@ -773,6 +773,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a base instant; the limiter is driven by offsets from it
     fn refused_requests_are_logged_at_a_rate_with_a_count_of_the_rest() {
         let t0 = Instant::now();
         let mut r = RateLimit::new(Duration::from_secs(10), 3);

@@ -3,5 +3,6 @@ mod api;
 mod crash;
 mod devices;
 mod lottery;
+mod net;
 mod order;
 mod support;
