@@ -119,7 +119,8 @@ pub fn certificate(c: &CertificateError, host: &str) -> String {
         C::NotValidYet => "the server's certificate is not valid yet (is this PC's clock right?)".into(),
         C::NotValidYetContext { not_before, .. } => format!("the server's certificate is not valid before {} (is this PC's clock right?)", date(not_before.as_secs())),
         C::Revoked => "the server's certificate has been revoked".into(),
-        C::BadSignature => "the server's certificate has a bad signature".into(),
+        // What a certificate from another CA of the same name (a re-made test CA) looks like.
+        C::BadSignature => "the server's certificate does not verify against the profile's CA bundle (ca_file): bad signature".into(),
         C::BadEncoding => "the server's certificate is malformed".into(),
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => "the server's certificate is not meant for a TLS server".into(),
         C::UnhandledCriticalExtension => "the server's certificate has a critical extension we do not understand".into(),
