@@ -128,6 +128,12 @@ struct RawProfile {
     connect_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    /// The TLS handshake's own timeout; the connect timeout when absent.
+    #[serde(default)]
+    tls_timeout_ms: Option<u64>,
+    /// The largest answer read from the backend; a longer one is not read on (outcome unknown).
+    #[serde(default = "default_max_answer")]
+    max_answer_bytes: usize,
     #[serde(default)]
     recovery: RecoverySettings,
     #[serde(default)]
@@ -152,6 +158,11 @@ fn default_connect_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_answer() -> usize {
+    crate::net::client::DEFAULT_MAX_ANSWER_BYTES
+}
+/// No profile may allow answers above this (a vendor answer is a few KB; an upload report a few MB).
+const MAX_ANSWER_CEILING: usize = 64 * 1024 * 1024;
 
 /// One terminal bound to one backend.
 #[derive(Debug, Clone)]
@@ -161,8 +172,14 @@ pub struct Profile {
     pub base_url: String,
     pub ca_file: Option<PathBuf>,
     pub identity: TerminalIdentity,
+    /// TCP connect to the backend.
     pub connect_timeout: Duration,
+    /// The TLS handshake after TCP connected (`tls_timeout_ms`, default the connect timeout).
+    pub tls_timeout: Duration,
+    /// From writing a request to the end of its answer.
     pub timeout: Duration,
+    /// The largest answer read from the backend (`max_answer_bytes`, default 1 MiB).
+    pub max_answer_bytes: usize,
     pub recovery: RecoverySettings,
     /// Money bounds for POS requests (`[limits]`).
     pub limits: Limits,
@@ -225,6 +242,13 @@ impl Profile {
         if min < 1 || max < min || max > MAX_AMOUNT_CEILING_FEN {
             return Err(ConfigError::field(path, None, "limits", format!("need 1 <= min_amount_fen <= max_amount_fen <= {MAX_AMOUNT_CEILING_FEN}; got {min} and {max}")));
         }
+        let tls_timeout_ms = raw.tls_timeout_ms.unwrap_or(raw.connect_timeout_ms);
+        if tls_timeout_ms == 0 {
+            return Err(ConfigError::field(path, None, "tls_timeout_ms", "timeouts must be above zero"));
+        }
+        if raw.max_answer_bytes == 0 || raw.max_answer_bytes > MAX_ANSWER_CEILING {
+            return Err(ConfigError::field(path, None, "max_answer_bytes", format!("must be from 1 to {MAX_ANSWER_CEILING}")));
+        }
         let scan_rules = raw.scan_rules.into_iter().map(|r| r.in_profile(&name)).collect();
         Ok(Profile {
             name,
@@ -233,7 +257,9 @@ impl Profile {
             ca_file,
             identity: TerminalIdentity { store: raw.store, terminal: raw.terminal, operator: raw.operator },
             connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+            tls_timeout: Duration::from_millis(tls_timeout_ms),
             timeout: Duration::from_millis(raw.timeout_ms),
+            max_answer_bytes: raw.max_answer_bytes,
             recovery: raw.recovery,
             limits: raw.limits,
             secrets,

@@ -305,7 +305,7 @@ impl Engine {
         let sealer = Sealer::open(&cfg.data_dir.join("journal.key"))?;
         let mut lanes = BTreeMap::new();
         for p in cfg.profiles {
-            let http = HttpsClient::new(&HttpOptions { ca_file: p.ca_file.clone(), connect_timeout: p.connect_timeout, timeout: p.timeout })
+            let http = HttpsClient::new(&HttpOptions::for_profile(&p))
                 .map_err(|e| EngineError::Config(format!("profile {} ({}): {e}", p.name, p.source.display())))?;
             let backend = backend::build(&p, http).map_err(|e| EngineError::Config(e.to_string()))?;
             lanes.insert(p.name.clone(), Arc::new(Lane::new(p, backend)));

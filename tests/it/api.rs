@@ -242,7 +242,9 @@ async fn doctor_checks_secrets_backends_and_the_daemon() {
     let text = report.render();
     assert!(report.failed(), "{text}");
     assert!(text.contains("WARN profile loyalty: secret master_key") && text.contains("mode 644"), "{text}");
-    assert!(text.contains("FAIL profile loyalty: backend: not sent: TLS with"), "{text}");
+    // In the same words the POS app would get for a failed request, never a debug dump.
+    assert!(text.contains("FAIL profile loyalty: backend: TLS handshake with 127.0.0.1:") && text.contains("CA bundle"), "{text}");
+    assert!(!text.contains("Custom {") && !text.contains("InvalidCertificate"), "{text}");
     d.stop().await;
 }
 

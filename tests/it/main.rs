@@ -4,6 +4,7 @@ mod crash;
 mod devices;
 mod lottery;
 mod money;
+mod net;
 mod order;
 mod strict;
 mod soak;
