@@ -23,12 +23,20 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// Load the data key from `path`, creating it (0600) on first start.
-    pub fn open(path: &Path) -> Result<Sealer, EngineError> {
+    /// Load the data key from `path`. A missing key is made (0600) only when `may_create` says the
+    /// journal has nothing sealed under an earlier key (a new data directory): a new key never opens
+    /// the old sealed fields, so making one silently would only hide that recovery cannot replay them.
+    pub fn open(path: &Path, may_create: bool) -> Result<Sealer, EngineError> {
         let err = |e: std::io::Error| EngineError::Journal(format!("{}: {e}", path.display()));
         let key = match std::fs::read(path) {
             Ok(k) if k.len() == 32 => k,
             Ok(k) => return Err(EngineError::Journal(format!("{}: data key is {} bytes, want 32", path.display(), k.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => {
+                return Err(EngineError::Journal(format!(
+                    "the journal data key {} is missing, but the journal holds fields sealed with it (card numbers recovery must replay). posgate does not make a new key for a used journal: it would never open them. Restore journal.key from the backup made with this journal (same data directory), then start again",
+                    path.display()
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut k);
@@ -37,6 +45,10 @@ impl Sealer {
                 let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
                 f.write_all(&k).map_err(err)?;
                 f.sync_all().map_err(err)?;
+                // The folder too, so the key's name survives a power cut along with the records it seals.
+                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+                }
                 k
             }
             Err(e) => return Err(err(e)),
