@@ -5,3 +5,4 @@ mod devices;
 mod lottery;
 mod order;
 mod support;
+mod journal_guard;
