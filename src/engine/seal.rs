@@ -81,3 +81,28 @@ impl Sealer {
         serde_json::from_slice(&plain).map_err(|_| bad())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Sealer::open` used to make a new key whenever the file was missing, so a deleted key went
+    /// unnoticed until recovery failed to open a sealed card number.
+    #[test]
+    fn a_missing_key_is_made_only_when_allowed() {
+        let d = std::env::temp_dir().join(format!("posgate-seal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("journal.key");
+        let e = Sealer::open(&path, false).unwrap_err().to_string();
+        assert!(e.contains("journal.key is missing") && e.contains("Restore"), "{e}");
+        assert!(!path.exists());
+        let s = Sealer::open(&path, true).unwrap();
+        let mut m = Map::new();
+        m.insert("cardNo".into(), Value::String("6222020000000000008".into()));
+        let sealed = s.seal(&m).unwrap();
+        // An existing key is loaded whatever `may_create` says, and opens what it sealed.
+        assert_eq!(Sealer::open(&path, false).unwrap().unseal(sealed.as_deref()).unwrap(), m);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

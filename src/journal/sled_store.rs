@@ -285,6 +285,8 @@ struct Guard {
 
 fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, mut guard: Option<Guard>) {
     let mut synced = 0u64;
+    // A mark update that failed: the next group commit reports it (the disk is failing).
+    let mut mark_err: Option<String> = None;
     loop {
         let target = {
             let Ok(mut st) = s.state.lock() else { return };
@@ -302,18 +304,22 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, mut guard: Option<Guard>) 
         // Read the mark's values before the flush: everything read here was committed, so the flush
         // below makes it durable, and the mark written after it never runs ahead of the journal.
         let snap = guard.as_ref().map(|g| snapshot(&g.records, &g.profiles));
-        let result = db
-            .flush()
-            .map_err(|e| format!("sled flush: {e}"))
-            .and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")))
-            .and_then(|_| match (guard.as_mut(), snap) {
-                (Some(g), Some(Ok(m))) => g.mark.update(&m).map(|_| ()).map_err(|e| e.to_string()),
-                (_, Some(Err(e))) => Err(e.to_string()),
-                _ => Ok(()),
-            });
+        let mut result = db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
+        if let (Ok(()), Some(e)) = (&result, mark_err.take()) {
+            result = Err(format!("the journal's high-water mark could not be written: {e}"));
+        }
+        let durable = result.is_ok();
         synced = target;
         s.count.fetch_add(1, Ordering::Relaxed);
         let _ = s.done.send((target, result.err()));
+        // The writers are released as soon as their records are durable; the mark's own write and
+        // fdatasync follow here, overlapping their next step (a backend call) instead of adding to it.
+        if let (true, Some(g), Some(snap)) = (durable, guard.as_mut(), snap) {
+            if let Err(e) = snap.and_then(|m| g.mark.update(&m)) {
+                tracing::error!("journal high-water mark: {e}");
+                mark_err = Some(e.to_string());
+            }
+        }
     }
 }
 
