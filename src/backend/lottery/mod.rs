@@ -347,6 +347,11 @@ impl LotteryBackend {
     }
 
     #[cfg(test)]
+    pub(crate) async fn call_for_tests(&self, st: &Station, path: &str, params: &[(&str, Value)]) -> Result<Answer, BackendError> {
+        self.call(st, path, params, 0).await
+    }
+
+    #[cfg(test)]
     pub(crate) fn http_for_tests(&self) -> &HttpsClient {
         &self.http
     }

@@ -15,13 +15,18 @@ pub(crate) fn temp_dir(tag: &str) -> PathBuf {
 /// A profile on disk (TOML + secrets + test CA) with `stations` stations `2101000n` and extra `[options]`
 /// lines, and the backend built from it.
 pub(crate) fn backend_for(base_url: &str, dir: &Path, app_secret: &str, password: &str, stations: u32, extra_options: &str) -> LotteryBackend {
+    backend_with_timeout(base_url, dir, app_secret, password, stations, 3000, extra_options)
+}
+
+/// [`backend_for`] with another `timeout_ms`.
+pub(crate) fn backend_with_timeout(base_url: &str, dir: &Path, app_secret: &str, password: &str, stations: u32, timeout_ms: u64, extra_options: &str) -> LotteryBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
     std::fs::write(dir.join("app-secret.txt"), format!("{app_secret}\n")).unwrap();
     std::fs::write(dir.join("station.txt"), format!("{password}\n")).unwrap();
     let list: Vec<String> = (1..=stations).map(|n| format!("{{ id = \"2101{n:04}\", clerk = \"0\", serial = \"X1P4H1110200020{n}\" }}")).collect();
     let toml = format!(
-        "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"2101\"\nterminal = \"t1\"\noperator = \"0\"\ntimeout_ms = 3000\n[secrets]\napp_secret = \"app-secret.txt\"\nstation_password = \"station.txt\"\n[options]\napp_key = \"aa75c0f6a4bf462ea006b2920034cf5b\"\nstations = [{}]\n{extra_options}\n",
-        list.join(", ")
+        "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"2101\"\nterminal = \"t1\"\noperator = \"0\"\ntimeout_ms = {timeout_ms}\n[secrets]\napp_secret = \"app-secret.txt\"\nstation_password = \"station.txt\"\n[options]\napp_key = \"aa75c0f6a4bf462ea006b2920034cf5b\"\nstations = [{}]\n{extra_options}\n",
+        list.join(", "),
     );
     let path = dir.join("lot.toml");
     std::fs::write(&path, toml).unwrap();
