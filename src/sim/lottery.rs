@@ -184,6 +184,8 @@ pub struct SimSnapshot {
     /// Requests being handled at once, at most (all stations).
     pub max_in_flight: usize,
     pub requests: u64,
+    /// Requests per path that passed the envelope checks (signature, session).
+    pub paths: BTreeMap<String, u64>,
     pub logins: u64,
     /// thirdAward requests that reached processing.
     pub redeem_attempts: u64,
@@ -234,6 +236,7 @@ struct State {
     /// `Some("15")` / `Some("10030")`: the answer to a thirdAward whose transacId was seen before.
     resend_answer: Option<String>,
     refuse_summary_all: bool,
+    paths: BTreeMap<String, u64>,
     requests: u64,
     logins: u64,
     redeem_attempts: u64,
@@ -421,6 +424,7 @@ impl LotterySim {
             overlaps: st.overlaps,
             max_in_flight: st.max_in_flight,
             requests: st.requests,
+            paths: st.paths.clone(),
             logins: st.logins,
             redeem_attempts: st.redeem_attempts,
             counts: st.counts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
@@ -466,6 +470,7 @@ impl LotterySim {
             Ok(x) => x,
             Err(a) => return Self::json(&a),
         };
+        *self.lock().paths.entry(path.clone()).or_default() += 1;
         // The host works on a request to its end whether or not the client still waits for the answer.
         let sim = self.clone();
         tokio::spawn(async move { sim.work(path, station, params).await }).await.unwrap_or(Err(DropConnection))

@@ -55,7 +55,7 @@ impl Station {
     pub fn hold(&self, hold: Duration) {
         let until = Instant::now() + hold;
         let mut h = self.held_until.lock().unwrap_or_else(|p| p.into_inner());
-        if h.map_or(true, |t| t < until) {
+        if h.is_none_or(|t| t < until) {
             *h = Some(until);
         }
     }
