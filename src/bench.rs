@@ -249,7 +249,7 @@ async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
     }
 
     // The floor: what a consume cannot avoid, measured now on this machine.
-    let http = HttpsClient::new(&HttpOptions { ca_file: profile.ca_file.clone(), connect_timeout: profile.connect_timeout, timeout: profile.timeout })
+    let http = HttpsClient::new(&HttpOptions::for_profile(&profile))
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let url = format!("{}/v1/jpos/cards", profile.base_url);
     let form = format!("storeNo={}&terminalNo={}&cardNo=6222020000000000008&traceNo=000000&batchNo=000000", profile.identity.store, profile.identity.terminal);

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "posgate", version, about = "Counter devices, a local POS API and a crash-proof journal in front of vendor backends")]
+#[command(
+    name = "posgate",
+    version,
+    about = "Counter devices, a local POS API and a crash-proof journal in front of vendor backends",
+    after_help = crate::client::exit::HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,18 +45,26 @@ pub enum Command {
         connect: Connect,
     },
     /// Sign a terminal on (gets a batch number and working keys).
+    #[command(after_help = crate::client::exit::HELP)]
     Checkin {
         profile: String,
         #[command(flatten)]
         connect: Connect,
     },
-    /// Settle a terminal's open batch.
+    /// Settle a terminal's open batch, or with `--batch N` an earlier batch that `posgate status` lists
+    /// as unsettled.
+    #[command(after_help = crate::client::exit::HELP)]
     Settle {
         profile: String,
+        /// An earlier batch listed as unsettled (`unsettled_batches` in `posgate status`).
+        #[arg(long)]
+        batch: Option<String>,
         #[command(flatten)]
         connect: Connect,
     },
-    /// Run any operation with a JSON body (vendor field names, money in fen).
+    /// Run any operation with a JSON body (vendor field names, money in fen); the exit code says
+    /// how it ended (approved, declined, outcome unknown, not done).
+    #[command(after_help = crate::client::exit::HELP)]
     Run {
         profile: String,
         operation: String,

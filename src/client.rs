@@ -43,6 +43,75 @@ pub enum ClientError {
     BadToken,
 }
 
+/// The exit codes of `posgate run`, `checkin` and `settle`: what a POS script needs to know about
+/// an operation. Documented in `posgate --help`, the man page and the README.
+pub mod exit {
+    /// Approved (done as asked).
+    pub const APPROVED: u8 = 0;
+    /// Anything else: the daemon's own failure (HTTP 500), the CLI's own setup.
+    pub const OTHER: u8 = 1;
+    /// The request was wrong (bad JSON, unknown profile or operation, bad field, Idempotency-Key reused,
+    /// no token): nothing was done. Also clap's code for a bad command line.
+    pub const USAGE: u8 = 2;
+    /// The backend declined it (a final answer: nothing was done, nothing is owed).
+    pub const DECLINED: u8 = 3;
+    /// The outcome is not known yet: recovery (reversal, resend or query) is owed and runs in the
+    /// daemon; look the record up again (`posgate journal ID`) before telling the customer anything.
+    pub const PENDING: u8 = 4;
+    /// It did not take effect and nothing is owed: not sent (backend unreachable, TLS refused, the
+    /// terminal blocked by an earlier unresolved reversal, the daemon not reachable), refused before
+    /// it was applied, or reversed by recovery. Safe to try again later.
+    pub const NOT_DONE: u8 = 5;
+
+    /// The text for `--help` and the man page.
+    pub const HELP: &str = "\
+Exit codes of run, checkin and settle:
+  0  approved
+  1  other error (the daemon's own failure, such as its journal)
+  2  bad request or usage: nothing was done
+  3  declined by the backend: nothing was done
+  4  outcome unknown (pending): recovery is owed and runs in the daemon, or the daemon's answer
+     was lost; look the record up again before telling the customer
+  5  not done, nothing owed: not sent (backend or daemon unreachable, TLS failed, terminal blocked
+     by a pending reversal), failed, or reversed by recovery; safe to retry later";
+
+    /// The exit code for an operation's answer: HTTP status plus the record's `status` word, or the problem.
+    pub fn for_answer(http_status: u16, body: &serde_json::Value) -> u8 {
+        let is_record = body.get("id").is_some_and(serde_json::Value::is_u64);
+        if is_record {
+            match body.get("status").and_then(serde_json::Value::as_str) {
+                Some("approved") => return APPROVED,
+                Some("declined") => return DECLINED,
+                Some("pending") | Some("unknown") => return PENDING,
+                Some("failed") | Some("reversed") => return NOT_DONE,
+                _ => {}
+            }
+        }
+        let slug = body.get("type").and_then(serde_json::Value::as_str).and_then(|t| t.rsplit('/').next()).unwrap_or("");
+        match (http_status, slug) {
+            (200..=299, _) => APPROVED,
+            (_, "reversal-pending" | "sign-on-failed" | "shutting-down") => NOT_DONE,
+            (400..=499, _) => USAGE,
+            (502 | 503, _) => NOT_DONE,
+            _ => OTHER,
+        }
+    }
+}
+
+impl ClientError {
+    /// The `posgate run` exit code for a request that got no answer from the daemon (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // Nothing reached the daemon.
+            ClientError::NotRunning { .. } | ClientError::PermissionDenied { .. } | ClientError::Connect { .. } => exit::NOT_DONE,
+            // The request may have reached the daemon, which finishes it on its own: outcome unknown here.
+            ClientError::Http { .. } | ClientError::Timeout { .. } | ClientError::NotJson { .. } => exit::PENDING,
+            ClientError::Request(_) | ClientError::BadToken => exit::USAGE,
+            ClientError::Refused { .. } => exit::OTHER,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Endpoint {
     Unix(PathBuf),
@@ -293,6 +362,24 @@ mod tests {
         assert_eq!(ev.event, "scan");
         assert_eq!(ev.data["text"], "123");
         assert_eq!(find_frame_end(b"a\r\n\r\nb\n\n"), Some((1, 4)));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_record_status_then_the_problem() {
+        use serde_json::json;
+        let rec = |s: &str| json!({"id": 7, "status": s});
+        assert_eq!(exit::for_answer(200, &rec("approved")), 0);
+        assert_eq!(exit::for_answer(200, &rec("declined")), 3);
+        assert_eq!(exit::for_answer(202, &rec("pending")), 4);
+        assert_eq!(exit::for_answer(502, &rec("failed")), 5);
+        assert_eq!(exit::for_answer(200, &rec("reversed")), 5);
+        let problem = |slug: &str| json!({"type": format!("https://posgate.local/problems/{slug}"), "detail": "x"});
+        assert_eq!(exit::for_answer(400, &problem("bad-request")), 2);
+        assert_eq!(exit::for_answer(404, &problem("unknown-profile")), 2);
+        assert_eq!(exit::for_answer(409, &problem("idempotency-conflict")), 2);
+        assert_eq!(exit::for_answer(409, &problem("reversal-pending")), 5);
+        assert_eq!(exit::for_answer(502, &problem("sign-on-failed")), 5);
+        assert_eq!(exit::for_answer(500, &problem("journal")), 1);
     }
 
     #[tokio::test]

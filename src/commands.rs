@@ -3,7 +3,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use posgate::cli::{Cli, Command, Connect, DemoArgs};
-use posgate::client::ApiClient;
+use posgate::client::{exit, ApiClient, ClientError};
 use posgate::config::DaemonConfig;
 
 fn init_logging() {
@@ -36,8 +36,48 @@ fn finish(status: u16, body: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Print an operation's answer (or why there is none) and give its documented exit code ([`exit`]).
+fn finish_op(r: Result<(u16, Value), ClientError>) -> u8 {
+    match r {
+        Ok((status, body)) => {
+            print(&body);
+            exit::for_answer(status, &body)
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Run a subcommand; `Ok(code)` is the process exit code (0 unless an operation says otherwise).
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Checkin { profile, connect } => Ok(finish_op(client(&connect)?.post(&format!("/v1/profiles/{profile}/checkin"), json!({}), None).await)),
+        Command::Settle { profile, batch, connect } => {
+            let body = match batch {
+                Some(b) => json!({ "batch": b }),
+                None => json!({}),
+            };
+            Ok(finish_op(client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), body, None).await))
+        }
+        Command::Run { profile, operation, body, idempotency_key, connect } => {
+            let body: Value = match serde_json::from_str(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("Error: --body is not JSON: {e}");
+                    return Ok(exit::USAGE);
+                }
+            };
+            Ok(finish_op(client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await))
+        }
+        other => run_other(other).await.map(|()| 0),
+    }
+}
+
+async fn run_other(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Checkin { .. } | Command::Settle { .. } | Command::Run { .. } => unreachable!("handled by run"),
         Command::Serve { config } => {
             init_logging();
             let cfg = DaemonConfig::load(&config)?;
@@ -47,19 +87,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Status { connect } => {
             let (s, v) = client(&connect)?.get("/v1/status").await?;
-            finish(s, v)
-        }
-        Command::Checkin { profile, connect } => {
-            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/checkin"), json!({}), None).await?;
-            finish(s, v)
-        }
-        Command::Settle { profile, connect } => {
-            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), json!({}), None).await?;
-            finish(s, v)
-        }
-        Command::Run { profile, operation, body, idempotency_key, connect } => {
-            let body: Value = serde_json::from_str(&body).context("--body is not JSON")?;
-            let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await?;
             finish(s, v)
         }
         Command::Report { profile, operation, body, json, connect } => {

@@ -70,6 +70,49 @@ impl Default for RecoverySettings {
     }
 }
 
+/// Bounds on the money a POS request may name, per profile (`[limits]`).
+///
+/// A zero amount is a mistake at the counter (and the vendors approve it), an absurd one a typo
+/// or an attack that would also overflow batch totals; both are refused before anything is
+/// journaled, with the field named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Smallest amount an operation that charges an amount may name, in fen.
+    pub min_amount_fen: i64,
+    /// Largest amount any money field may name (and the most a list of amounts may add up to), in fen.
+    pub max_amount_fen: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 100,000 yuan: far above a store counter's sale, far below any overflow.
+        Limits { min_amount_fen: 1, max_amount_fen: 10_000_000 }
+    }
+}
+
+/// The largest `max_amount_fen` a profile may set: 10^12 yuan, so that even millions of such amounts
+/// add up in an `i64` batch total.
+pub const MAX_AMOUNT_CEILING_FEN: i64 = 100_000_000_000_000;
+
+impl Limits {
+    /// Check one money field; `charged` says the operation charges this amount (so it must reach the
+    /// minimum), otherwise only the maximum applies (0 is fine for a part of a payment, say).
+    /// The error says why, for the caller to put after the field's name.
+    pub fn check(&self, fen: i64, charged: bool) -> Result<(), String> {
+        if fen < 0 {
+            return Err("must not be negative".into());
+        }
+        if charged && fen < self.min_amount_fen {
+            return Err(format!("is {fen} fen; must be at least {} fen (the profile's `limits.min_amount_fen`)", self.min_amount_fen));
+        }
+        if fen > self.max_amount_fen {
+            return Err(format!("is {fen} fen; must be at most {} fen (the profile's `limits.max_amount_fen`)", self.max_amount_fen));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
@@ -85,8 +128,16 @@ struct RawProfile {
     connect_timeout_ms: u64,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    /// The TLS handshake's own timeout; the connect timeout when absent.
+    #[serde(default)]
+    tls_timeout_ms: Option<u64>,
+    /// The largest answer read from the backend; a longer one is not read on (outcome unknown).
+    #[serde(default = "default_max_answer")]
+    max_answer_bytes: usize,
     #[serde(default)]
     recovery: RecoverySettings,
+    #[serde(default)]
+    limits: Limits,
     /// name -> file path holding the secret (relative to the profile's folder).
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<String>>,
@@ -107,6 +158,11 @@ fn default_connect_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_answer() -> usize {
+    crate::net::client::DEFAULT_MAX_ANSWER_BYTES
+}
+/// No profile may allow answers above this (a vendor answer is a few KB; an upload report a few MB).
+const MAX_ANSWER_CEILING: usize = 64 * 1024 * 1024;
 
 /// One terminal bound to one backend.
 #[derive(Debug, Clone)]
@@ -116,9 +172,17 @@ pub struct Profile {
     pub base_url: String,
     pub ca_file: Option<PathBuf>,
     pub identity: TerminalIdentity,
+    /// TCP connect to the backend.
     pub connect_timeout: Duration,
+    /// The TLS handshake after TCP connected (`tls_timeout_ms`, default the connect timeout).
+    pub tls_timeout: Duration,
+    /// From writing a request to the end of its answer.
     pub timeout: Duration,
+    /// The largest answer read from the backend (`max_answer_bytes`, default 1 MiB).
+    pub max_answer_bytes: usize,
     pub recovery: RecoverySettings,
+    /// Money bounds for POS requests (`[limits]`).
+    pub limits: Limits,
     pub secrets: BTreeMap<String, Secret>,
     /// Where each secret came from (for `posgate doctor`'s permission check).
     pub secret_files: BTreeMap<String, PathBuf>,
@@ -174,6 +238,17 @@ impl Profile {
         if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
             return Err(ConfigError::field(path, None, "timeout_ms", "timeouts must be above zero"));
         }
+        let Limits { min_amount_fen: min, max_amount_fen: max } = raw.limits;
+        if min < 1 || max < min || max > MAX_AMOUNT_CEILING_FEN {
+            return Err(ConfigError::field(path, None, "limits", format!("need 1 <= min_amount_fen <= max_amount_fen <= {MAX_AMOUNT_CEILING_FEN}; got {min} and {max}")));
+        }
+        let tls_timeout_ms = raw.tls_timeout_ms.unwrap_or(raw.connect_timeout_ms);
+        if tls_timeout_ms == 0 {
+            return Err(ConfigError::field(path, None, "tls_timeout_ms", "timeouts must be above zero"));
+        }
+        if raw.max_answer_bytes == 0 || raw.max_answer_bytes > MAX_ANSWER_CEILING {
+            return Err(ConfigError::field(path, None, "max_answer_bytes", format!("must be from 1 to {MAX_ANSWER_CEILING}")));
+        }
         let scan_rules = raw.scan_rules.into_iter().map(|r| r.in_profile(&name)).collect();
         Ok(Profile {
             name,
@@ -182,8 +257,11 @@ impl Profile {
             ca_file,
             identity: TerminalIdentity { store: raw.store, terminal: raw.terminal, operator: raw.operator },
             connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+            tls_timeout: Duration::from_millis(tls_timeout_ms),
             timeout: Duration::from_millis(raw.timeout_ms),
+            max_answer_bytes: raw.max_answer_bytes,
             recovery: raw.recovery,
+            limits: raw.limits,
             secrets,
             secret_files,
             options: raw.options,
@@ -325,5 +403,24 @@ mod tests {
         let text = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\ncolour = 1\n";
         let e = Profile::parse(p, text).unwrap_err().to_string();
         assert!(e.contains(":6") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_sane_defaults_and_bounds() {
+        let p = Path::new("/x/loyalty.toml");
+        let base = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
+        let d = Profile::parse(p, base).expect("valid").limits;
+        assert_eq!((d.min_amount_fen, d.max_amount_fen), (1, 10_000_000));
+        let l = Profile::parse(p, &format!("{base}[limits]\nmax_amount_fen = 50000\n")).expect("valid").limits;
+        assert_eq!((l.min_amount_fen, l.max_amount_fen), (1, 50_000));
+        for bad in ["min_amount_fen = 0", "max_amount_fen = 9223372036854775807", "min_amount_fen = 10\nmax_amount_fen = 5", "max = 1"] {
+            let e = Profile::parse(p, &format!("{base}[limits]\n{bad}\n")).expect_err(bad).to_string();
+            assert!(e.contains("limits") || e.contains("max"), "{bad}: {e}");
+        }
+        assert!(d.check(0, true).is_err_and(|e| e.contains("at least 1 fen")));
+        assert!(d.check(0, false).is_ok());
+        assert!(d.check(10_000_001, false).is_err_and(|e| e.contains("at most 10000000 fen")));
+        assert!(d.check(-1, false).is_err());
+        assert!(d.check(10_000_000, true).is_ok());
     }
 }

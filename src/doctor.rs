@@ -70,9 +70,9 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
                     None => r.push(Level::Fail, format!("profile {}: secret {name} ({}) is missing", p.name, file.display())),
                 }
             }
-            match crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.connect_timeout).await {
+            match crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.connect_timeout, p.tls_timeout).await {
                 Ok(v) => r.push(Level::Ok, format!("profile {}: backend reachable, certificate verified ({v})", p.name)),
-                Err(e) => r.push(Level::Fail, format!("profile {}: backend: {e}", p.name)),
+                Err(e) => r.push(Level::Fail, format!("profile {}: backend: {}", p.name, e.detail())),
             }
         }
         for d in &cfg.devices {

@@ -1,12 +1,28 @@
 //! The `posgate` binary: parse the command line and hand over to the library.
 #![forbid(unsafe_code)]
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 mod commands;
 
-fn main() -> anyhow::Result<()> {
+/// Operations exit with the codes documented in `posgate --help` (see `posgate::client::exit`);
+/// any other failure is 1.
+fn main() -> ExitCode {
     let cli = posgate::cli::Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(commands::run(cli))
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::from(posgate::client::exit::OTHER);
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(posgate::client::exit::OTHER)
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! The server speaks to the engine only through [`Service`], so the HTTP layer can be tested
 //! against a small fake and the engine can change behind it. Routes are data ([`server::ROUTES`]),
 //! shared by the router and by the test that keeps the OpenAPI document complete.
+pub mod idempotency;
 pub mod problem;
 pub mod server;
 pub mod sse;
+pub mod strict_json;
 
 use std::path::PathBuf;
 
@@ -16,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::engine::{Answer, Engine, EngineError, Event, JournalQuery};
 use crate::secret::Secret;
 
+pub use idempotency::{valid_idempotency_key, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN};
 pub use problem::Problem;
 pub use server::{bind_unix, serve, ROUTES};
 

@@ -58,6 +58,13 @@ impl Problem {
             .with_extra("parameter", Value::String(name.to_string()))
     }
 
+    /// A request body naming one key twice in an object (which of the two would count is ambiguous).
+    pub fn duplicate_key(key: &str, path: &str) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "duplicate-key", "Duplicate key in the request body", format!("key `{key}` appears more than once in the object at {path}"))
+            .with_extra("key", Value::String(key.to_string()))
+            .with_extra("path", Value::String(path.to_string()))
+    }
+
     pub fn not_found(path: &str) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "No such route", format!("no route for {path}; see GET /v1/openapi"))
     }
@@ -90,8 +97,12 @@ impl Problem {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let title = status.canonical_reason().unwrap_or("Error");
         let mut p = Problem::new(status, e.slug(), title, e.to_string());
-        if let EngineError::RecoveryPending { oldest, count, parked, .. } = e {
+        if let EngineError::RecoveryPending { oldest, count, parked, retry_after_s, .. } = e {
             p = p.with_extra("oldest", json!(oldest)).with_extra("count", json!(count)).with_extra("parked", json!(parked));
+            p = p.with_header("retry-after", retry_after_s.to_string());
+        }
+        if let EngineError::Busy { retry_after_s, .. } = e {
+            p = p.with_header("retry-after", retry_after_s.to_string());
         }
         p
     }
@@ -129,7 +140,7 @@ mod tests {
 
     #[test]
     fn engine_errors_keep_their_status_and_slug() {
-        let e = EngineError::RecoveryPending { profile: "p".into(), count: 2, parked: 0, oldest: 7 };
+        let e = EngineError::RecoveryPending { profile: "p".into(), count: 2, parked: 0, oldest: 7, retry_after_s: 1 };
         let b = Problem::from_engine(&e).body();
         assert_eq!(b["status"], 409);
         assert_eq!(b["type"], "https://posgate.local/problems/reversal-pending");

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::idempotency::{valid_idempotency_key, IDEMPOTENCY_KEY_RULE};
 use super::problem::Problem;
+use super::strict_json::{self, StrictError};
 use super::{sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
 use crate::engine::JournalQuery;
 
@@ -97,6 +99,8 @@ impl Transport {
 }
 
 struct State {
+    /// Refused requests and malformed connections are logged at most so often (a flood is not a log flood).
+    refused_log: Mutex<RateLimit>,
     service: Arc<dyn Service>,
     /// SHA-1 of the token: compared in constant time, and equal length whatever the client sends.
     token_digest: Option<[u8; 20]>,
@@ -164,7 +168,7 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(State { service, token_digest, max_body: opts.max_body_bytes, shutdown: stop_rx.clone() });
+    let state = Arc::new(State { refused_log: Mutex::new(RateLimit::new(REFUSED_LOG_WINDOW, REFUSED_LOG_LINES)), service, token_digest, max_body: opts.max_body_bytes, shutdown: stop_rx.clone() });
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -226,6 +230,7 @@ async fn serve_conn<I>(state: Arc<State>, io: I, transport: Transport, mut stop:
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let for_log = state.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, transport, req).await) }
@@ -239,7 +244,14 @@ where
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, transport = transport.name(), "API connection ended with an error");
+                    if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() || e.is_timeout() {
+                        // hyper answered 400/431/408 itself: a refused request, logged at a bounded rate.
+                        if let Some(suppressed) = admit_refused(&for_log) {
+                            tracing::info!(target: "posgate::api", error = %e, transport = transport.name(), suppressed, "refused a malformed request");
+                        }
+                    } else {
+                        tracing::debug!(error = %e, transport = transport.name(), "API connection ended with an error");
+                    }
                 }
                 break;
             }
@@ -255,12 +267,13 @@ where
 #[allow(clippy::disallowed_methods)] // request timing for the access log, not engine time
 async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Both come from outside: escaped and cut before they go anywhere near a log line.
+    let method = log_value(req.method().as_str());
+    let path = log_value(req.uri().path());
     let request_id = request_id(req.headers());
     // A separate task, so an operation runs to completion even if the POS app hangs up mid-request
     // (the engine journals the outcome either way), and a panic answers 500 instead of a reset.
-    let mut resp = match tokio::spawn(route(state, transport, req)).await {
+    let mut resp = match tokio::spawn(route(state.clone(), transport, req)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, %method, %path, %request_id, "API handler failed");
@@ -270,17 +283,102 @@ async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>)
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
+    let status = resp.status().as_u16();
+    let suppressed = if is_refusal(status) {
+        match admit_refused(&state) {
+            Some(n) => n,
+            None => return resp,
+        }
+    } else {
+        0
+    };
     tracing::info!(
         target: "posgate::api",
         %method,
         %path,
-        status = resp.status().as_u16(),
+        status,
         ms = started.elapsed().as_secs_f64() * 1000.0,
         %request_id,
         transport = transport.name(),
+        suppressed,
         "request"
     );
     resp
+}
+
+/// At most this many bytes of any one value from outside (method, path, header) in a log line.
+pub const LOG_VALUE_MAX: usize = 160;
+/// Refused requests: at most `REFUSED_LOG_LINES` log lines per `REFUSED_LOG_WINDOW`.
+const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(10);
+const REFUSED_LOG_LINES: u32 = 20;
+
+/// Answers that refuse a request before it did anything (bad auth, bad form, no such route): a
+/// client or an attacker can make any number of them, so their log lines are rate limited.
+fn is_refusal(status: u16) -> bool {
+    matches!(status, 400 | 401 | 403 | 404 | 405 | 408 | 411 | 413 | 414 | 415 | 431)
+}
+
+/// Whether to log one more refused request now; `Some(n)`: log it, noting `n` refused requests
+/// that were not logged since the last line.
+#[allow(clippy::disallowed_methods)] // log rate limiting, not engine time
+fn admit_refused(state: &State) -> Option<u64> {
+    state.refused_log.lock().unwrap_or_else(|p| p.into_inner()).admit(Instant::now())
+}
+
+/// A value from outside made safe for one log line: printable ASCII kept (minus `"` and a backslash),
+/// everything else escaped, and cut at [`LOG_VALUE_MAX`] bytes with the original length noted.
+pub fn log_value(raw: &str) -> String {
+    let mut out = String::new();
+    for c in raw.chars() {
+        if out.len() >= LOG_VALUE_MAX {
+            out.push_str(&format!("…({} bytes)", raw.len()));
+            return out;
+        }
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    out
+}
+
+/// A fixed-window rate limit for log lines, with a count of what it held back. Time is passed in.
+#[derive(Debug)]
+pub struct RateLimit {
+    window: Duration,
+    lines: u32,
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(window: Duration, lines: u32) -> Self {
+        RateLimit { window, lines, start: None, used: 0, suppressed: 0 }
+    }
+
+    /// `Some(n)`: log this one, and say `n` were held back since the last logged line; `None`: hold it back.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let fresh = match self.start {
+            Some(s) => now.saturating_duration_since(s) >= self.window,
+            None => true,
+        };
+        if fresh {
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.lines {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// The client's `X-Request-Id` when it is short and plain, else a fresh random one.
@@ -474,7 +572,11 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
                 Some(Value::String(o)) => o.clone(),
                 _ => return Err(Problem::invalid_param("outcome", "is required: \"approved\" or \"reversed\"")),
             };
-            let note = body.get("note").and_then(Value::as_str);
+            let note = match body.get("note") {
+                None => None,
+                Some(Value::String(n)) => Some(n.as_str()),
+                Some(_) => return Err(Problem::invalid_param("note", "must be text")),
+            };
             let rec = svc.resolve_recovery(id, &outcome, note).await.map_err(|e| Problem::from_engine(&e))?;
             Ok(json_response(StatusCode::OK, &rec))
         }
@@ -494,19 +596,29 @@ fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> {
     resp
 }
 
-fn parse_id(params: &[String]) -> Result<u64, Problem> {
-    let raw = params.first().ok_or_else(|| Problem::internal("route parameters"))?;
-    raw.parse::<u64>().map_err(|_| Problem::invalid_param("id", format!("{raw:?} is not a journal id (a whole number)")))
+/// The largest journal id the API takes (the OpenAPI document's int64 `maximum`).
+const MAX_ID: u64 = i64::MAX as u64;
+
+/// A journal id as the document describes it: ASCII digits, 0 to [`MAX_ID`].
+fn journal_id(raw: &str) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<u64>().ok().filter(|&n| n <= MAX_ID)
 }
 
-/// `Idempotency-Key`: 1–255 visible ASCII characters.
+fn parse_id(params: &[String]) -> Result<u64, Problem> {
+    let raw = params.first().ok_or_else(|| Problem::internal("route parameters"))?;
+    journal_id(raw).ok_or_else(|| Problem::invalid_param("id", format!("{raw:?} is not a journal id (a whole number from 0 to {MAX_ID})")))
+}
+
+/// `Idempotency-Key`: the one rule of [`super::idempotency`], also in the OpenAPI document.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
-    let s = v.to_str().map_err(|_| Problem::invalid_param("Idempotency-Key", "must be visible ASCII"))?;
-    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Problem::invalid_param("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+    match v.to_str() {
+        Ok(s) if valid_idempotency_key(s) => Ok(Some(s.to_string())),
+        _ => Err(Problem::invalid_param("Idempotency-Key", IDEMPOTENCY_KEY_RULE)),
     }
-    Ok(Some(s.to_string()))
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -553,8 +665,11 @@ async fn read_json_object(req: Request<Incoming>, limit: usize, empty_ok: bool) 
     if content_type.is_none() {
         return Err(Problem::unsupported_media_type("(none)"));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Problem::invalid_json(format!("request body is not valid JSON: {e}")).with_extra("line", json!(e.line())).with_extra("column", json!(e.column()))
+    let v: Value = strict_json::from_slice(&bytes).map_err(|e| match e {
+        StrictError::DuplicateKey { key, path } => Problem::duplicate_key(&key, &path),
+        StrictError::Syntax { message, line, column } => {
+            Problem::invalid_json(format!("request body is not valid JSON: {message}")).with_extra("line", json!(line)).with_extra("column", json!(column))
+        }
     })?;
     match v {
         Value::Object(m) => Ok(m),
@@ -586,8 +701,8 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
         if !seen.insert(k.to_string()) {
             return Err(Problem::invalid_param(&k, "given more than once"));
         }
-        if v.is_empty() {
-            continue; // an empty form field means "no filter"
+        if v.is_empty() && matches!(k.as_ref(), "profile" | "batch") {
+            continue; // an empty text filter means "no filter"; typed parameters must be given right
         }
         match k.as_ref() {
             "profile" => q.profile = Some(v.into_owned()),
@@ -607,7 +722,7 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
                 _ => return Err(Problem::invalid_param("limit", format!("{v:?} is not a whole number from 1 to {MAX_LIMIT}"))),
             },
             "before" => {
-                q.before = Some(v.parse::<u64>().map_err(|_| Problem::invalid_param("before", format!("{v:?} is not a journal id")))?);
+                q.before = Some(journal_id(&v).ok_or_else(|| Problem::invalid_param("before", format!("{v:?} is not a journal id (a whole number from 0 to {MAX_ID})")))?);
             }
             other => {
                 return Err(Problem::invalid_param(other, "unknown; known parameters: profile, batch, status, date, limit, before"));
@@ -642,7 +757,15 @@ mod tests {
     fn journal_query_names_the_bad_parameter() {
         let q = parse_journal_query(Some("profile=a&batch=000001&status=approved&date=2024-05-01&limit=5&before=99")).expect("valid");
         assert_eq!((q.limit, q.before, q.date.as_deref()), (Some(5), Some(99), Some("2024-05-01")));
-        for (bad, name) in [("limit=x", "limit"), ("date=2024-13-01", "date"), ("status=lost", "status"), ("colour=red", "colour"), ("profile=a&profile=b", "profile")] {
+        let q = parse_journal_query(Some("profile=&batch=&before=9223372036854775807")).expect("valid");
+        assert_eq!((q.profile, q.batch, q.before), (None, None, Some(9_223_372_036_854_775_807)));
+        // Regression: schemathesis found values the document refuses being accepted, and the reverse.
+        let refused = [
+            ("limit=x", "limit"), ("date=2024-13-01", "date"), ("status=lost", "status"), ("colour=red", "colour"), ("profile=a&profile=b", "profile"),
+            ("date=", "date"), ("limit=", "limit"), ("status=", "status"), ("before=", "before"), ("before=-9223372036854775808", "before"),
+            ("before=9223372036854775808", "before"), ("before=%2B5", "before"),
+        ];
+        for (bad, name) in refused {
             let p = parse_journal_query(Some(bad)).expect_err(bad);
             assert_eq!(p.status, StatusCode::BAD_REQUEST);
             assert!(p.detail.contains(name), "{bad}: {}", p.detail);
@@ -661,6 +784,31 @@ mod tests {
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic czNjcmV0"));
         assert!(check_bearer(Some(&d), &h).is_err());
         assert!(check_bearer(None, &h).is_err());
+    }
+
+    #[test]
+    fn a_300_kb_value_from_outside_logs_as_a_few_hundred_escaped_bytes() {
+        let huge = "A".repeat(300 * 1024);
+        let v = log_value(&huge);
+        assert!(v.len() <= LOG_VALUE_MAX + 32, "{}", v.len());
+        assert!(v.ends_with(&format!("…({} bytes)", huge.len())), "{v}");
+        let nasty = "GET\r\nfake=\"line\"\u{1b}[31m\u{7f}é";
+        assert_eq!(log_value(nasty), "GET\\x0d\\x0afake=\\\"line\\\"\\x1b[31m\\x7f\\u{e9}");
+        assert_eq!(log_value("/v1/status"), "/v1/status");
+        // Escapes count toward the bound too.
+        assert!(log_value(&"\u{1}".repeat(100_000)).len() <= LOG_VALUE_MAX + 32);
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a base instant; the limiter is driven by offsets from it
+    fn refused_requests_are_logged_at_a_rate_with_a_count_of_the_rest() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(Duration::from_secs(10), 3);
+        let got: Vec<Option<u64>> = (0..10).map(|i| r.admit(t0 + Duration::from_millis(i))).collect();
+        assert_eq!(got, vec![Some(0), Some(0), Some(0), None, None, None, None, None, None, None]);
+        // Next window: the first line carries the count of the seven held back.
+        assert_eq!(r.admit(t0 + Duration::from_secs(10)), Some(7));
+        assert_eq!(r.admit(t0 + Duration::from_secs(11)), Some(0));
     }
 
     #[test]

@@ -389,3 +389,66 @@ async fn openapi_is_served() {
     assert!(doc["paths"]["/v1/status"]["get"].is_object());
     h.shutdown().await;
 }
+
+/// Regression: the document allowed 255-character keys of any characters; the engine refused more
+/// than 200. Both now use `api::idempotency`, and the document must say exactly that.
+#[test]
+fn the_documents_idempotency_key_is_the_engines() {
+    use super::idempotency::{IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN};
+    let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+    let schema = &doc["components"]["parameters"]["IdempotencyKey"]["schema"];
+    assert_eq!(schema["pattern"].as_str(), Some(IDEMPOTENCY_KEY_PATTERN), "{schema}");
+    assert_eq!(schema["maxLength"].as_u64(), Some(IDEMPOTENCY_KEY_MAX as u64), "{schema}");
+    assert_eq!(schema["minLength"].as_u64(), Some(1), "{schema}");
+    let described = doc["components"]["parameters"]["IdempotencyKey"]["description"].as_str().unwrap_or("");
+    assert!(described.contains(&format!("1 to {IDEMPOTENCY_KEY_MAX}")), "{described}");
+}
+
+/// The integer parameters say their real range (schemathesis found `before=-9223372036854775808`
+/// allowed by the document and refused by the server).
+#[test]
+fn the_documents_integers_have_the_servers_bounds() {
+    let doc: Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let s = &p["schema"];
+                if s["type"] == "integer" {
+                    assert!(s["minimum"].is_u64() && s["maximum"].is_u64(), "{method} {path} parameter {}: {s}", p["name"]);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_at_the_limit_pass_and_beyond_it_are_refused() {
+    let h = Harness::start_with(4).await;
+    let at = "k".repeat(super::idempotency::IDEMPOTENCY_KEY_MAX);
+    let (s, _) = h.unix().post("/v1/profiles/p/consume", json!({}), Some(&at)).await.expect("run");
+    assert_eq!(s, 200);
+    assert_eq!(h.fake.last_key.lock().expect("lock").as_deref(), Some(at.as_str()));
+    let over = format!("{at}k");
+    let r = h.unix().request(Method::POST, "/v1/profiles/p/consume", &[("content-type", "application/json"), ("idempotency-key", &over)], Bytes::from_static(b"{}")).await.expect("reply");
+    let v = assert_problem(&r, 400, "invalid-parameter");
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains("200")), "{v}");
+    h.shutdown().await;
+}
+
+/// Regression: duplicate keys were accepted and the last one won.
+#[tokio::test]
+async fn duplicate_keys_never_reach_the_service() {
+    let h = Harness::start().await;
+    let c = h.unix();
+    let ct = [("content-type", "application/json")];
+    let r = c.request(Method::POST, "/v1/profiles/p/consume", &ct, Bytes::from_static(br#"{"pointAmount": 1, "pointAmount": 100000}"#)).await.expect("reply");
+    let v = assert_problem(&r, 400, "duplicate-key");
+    assert_eq!((v["key"].as_str(), v["path"].as_str()), (Some("pointAmount"), Some("$")), "{v}");
+    let r = c.request(Method::POST, "/v1/profiles/p/consume", &ct, Bytes::from_static(br#"{"ticket": [{"id": 1, "id": 2}]}"#)).await.expect("reply");
+    let v = assert_problem(&r, 400, "duplicate-key");
+    assert_eq!((v["key"].as_str(), v["path"].as_str()), (Some("id"), Some("$.ticket[0]")), "{v}");
+    assert!(h.fake.last_body.lock().expect("lock").is_none(), "a body with a duplicate key reached the service");
+    let r = c.request(Method::POST, "/v1/scans", &ct, Bytes::from_static(br#"{"text": "a", "text": "b"}"#)).await.expect("reply");
+    assert_problem(&r, 400, "duplicate-key");
+    h.shutdown().await;
+}

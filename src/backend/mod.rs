@@ -214,6 +214,18 @@ pub struct Settled {
     pub reply: Reply,
 }
 
+impl Stage {
+    /// The stage in words, for error texts the POS app, the journal and the log show.
+    pub fn words(self) -> &'static str {
+        match self {
+            Stage::NotSent => "not sent",
+            Stage::SignOnFirst => "sign-on needed first",
+            Stage::Rejected => "rejected",
+            Stage::Unknown => "outcome unknown",
+        }
+    }
+}
+
 /// Where a backend failure happened, which decides whether recovery is owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -231,7 +243,7 @@ pub enum Stage {
 }
 
 #[derive(Debug, Clone, Error)]
-#[error("{backend} backend, {stage:?}: {detail}")]
+#[error("{backend} backend, {}: {detail}", stage.words())]
 pub struct BackendError {
     pub backend: &'static str,
     pub stage: Stage,

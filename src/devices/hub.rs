@@ -86,9 +86,9 @@ impl Hub {
         Ok(self.publish(d))
     }
 
-    /// The card held under a scan id, for an operation.
+    /// The card held under a scan id, for one operation: taken, so the same swipe cannot pay twice.
     pub fn card(&self, id: &str) -> Result<CardData, ScanError> {
-        let held = self.store.get(id)?;
+        let held = self.store.take(id)?;
         let pan = held.swipe.pan().map(|p| p.expose().to_string()).ok_or_else(|| ScanError::Unknown(id.to_string()))?;
         let raw = |t: Option<&super::track::TrackData>| t.map(|d| strip_sentinels(d.expose()));
         Ok(CardData {

@@ -92,7 +92,8 @@ pub fn decode(device: &str, frame: &[u8], reader: ReaderKind, classifier: &Class
         return Err(DecodeError::Empty);
     }
     let id = scans::new_scan_id();
-    if reader == ReaderKind::Card || (symbology.is_none() && track::looks_like_swipe(text)) {
+    // Track data is a card whatever the reader or symbology says: it must never go out as a barcode.
+    if reader == ReaderKind::Card || (symbology.is_none() && track::looks_like_swipe(text)) || track::has_track_data(text) {
         let swipe = track::parse_swipe(text);
         let summary = CardSummary::of(&swipe);
         let suggested = swipe.pan().and_then(|pan| classifier.classify(classify::ScanInput { kind: ScanKind::Card, symbology: None, text: pan.expose() }));
@@ -178,10 +179,49 @@ mod tests {
     fn card_reader_masks_even_without_sentinel() {
         let d = decode("msr", b"6222021234567890123=2512101?", ReaderKind::Card, &Classifier::default(), DateTime::default()).expect("decodes");
         assert_eq!(d.event.kind, ScanKind::Card);
-        assert_eq!(d.event.text, "");
+        assert_eq!(d.event.text, "622202*********0123");
         let json = serde_json::to_string(&d.event).expect("json");
         assert!(!json.contains("6222021234567890123"), "{json}");
-        assert!(json.contains("bad_start_sentinel"), "{json}");
-        assert!(d.card.is_none());
+        assert!(d.card.is_some());
+        // A reader's garbage that is no track at all is still masked, with its track error.
+        let d = decode("msr", b"62220212=25?", ReaderKind::Card, &Classifier::default(), DateTime::default()).expect("decodes");
+        let json = serde_json::to_string(&d.event).expect("json");
+        assert!(json.contains("bad_start_sentinel") && d.card.is_none() && d.event.text.is_empty(), "{json}");
+    }
+
+    /// Regression: a track 2 without sentinels (readers set to "data only") was classed as a barcode and
+    /// its full text, PAN and discretionary data, went to every event subscriber.
+    #[test]
+    fn track_data_without_sentinels_is_a_held_card_never_a_barcode() {
+        let frames: &[(&[u8], &str)] = &[
+            (b"6222021234567890123=29121010000000000", "6222021234567890123"),
+            (b"6222021234567890123D29121010000000000F", "6222021234567890123"),
+            (b";6222021234567890123=29121010000000000", "6222021234567890123"),
+            (b"6222021234567890123=29121010000000000?", "6222021234567890123"),
+            (b"B6222021234567890123^ZHANG/SAN^2912101000000000", "6222021234567890123"),
+            (b"%B6222021234567890123^ZHANG/SAN^2912101000000000", "6222021234567890123"),
+            (b"]C06222021234567890123=29121010000000000", "6222021234567890123"),
+            (b"]Q1;4111111111111111=2912101000?", "4111111111111111"),
+            (b"411111111111=2912", "411111111111"),
+        ];
+        for (frame, pan) in frames {
+            let shown = String::from_utf8_lossy(frame);
+            let d = decode("dev", frame, ReaderKind::Auto, &Classifier::default(), DateTime::default()).expect("decodes");
+            assert_eq!(d.event.kind, ScanKind::Card, "{shown}");
+            let json = serde_json::to_string(&d.event).expect("json");
+            assert!(!json.contains(pan) && !json.contains("2912"), "{shown}: {json}");
+            let held = d.card.unwrap_or_else(|| panic!("{shown}: not held"));
+            assert_eq!(held.swipe.pan().map(|p| p.expose()), Some(*pan), "{shown}");
+            assert_eq!(d.event.text, held.swipe.pan().map(|p| p.masked()).unwrap_or_default(), "{shown}");
+        }
+        // Track-shaped text inside something else is still not shown, even if no PAN can be held.
+        let d = decode("dev", b"]Q1https://x.invalid/p?c=6222021234567890123=2912101", ReaderKind::Auto, &Classifier::default(), DateTime::default()).expect("decodes");
+        assert_eq!(d.event.kind, ScanKind::Card);
+        assert!(!serde_json::to_string(&d.event).expect("json").contains("6222021234567890123"));
+        // Ordinary barcodes stay barcodes.
+        for code in [&b"4006381333931"[..], b"]C1012345678901234567", b"TK-123456", b"9123456789012345678"] {
+            let d = decode("dev", code, ReaderKind::Auto, &Classifier::default(), DateTime::default()).expect("decodes");
+            assert_eq!(d.event.kind, ScanKind::Barcode, "{}", String::from_utf8_lossy(code));
+        }
     }
 }

@@ -100,12 +100,16 @@ pub enum ScanError {
     Unknown(String),
     #[error("scan {0} expired: a card swipe can be used for 60 seconds; swipe again")]
     Expired(String),
+    #[error("scan {0} was already used: a card swipe pays for one operation only; swipe again")]
+    Used(String),
 }
 
 enum Entry {
     Held { card: Box<HeldCard>, expires: Instant, seq: u64 },
     /// The data is gone; only the fact that the id existed is kept.
     Expired { forget_at: Instant },
+    /// An operation took the card; the id is remembered so a second use is refused as such.
+    Used { forget_at: Instant },
 }
 
 #[derive(Default)]
@@ -155,7 +159,7 @@ impl ScanStore {
         if held > MAX_HELD {
             let oldest = g.map.iter().filter_map(|(k, e)| match e {
                 Entry::Held { seq, .. } => Some((*seq, k.clone())),
-                Entry::Expired { .. } => None,
+                Entry::Expired { .. } | Entry::Used { .. } => None,
             }).min();
             if let Some((_, k)) = oldest {
                 g.map.insert(k, Entry::Expired { forget_at: now + TOMBSTONE_TTL });
@@ -163,30 +167,37 @@ impl ScanStore {
         }
     }
 
-    /// The card for an operation, left in place (a retried operation may name the same scan).
+    /// A look at the card, left in place (tests only: an operation must [`take`](Self::take) it).
+    #[cfg(test)]
     pub fn get(&self, id: &str) -> Result<HeldCard, ScanError> {
         let mut g = self.lock();
         purge_locked(&mut g, Instant::now());
         match g.map.get(id) {
             Some(Entry::Held { card, .. }) => Ok(HeldCard::clone(card)),
             Some(Entry::Expired { .. }) => Err(ScanError::Expired(id.to_string())),
+            Some(Entry::Used { .. }) => Err(ScanError::Used(id.to_string())),
             None => Err(ScanError::Unknown(id.to_string())),
         }
     }
 
-    /// The card for an operation, removed: a second use of the id is refused as expired.
+    /// The card for an operation, removed: one swipe pays once, and a second use of the id (a
+    /// replayed or double-clicked request) is refused as used rather than charging the card again.
     pub fn take(&self, id: &str) -> Result<HeldCard, ScanError> {
         let now = Instant::now();
         let mut g = self.lock();
         purge_locked(&mut g, now);
         match g.map.remove(id) {
             Some(Entry::Held { card, .. }) => {
-                g.map.insert(id.to_string(), Entry::Expired { forget_at: now + TOMBSTONE_TTL });
+                g.map.insert(id.to_string(), Entry::Used { forget_at: now + TOMBSTONE_TTL });
                 Ok(*card)
             }
-            Some(e @ Entry::Expired { .. }) => {
+            Some(e) => {
+                let err = match e {
+                    Entry::Used { .. } => ScanError::Used(id.to_string()),
+                    _ => ScanError::Expired(id.to_string()),
+                };
                 g.map.insert(id.to_string(), e);
-                Err(ScanError::Expired(id.to_string()))
+                Err(err)
             }
             None => Err(ScanError::Unknown(id.to_string())),
         }
@@ -218,7 +229,7 @@ impl ScanStore {
 
 fn purge_locked(g: &mut Inner, now: Instant) {
     g.map.retain(|_, e| match e {
-        Entry::Expired { forget_at } => *forget_at > now,
+        Entry::Expired { forget_at } | Entry::Used { forget_at } => *forget_at > now,
         Entry::Held { .. } => true,
     });
     for e in g.map.values_mut() {
@@ -269,7 +280,9 @@ mod tests {
         let store = ScanStore::default();
         store.hold("s_1", card());
         assert!(store.take("s_1").is_ok());
-        assert_eq!(store.take("s_1"), Err(ScanError::Expired("s_1".into())));
+        assert_eq!(store.take("s_1"), Err(ScanError::Used("s_1".into())));
+        assert_eq!(store.get("s_1"), Err(ScanError::Used("s_1".into())));
+        assert_eq!(store.held_count(), 0);
     }
 
     #[tokio::test(start_paused = true)]

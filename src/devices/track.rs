@@ -239,10 +239,38 @@ pub fn luhn(digits: &str) -> bool {
 }
 
 /// Whether a frame is a magnetic swipe rather than a barcode: it opens with a track start
-/// sentinel, or ends with `?` and has a track separator (a swipe whose start sentinel was lost).
+/// sentinel, or ends with `?` and has a track separator (a swipe whose start sentinel was lost),
+/// or carries anything shaped like track data ([`has_track_data`]).
 pub fn looks_like_swipe(text: &str) -> bool {
     let t = text.trim_end_matches(['\r', '\n']);
-    t.starts_with(['%', ';', '+']) && t.contains('?') || t.ends_with('?') && (t.contains('^') || t.contains('='))
+    t.starts_with(['%', ';', '+']) && t.contains('?') || t.ends_with('?') && (t.contains('^') || t.contains('=')) || has_track_data(t)
+}
+
+/// A PAN (12 to 19 digits), then a track 2 separator (`=`, or `D` as in EMV track 2 equivalent data)
+/// or a track 1 name field (`^NAME^`), then four digits (the expiry). Anywhere in the text: with or
+/// without sentinels, after an AIM identifier, inside a URL. Such text is card data whatever else it
+/// looks like, so it is never published as a barcode.
+static TRACK_SHAPE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"[0-9]{12,19}(?:[=D]|\^[^^]{0,26}\^)[0-9]{4}").unwrap_or_else(|e| panic!("TRACK_SHAPE: {e}")));
+
+/// Whether `text` holds anything shaped like magnetic track data (see [`TRACK_SHAPE`]).
+pub fn has_track_data(text: &str) -> bool {
+    TRACK_SHAPE.is_match(text)
+}
+
+/// A whole segment that is one track with its sentinels lost (readers set to send "data only"):
+/// track 2 `PAN=YYMM...` / `PAN D YYMM...F` (EMV), or track 1 `BPAN^NAME^YYMM...`, each perhaps with
+/// one of its sentinels. Returns the track rebuilt with both sentinels (`D` as `=`, padding `F`
+/// dropped), or `None` when the segment is not shaped like that.
+fn repair_bare_track(seg: &str) -> Option<String> {
+    static T2: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^;?([0-9]{12,19})[=D]([0-9]{4}[0-9=]*)F?\??$").unwrap_or_else(|e| panic!("T2: {e}")));
+    static T1: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^%?(B[0-9]{12,19}\^[^^?%]{0,26}\^[0-9]{4}[^?%]*)\??$").unwrap_or_else(|e| panic!("T1: {e}")));
+    if let Some(c) = T2.captures(seg) {
+        return Some(format!(";{}={}?", &c[1], &c[2]));
+    }
+    T1.captures(seg).map(|c| format!("%{}?", &c[1]))
 }
 
 /// Split a frame into its tracks and parse each.
@@ -268,6 +296,13 @@ pub fn parse_swipe(text: &str) -> Swipe {
         let (seg, tail) = rest.split_at(cut);
         // Bytes between tracks (whitespace, an LRC character) are not a track.
         rest = tail.trim_start_matches(|c: char| !matches!(c, '%' | ';' | '+'));
+        // A track that lost its sentinels (and is the frame's last) is still the card's track.
+        let repaired = if !seg.ends_with('?') || !seg.starts_with(['%', ';', '+']) {
+            if rest.is_empty() || !seg.starts_with(['%', ';', '+']) { repair_bare_track(seg) } else { None }
+        } else {
+            None
+        };
+        let seg = repaired.as_deref().unwrap_or(seg);
         let slot = match seg.chars().next() {
             Some('%') => 1,
             Some('+') => 3,
@@ -452,8 +487,11 @@ mod tests {
         assert_eq!(parse_track1("%A4111^N^2512?").map(|_| ()), Err(TrackError::BadFormatCode));
         assert_eq!(parse_track2(";E?").map(|_| ()), Err(TrackError::ReadError));
         assert_eq!(parse_track1(&format!("%B4111^{}^2512?", "N".repeat(27))).map(|_| ()), Err(TrackError::BadName { why: "longer than 26 characters" }));
-        // Missing start sentinel on the only track: still recognised and reported as track 2.
+        // Missing start sentinel on the only track: rebuilt and read (readers set to "data only").
         let s = parse_swipe("4111111111111111=2512101?");
+        assert_eq!(s.pan().map(Pan::expose), Some("4111111111111111"));
+        // Text before the first sentinel that is no track shape is still reported as a bad track 2.
+        let s = parse_swipe("4111=2512?");
         assert_eq!(s.track2, Some(Err(TrackError::BadStartSentinel)));
     }
 
@@ -474,6 +512,26 @@ mod tests {
         assert!(!dbg.contains("DOE"), "{dbg}");
         assert!(!dbg.contains("2512"), "{dbg}");
         assert!(dbg.contains("411111******1111"), "{dbg}");
+    }
+
+    /// Regression: `6222021234567890123=29121010000000000` (no sentinels) was a barcode, shown in clear.
+    #[test]
+    fn bare_tracks_are_rebuilt() {
+        let s = parse_swipe("6222021234567890123=29121010000000000");
+        let t2 = s.track2.clone().expect("t2").expect("ok");
+        assert_eq!((t2.pan.expose(), t2.expiry, t2.raw.expose()), ("6222021234567890123", Some(Expiry { yy: 29, mm: 12 }), ";6222021234567890123=29121010000000000?"));
+        let s = parse_swipe("6222021234567890123D2912101000000F");
+        assert_eq!(s.track2.and_then(Result::ok).map(|t| t.raw.expose().to_string()).as_deref(), Some(";6222021234567890123=2912101000000?"));
+        let s = parse_swipe("B6222021234567890123^ZHANG/SAN^2912101000000000;6222021234567890123=29121010000000000?");
+        assert_eq!(s.tracks_ok(), [1, 2]);
+        let s = parse_swipe(";6222021234567890123=2912101");
+        assert_eq!(s.pan().map(Pan::expose), Some("6222021234567890123"));
+        for bare in ["6222021234567890123=2912", "6222021234567890123D2912", "x 411111111111=2912 y", "%B4111111111111^A B^2912", "]C0411111111111111=2912"] {
+            assert!(has_track_data(bare) && looks_like_swipe(bare), "{bare}");
+        }
+        for code in ["4006381333931", "12345678901=2912", "TK-123456", "9123456789012345678", "https://example.com/?a=1"] {
+            assert!(!has_track_data(code), "{code}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod report;
 pub mod seal;
 pub mod types;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, watch, Mutex, Notify, RwLock};
 pub use clock::{Clock, SystemClock};
 pub use types::*;
 
-use crate::backend::{self, Backend, BackendError, OpClass, OriginalRef, Prepared, Recovery, Reply, Stage, TxRequest, Verdict};
+use crate::backend::{self, Backend, BackendError, Lease, OpClass, OriginalRef, Prepared, Recovery, Reply, Stage, TxRequest, Verdict};
 use crate::config::Profile;
 use crate::journal::{Begun, Change, JournalStore, NewRecord, SledJournal};
 use crate::net::client::{HttpOptions, HttpsClient};
@@ -51,44 +51,210 @@ impl Answer {
 }
 
 /// Recovery owed by one record, mirrored in memory from the journal.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Owed {
     next_at_ms: i64,
     parked: bool,
+    /// What it holds back (`Record::unit`): `None` is the whole terminal.
+    unit: Option<String>,
+}
+
+impl Owed {
+    fn of(rec: &Record) -> Option<Owed> {
+        rec.recovery.as_ref().map(|r| Owed { next_at_ms: r.next_at_ms, parked: r.parked, unit: rec.unit.clone() })
+    }
+    /// Whether this entry holds back a new request for `unit` (`None`: the request needs the terminal).
+    fn blocks(&self, unit: Option<&str>) -> bool {
+        match (&self.unit, unit) {
+            (None, _) | (_, None) => true,
+            (Some(mine), Some(theirs)) => mine == theirs,
+        }
+    }
+}
+
+/// What holds a new request back: how many entries, the oldest id, how many are parked, when the next
+/// attempt is due.
+struct Blocking {
+    count: usize,
+    oldest: u64,
+    parked: usize,
+    next_at_ms: i64,
 }
 
 /// One terminal profile and its backend.
+///
+/// Lock order, never reversed: `signon` → `gate` → the std mutexes (`owed`, `busy`, `units`, `leases`,
+/// `recent`). A std mutex is held only for a few statements, never across an await, and no value whose
+/// `Drop` takes one of them is built or dropped while one is held.
 struct Lane {
     profile: Profile,
     backend: Arc<dyn Backend>,
-    /// Operations hold it shared; settlement holds it exclusively so totals cannot move under it.
+    /// Money-moving requests and reversals hold it shared; settlement and sign-on hold it exclusively,
+    /// so no batch changes under a request in flight and no totals move under a settlement.
     gate: RwLock<()>,
+    /// One sign-on (or settlement) at a time per terminal.
     signon: Mutex<()>,
     online: AtomicBool,
+    /// Wakes the recovery worker.
     wake: Notify,
+    /// Notified (all waiters) whenever an owed entry resolves or a unit is freed.
+    changed: Notify,
     owed: std::sync::Mutex<BTreeMap<u64, Owed>>,
     busy: std::sync::Mutex<HashSet<u64>>,
+    /// Units (lottery tickets) with a request in flight or an outcome being recovered: unit → record
+    /// id (0 while the request is not yet journaled).
+    units: std::sync::Mutex<HashMap<String, u64>>,
+    /// Slots (lottery stations) held by records whose outcome is unknown.
+    leases: std::sync::Mutex<HashMap<u64, Lease>>,
     /// The last 48 hours of records, for backends with local risk rules (`wants_history`).
     recent: std::sync::Mutex<std::collections::VecDeque<backend::HistoryItem>>,
 }
 
 impl Lane {
-    /// (entries owed, parked or not; the oldest id; how many of them are parked).
-    fn owed_summary(&self) -> (usize, Option<u64>, usize) {
-        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        (owed.len(), owed.keys().next().copied(), owed.values().filter(|o| o.parked).count())
-    }
-    fn set_owed(&self, id: u64, owed: Option<Owed>) {
-        let mut m = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        match owed {
-            Some(o) => {
-                m.insert(id, o);
-            }
-            None => {
-                m.remove(&id);
-            }
+    fn new(profile: Profile, backend: Arc<dyn Backend>) -> Lane {
+        Lane {
+            profile,
+            backend,
+            gate: RwLock::new(()),
+            signon: Mutex::new(()),
+            online: AtomicBool::new(false),
+            wake: Notify::new(),
+            changed: Notify::new(),
+            owed: Default::default(),
+            busy: Default::default(),
+            units: Default::default(),
+            leases: Default::default(),
+            recent: Default::default(),
         }
     }
+
+    /// The entries that hold back a new request for `unit`, if any.
+    fn blocking(&self, unit: Option<&str>) -> Option<Blocking> {
+        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b: Option<Blocking> = None;
+        for (id, o) in owed.iter().filter(|(_, o)| o.blocks(unit)) {
+            let e = b.get_or_insert(Blocking { count: 0, oldest: *id, parked: 0, next_at_ms: i64::MAX });
+            e.count += 1;
+            e.parked += usize::from(o.parked);
+            if !o.parked {
+                e.next_at_ms = e.next_at_ms.min(o.next_at_ms);
+            }
+        }
+        b
+    }
+
+    /// The entries that hold the whole terminal back (no unit): they go out before any sign-on.
+    fn blocking_terminal(&self) -> Option<Blocking> {
+        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b: Option<Blocking> = None;
+        for (id, o) in owed.iter().filter(|(_, o)| o.unit.is_none()) {
+            let e = b.get_or_insert(Blocking { count: 0, oldest: *id, parked: 0, next_at_ms: i64::MAX });
+            e.count += 1;
+            e.parked += usize::from(o.parked);
+            if !o.parked {
+                e.next_at_ms = e.next_at_ms.min(o.next_at_ms);
+            }
+        }
+        b
+    }
+
+    /// A cashier is waiting: make the entries that hold `unit` back due now.
+    fn expedite(&self, unit: Option<&str>, now_ms: i64) {
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        for o in owed.values_mut().filter(|o| !o.parked && o.blocks(unit)) {
+            o.next_at_ms = o.next_at_ms.min(now_ms);
+        }
+    }
+
+    fn set_owed(&self, id: u64, owed: Option<Owed>) {
+        let resolved = {
+            let mut m = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            match owed {
+                Some(o) => {
+                    m.insert(id, o);
+                    None
+                }
+                None => m.remove(&id),
+            }
+        };
+        if let Some(resolved) = resolved {
+            // The outcome is known: the slot and the unit it held are free again. The lease is taken
+            // out of the map first and dropped after the lock is released.
+            let lease = self.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            drop(lease);
+            if let Some(unit) = resolved.unit {
+                let mut units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+                if units.get(&unit) == Some(&id) {
+                    units.remove(&unit);
+                }
+            }
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn hold_lease(&self, id: u64, lease: Lease) {
+        let old = self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(id, lease);
+        drop(old);
+    }
+
+    /// Whether this backend settles batches at all (it offers a settle operation).
+    fn settles(&self) -> bool {
+        self.backend.operations().iter().any(|s| s.class == OpClass::Settle)
+    }
+}
+
+/// A unit (lottery ticket) claimed by one request; freed on drop unless its outcome stays unknown.
+struct UnitClaim {
+    lane: Arc<Lane>,
+    unit: String,
+    id: u64,
+    keep: bool,
+}
+
+impl UnitClaim {
+    fn set_id(&mut self, id: u64) {
+        let mut units = self.lane.units.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = units.get_mut(&self.unit) {
+            if *v == self.id {
+                *v = id;
+            }
+        }
+        drop(units);
+        self.id = id;
+    }
+}
+
+impl Drop for UnitClaim {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        {
+            let mut units = self.lane.units.lock().unwrap_or_else(|p| p.into_inner());
+            if units.get(&self.unit) == Some(&self.id) {
+                units.remove(&self.unit);
+            }
+        }
+        self.lane.changed.notify_waiters();
+    }
+}
+
+/// Why a sign-on is asked for; looked at again once the sign-on lock is held (single flight).
+#[derive(Debug, Clone)]
+enum SignOnNeed {
+    /// The POS asked for it (`checkin`): always.
+    Asked,
+    /// A request found no open batch: only if there still is none.
+    NoOpenBatch,
+    /// The host refused a request in this batch until the terminal signs on: only if it is still the
+    /// current batch (somebody else may have signed on meanwhile).
+    Stale(String),
+}
+
+/// Whether a unit was claimed, or the request was answered from an earlier one for the same unit.
+enum UnitWait {
+    Claimed(Option<UnitClaim>),
+    Answered(Answer),
 }
 
 pub struct Engine {
@@ -101,6 +267,20 @@ pub struct Engine {
     sealer: Sealer,
     stop: watch::Sender<bool>,
     started_ms: i64,
+}
+
+tokio::task_local! {
+    /// The fingerprint of the request `run` is serving with an idempotency key, for `new_record`.
+    static REQUEST_FINGERPRINT: String;
+}
+
+/// A first record found under the request's idempotency key must have been the very same request.
+/// Records journaled before fingerprints existed carry none and are not compared.
+fn check_same_request(first: &Record, fingerprint: Option<&str>) -> Result<(), EngineError> {
+    match (first.request_fingerprint.as_deref(), fingerprint) {
+        (Some(a), Some(b)) if a != b => Err(EngineError::IdempotencyKeyReused { key: first.idempotency_key.clone().unwrap_or_default(), first_id: first.id }),
+        _ => Ok(()),
+    }
 }
 
 fn jerr(e: crate::journal::JournalError) -> EngineError {
@@ -125,23 +305,10 @@ impl Engine {
         let sealer = Sealer::open(&cfg.data_dir.join("journal.key"))?;
         let mut lanes = BTreeMap::new();
         for p in cfg.profiles {
-            let http = HttpsClient::new(&HttpOptions { ca_file: p.ca_file.clone(), connect_timeout: p.connect_timeout, timeout: p.timeout })
+            let http = HttpsClient::new(&HttpOptions::for_profile(&p))
                 .map_err(|e| EngineError::Config(format!("profile {} ({}): {e}", p.name, p.source.display())))?;
             let backend = backend::build(&p, http).map_err(|e| EngineError::Config(e.to_string()))?;
-            lanes.insert(
-                p.name.clone(),
-                Arc::new(Lane {
-                    profile: p,
-                    backend,
-                    gate: RwLock::new(()),
-                    signon: Mutex::new(()),
-                    online: AtomicBool::new(false),
-                    wake: Notify::new(),
-                    owed: Default::default(),
-                    busy: Default::default(),
-                    recent: Default::default(),
-                }),
-            );
+            lanes.insert(p.name.clone(), Arc::new(Lane::new(p, backend)));
         }
         let engine = Arc::new(Engine {
             devices: std::sync::OnceLock::new(),
@@ -155,9 +322,22 @@ impl Engine {
         });
         engine.adopt_pending().await?;
         for rec in engine.journal.recovering().map_err(jerr)? {
-            if let (Some(lane), Some(r)) = (engine.lanes.get(&rec.profile), &rec.recovery) {
-                lane.set_owed(rec.id, Some(Owed { next_at_ms: r.next_at_ms.min(engine.clock.now_ms()), parked: r.parked }));
+            let Some(lane) = engine.lanes.get(&rec.profile) else { continue };
+            let Some(mut owed) = Owed::of(&rec) else { continue };
+            owed.next_at_ms = owed.next_at_ms.min(engine.clock.now_ms());
+            // Whatever the unresolved record holds stays held until its outcome is known, across the
+            // restart: its slot (the host may still be working on it there) and its unit.
+            if let Some(slot) = &rec.slot {
+                match lane.backend.lease_slot(slot).await {
+                    Ok(Some(lease)) => lane.hold_lease(rec.id, lease),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(profile = %rec.profile, id = rec.id, slot = %slot, "cannot hold the slot of an unresolved record: {e}"),
+                }
             }
+            if let Some(unit) = &rec.unit {
+                lane.units.lock().unwrap_or_else(|p| p.into_inner()).insert(unit.clone(), rec.id);
+            }
+            lane.set_owed(rec.id, Some(owed));
         }
         for lane in engine.lanes.values() {
             engine.load_recent(lane)?;
@@ -184,6 +364,14 @@ impl Engine {
                 _ => None,
             };
             rec.updated_at = now.clone();
+            if rec.class == "settle" {
+                if let Ok(mut st) = self.journal.profile_state(&rec.profile) {
+                    if st.batch_open && st.batch.as_deref() == Some(rec.batch.as_str()) {
+                        st.batch_open = false;
+                        change.profile_states.push((rec.profile.clone(), st));
+                    }
+                }
+            }
             match how {
                 Some(how) => {
                     rec.status = Status::Unknown;
@@ -221,13 +409,22 @@ impl Engine {
     fn new_record(&self, lane: &Lane, operation: &str, class: OpClass, batch: &str, key: Option<&str>) -> Record {
         let mut rec = Record::new(&lane.profile.name, operation, class_name(class), batch, &self.clock.now_rfc3339());
         rec.idempotency_key = key.map(str::to_string);
+        if key.is_some() {
+            rec.request_fingerprint = REQUEST_FINGERPRINT.try_with(Clone::clone).ok();
+        }
         rec
     }
 
-    /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used before.
+    /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used
+    /// before (by a request that raced this one past the check in `run`): the first result, or 422
+    /// when the first was another body.
     async fn begin_durable(&self, rec: Record, allocate_trace: bool) -> Result<Result<Record, Answer>, EngineError> {
+        let fingerprint = rec.request_fingerprint.clone();
         match self.journal.begin(NewRecord { record: rec, allocate_trace }).map_err(jerr)? {
-            Begun::Existing(first) => Ok(Err(Answer::of(&first))),
+            Begun::Existing(first) => {
+                check_same_request(&first, fingerprint.as_deref())?;
+                Ok(Err(Answer::of(&first)))
+            }
             Begun::Created(rec) => {
                 self.journal.sync().await.map_err(jerr)?;
                 testhook::order("synced", rec.id);
@@ -275,7 +472,7 @@ impl Engine {
     fn note_online(lane: &Lane, r: &Result<impl Sized, BackendError>) {
         let online = match r {
             Ok(_) => true,
-            Err(e) => e.stage == Stage::Rejected,
+            Err(e) => matches!(e.stage, Stage::Rejected | Stage::SignOnFirst),
         };
         lane.online.store(online, Ordering::Relaxed);
     }
@@ -291,23 +488,43 @@ impl Engine {
             backend: lane.profile.backend.clone(),
             operation: operation.to_string(),
         })?;
-        let Value::Object(mut body) = body else {
+        let Value::Object(body) = body else {
             return Err(EngineError::BadRequest("the body must be a JSON object".into()));
         };
+        let mut fingerprint = None;
         if let Some(key) = idempotency_key {
-            if key.is_empty() || key.len() > 200 {
-                return Err(EngineError::BadRequest("Idempotency-Key must be 1 to 200 characters".into()));
+            if !crate::api::valid_idempotency_key(key) {
+                return Err(EngineError::BadRequest(format!("Idempotency-Key {}", crate::api::idempotency::IDEMPOTENCY_KEY_RULE)));
             }
+            let fp = self.sealer.fingerprint(operation, &body);
             if let Some(first) = self.journal.by_idempotency_key(profile, key).map_err(jerr)? {
                 if first.operation != operation {
                     return Err(EngineError::IdempotencyConflict { key: key.into(), first_profile: first.profile, first_operation: first.operation });
                 }
-                return Ok(Answer::of(&first));
+                check_same_request(&first, Some(&fp))?;
+                return Ok(Answer::of(&self.latest_of(first)?));
             }
+            fingerprint = Some(fp);
         }
+        // The fingerprint reaches `new_record` through the task, not through every signature below.
+        let Some(fp) = fingerprint else { return self.run_checked(lane, operation, spec, body, idempotency_key).await };
+        REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, idempotency_key)).await
+    }
+
+    async fn run_checked(&self, lane: Arc<Lane>, operation: &str, spec: backend::OpSpec, mut body: serde_json::Map<String, Value>, idempotency_key: Option<&str>) -> Result<Answer, EngineError> {
         match spec.class {
-            OpClass::SignOn => self.sign_on(&lane, idempotency_key).await,
-            OpClass::Settle => self.settle(&lane, idempotency_key).await,
+            OpClass::SignOn => self.sign_on(&lane, idempotency_key, SignOnNeed::Asked).await,
+            OpClass::Settle => {
+                let batch = match body.remove("batch") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(b)) if !b.is_empty() && b.len() <= 12 && b.bytes().all(|c| c.is_ascii_digit()) => Some(b),
+                    Some(_) => return Err(EngineError::BadRequest("`batch` must be a batch number (digits, as `GET /v1/status` lists it)".into())),
+                };
+                if let Some(k) = body.keys().next() {
+                    return Err(EngineError::BadRequest(format!("settle takes only `batch`, not `{k}`")));
+                }
+                self.settle(&lane, idempotency_key, batch).await
+            }
             OpClass::Report => self.report(&lane, operation, body, idempotency_key).await,
             class => {
                 let original = if spec.needs_original {
@@ -332,6 +549,20 @@ impl Engine {
                 self.transact(&lane, operation, class, prepared, original, idempotency_key).await
             }
         }
+    }
+
+    /// A record, or the resend it was superseded by (a refusal until sign-on), followed to the end.
+    fn latest_of(&self, mut rec: Record) -> Result<Record, EngineError> {
+        for _ in 0..8 {
+            match rec.superseded_by {
+                Some(next) => match self.journal.get(next).map_err(jerr)? {
+                    Some(r) => rec = r,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        Ok(rec)
     }
 
     fn original_ref(&self, lane: &Lane, v: Option<Value>) -> Result<OriginalRef, EngineError> {
@@ -365,33 +596,150 @@ impl Engine {
         })
     }
 
-    /// Refuse new financial work while this terminal owes recovery, parked entries included: a
-    /// parked entry is still an unresolved charge, so a person resolves it (retry, or record what the
-    /// vendor says happened) before the terminal takes money again.
-    fn check_not_owing(&self, lane: &Lane) -> Result<(), EngineError> {
-        match lane.owed_summary() {
-            (0, _, _) => Ok(()),
-            (count, oldest, parked) => Err(EngineError::RecoveryPending { profile: lane.profile.name.clone(), count, parked, oldest: oldest.unwrap_or(0) }),
+    /// The 409 for a request held back by unresolved entries.
+    fn pending_error(&self, lane: &Lane, b: &Blocking) -> EngineError {
+        let wait_ms = if b.next_at_ms == i64::MAX { 60_000 } else { (b.next_at_ms - self.clock.now_ms()).max(0) };
+        EngineError::RecoveryPending {
+            profile: lane.profile.name.clone(),
+            count: b.count,
+            parked: b.parked,
+            oldest: b.oldest,
+            retry_after_s: (wait_ms as u64).div_ceil(1000).clamp(1, 60),
         }
     }
 
-    /// Sign on when the terminal has no open batch. Returns the batch and session to use.
-    async fn ensure_signed_on(&self, lane: &Lane) -> Result<(String, Value), EngineError> {
-        let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
-        if let (true, Some(b)) = (st.batch_open, st.batch.clone()) {
-            return Ok((b, st.session));
-        }
-        self.sign_on(lane, None).await?;
-        let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
-        match (st.batch_open, st.batch) {
-            (true, Some(b)) => Ok((b, st.session)),
-            _ => Err(EngineError::SignOnFailed("the backend gave no batch".into())),
+    /// How long a POS request may wait for what holds it back (an owed reversal, a busy ticket or
+    /// station): its own budget, the time one backend exchange may take.
+    fn wait_budget(lane: &Lane) -> std::time::Duration {
+        lane.profile.connect_timeout + lane.profile.timeout
+    }
+
+    /// Reversal first, without bouncing the cashier: while entries that hold this request back are
+    /// owed, make them due now, let the recovery worker send them, and wait (bounded by the request's
+    /// budget). Parked entries need a person: 409 at once. Only if the recovery cannot be completed in
+    /// time does the POS get 409, with `Retry-After` and the owed record's id.
+    async fn wait_not_owing(&self, lane: &Lane, unit: Option<&str>) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + Self::wait_budget(lane);
+        loop {
+            let changed = lane.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(b) = lane.blocking(unit) else { return Ok(()) };
+            if b.parked > 0 {
+                return Err(self.pending_error(lane, &b));
+            }
+            lane.expedite(unit, self.clock.now_ms());
+            lane.wake.notify_one();
+            // Wake now and then as well: an entry may resolve between the check and the wait.
+            let step = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
+            if tokio::time::timeout_at(step, changed).await.is_err() && tokio::time::Instant::now() >= deadline {
+                let b = lane.blocking(unit);
+                return match b {
+                    Some(b) => Err(self.pending_error(lane, &b)),
+                    None => Ok(()),
+                };
+            }
         }
     }
 
-    async fn sign_on(&self, lane: &Lane, key: Option<&str>) -> Result<Answer, EngineError> {
+    /// One request per unit (lottery ticket) at a time. A second request for a unit that is in flight
+    /// or being recovered waits for the first's outcome and answers from it.
+    async fn claim_unit(&self, lane: &Arc<Lane>, unit: Option<&str>) -> Result<UnitWait, EngineError> {
+        let Some(unit) = unit else { return Ok(UnitWait::Claimed(None)) };
+        let deadline = tokio::time::Instant::now() + Self::wait_budget(lane) + Self::wait_budget(lane);
+        let mut first: Option<u64> = None;
+        loop {
+            let changed = lane.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let holder = {
+                let mut units = lane.units.lock().unwrap_or_else(|p| p.into_inner());
+                match units.get(unit) {
+                    Some(id) => Some(*id),
+                    None => {
+                        units.insert(unit.to_string(), 0);
+                        None
+                    }
+                }
+            };
+            match holder {
+                None => {
+                    let claim = UnitClaim { lane: lane.clone(), unit: unit.to_string(), id: 0, keep: false };
+                    // The unit was freed by the request we waited for: answer from its outcome.
+                    if let Some(id) = first {
+                        if let Some(rec) = self.journal.get(id).map_err(jerr)? {
+                            if rec.status.is_final() {
+                                drop(claim);
+                                return Ok(UnitWait::Answered(Answer::of(&rec)));
+                            }
+                        }
+                    }
+                    return Ok(UnitWait::Claimed(Some(claim)));
+                }
+                Some(id) => {
+                    if id != 0 {
+                        first = Some(id);
+                        lane.expedite(Some(unit), self.clock.now_ms());
+                        lane.wake.notify_one();
+                    }
+                    let step = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
+                    if tokio::time::timeout_at(step, changed).await.is_err() && tokio::time::Instant::now() >= deadline {
+                        return Err(EngineError::Busy {
+                            profile: lane.profile.name.clone(),
+                            detail: format!("{unit} is being processed by journal record {id}; its outcome is not known yet"),
+                            retry_after_s: 2,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The open batch and session, with the gate held shared. Signs on first (once, for everybody
+    /// waiting) when the terminal has no open batch.
+    async fn open_batch<'a>(&self, lane: &'a Lane) -> Result<(tokio::sync::RwLockReadGuard<'a, ()>, String, Value), EngineError> {
+        for _ in 0..3 {
+            let gate = lane.gate.read().await;
+            let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+            if let (true, Some(b)) = (st.batch_open, st.batch.clone()) {
+                return Ok((gate, b, st.session));
+            }
+            drop(gate);
+            self.sign_on(lane, None, SignOnNeed::NoOpenBatch).await?;
+        }
+        Err(EngineError::SignOnFailed("the terminal still has no open batch after signing on".into()))
+    }
+
+    /// Sign on: one at a time per terminal, and only when needed (single flight: the need is looked at
+    /// again once the lock is taken). Never beside a request or reversal of the terminal in flight (the
+    /// gate is held exclusively); owed reversals go out first; a batch holding approved records is
+    /// settled (or marked unsettled when the host refuses) before a new one is opened.
+    async fn sign_on(&self, lane: &Lane, key: Option<&str>, need: SignOnNeed) -> Result<Answer, EngineError> {
         let _one = lane.signon.lock().await;
+        let _gate = lane.gate.write().await;
         let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        let open = st.batch_open && st.batch.is_some();
+        let done_already = match &need {
+            SignOnNeed::Asked => false,
+            SignOnNeed::NoOpenBatch => open,
+            SignOnNeed::Stale(b) => !open || st.batch.as_deref() != Some(b.as_str()),
+        };
+        if done_already {
+            return Ok(Answer { http_status: 200, body: json!({"status": "approved", "batch": st.batch}) });
+        }
+        // Reversal first: whatever the terminal as a whole owes goes out before the batch changes.
+        let owed: Vec<u64> = {
+            let owed = lane.owed.lock().unwrap_or_else(|p| p.into_inner());
+            owed.iter().filter(|(_, o)| !o.parked && o.unit.is_none()).map(|(id, _)| *id).collect()
+        };
+        for id in owed {
+            recovery::attempt_locked(self, lane, id).await?;
+        }
+        if let Some(b) = lane.blocking_terminal() {
+            return Err(self.pending_error(lane, &b));
+        }
+        // No batch is ever abandoned.
+        let st = self.close_before_sign_on(lane, st).await?;
         let mut rec = self.new_record(lane, "checkin", OpClass::SignOn, st.batch.as_deref().unwrap_or(""), key);
         rec = match self.begin_durable(rec, false).await? {
             Ok(r) => r,
@@ -423,119 +771,256 @@ impl Engine {
                 rec.status = Status::Failed;
                 rec.error = Some(e.to_string());
                 rec.updated_at = self.clock.now_rfc3339();
-                self.finish_durable(&rec, false, None).await?;
+                // The host may have opened a new batch whose number we never heard: the old one is
+                // not used again (its records were settled above); the next request signs on anew.
+                let state = if e.stage == Stage::Unknown {
+                    let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+                    st.batch_open = false;
+                    Some(st)
+                } else {
+                    None
+                };
+                self.finish_durable(&rec, false, state).await?;
                 Err(EngineError::SignOnFailed(e.to_string()))
             }
         }
     }
 
-    async fn transact(&self, lane: &Lane, operation: &str, class: OpClass, p: Prepared, original: Option<OriginalRef>, key: Option<&str>) -> Result<Answer, EngineError> {
-        let financial = matches!(class, OpClass::Financial(_));
-        if financial {
-            self.check_not_owing(lane)?;
+    /// Before a new batch is opened: settle the open one if it holds approved records. A host that
+    /// refuses leaves it listed as unsettled (status, `posgate settle PROFILE --batch N`); an unknown
+    /// settlement outcome stops the sign-on (its resend is owed first).
+    async fn close_before_sign_on(&self, lane: &Lane, st: crate::journal::ProfileState) -> Result<crate::journal::ProfileState, EngineError> {
+        let Some(batch) = st.batch.clone().filter(|_| st.batch_open && lane.settles()) else { return Ok(st) };
+        let totals = self.journal.totals(&lane.profile.name, &batch).map_err(jerr)?;
+        if totals.values().all(|v| *v == 0) {
+            return Ok(st);
         }
-        // Hold the gate before reading the batch, so a settlement cannot close it under this request.
-        let _gate = lane.gate.read().await;
-        let (batch, session) = self.ensure_signed_on(lane).await?;
-        let mut rec = self.new_record(lane, operation, class, &batch, key);
-        rec.amount_fen = p.amount_fen;
-        rec.card = p.card_masked.clone();
-        rec.request = p.public.clone();
-        rec.sealed = self.sealer.seal(&p.vault)?;
-        rec.totals = p.totals.clone();
-        rec.original = original.as_ref().map(|o| o.id);
-        rec.pos_reference = p.pos_reference.clone();
-        // Journal before send: durable before a single byte leaves for the backend.
-        let mut rec = match self.begin_durable(rec, true).await? {
-            Ok(r) => r,
-            Err(existing) => return Ok(existing),
-        };
-        testhook::point(testhook::BEFORE_SEND).await;
-        let tx = TxRequest {
-            slot: None,
-            journal_id: rec.id,
-            operation,
-            identity: &lane.profile.identity,
-            trace: &rec.trace,
-            batch: &rec.batch,
-            created_at: &rec.created_at,
-            session: &session,
-            public: &p.public,
-            vault: &p.vault,
-            transient: &p.transient,
-            original: original.as_ref(),
-        };
-        let r = lane.backend.execute(tx).await;
-        drop(p);
-        testhook::point(testhook::AFTER_SEND).await;
-        Self::note_online(lane, &r);
-        rec.updated_at = self.clock.now_rfc3339();
-        let mut approved = false;
-        match r {
-            Ok(reply) => {
-                Self::apply_reply(&mut rec, &reply);
-                approved = reply.verdict == Verdict::Approved && financial;
+        tracing::info!(profile = %lane.profile.name, batch = %batch, "settling the open batch before signing on again");
+        let mut rec = self.settle_locked(lane, &batch, None).await?;
+        if rec.status == Status::Unknown {
+            // Its answer was lost: resend it once now, before giving up on this sign-on.
+            if let Some(done) = recovery::attempt_locked(self, lane, rec.id).await? {
+                rec = done;
             }
-            Err(e) if e.stage == Stage::Unknown => match class {
-                OpClass::Financial(how) => {
-                    rec.status = Status::Unknown;
-                    rec.error = Some(e.to_string());
-                    rec.recovery = Some(RecoveryState {
-                        how,
-                        attempts: 0,
-                        next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64,
-                        parked: how == Recovery::Manual,
-                        last_error: Some(e.to_string()),
-                    });
+        }
+        let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        match rec.status {
+            Status::Approved => Ok(st),
+            Status::Failed if rec.result.get("stage") == Some(&json!(Stage::Rejected)) => {
+                // `settle_send` listed it as unsettled; the new batch may open.
+                tracing::warn!(profile = %lane.profile.name, batch = %batch, "the host refused to settle the batch; it is listed as unsettled");
+                st.batch_open = false;
+                Ok(st)
+            }
+            _ => Err(EngineError::SignOnFailed(format!(
+                "batch {batch} holds approved records and could not be settled before signing on again ({}); it will be tried again",
+                rec.error.as_deref().unwrap_or("outcome unknown")
+            ))),
+        }
+    }
+
+    async fn transact(&self, lane: &Arc<Lane>, operation: &str, class: OpClass, p: Prepared, original: Option<OriginalRef>, key: Option<&str>) -> Result<Answer, EngineError> {
+        let financial = matches!(class, OpClass::Financial(_));
+        let unit = if financial { p.unit.clone() } else { None };
+        let mut claim = match self.claim_unit(lane, unit.as_deref()).await? {
+            UnitWait::Answered(a) => return Ok(a),
+            UnitWait::Claimed(c) => c,
+        };
+        if financial {
+            self.wait_not_owing(lane, unit.as_deref()).await?;
+        }
+        // The slot (lottery station) is taken before the record is journaled, so the record names it.
+        let lease = if financial {
+            lane.backend.lease(operation, &p.public, Self::wait_budget(lane)).await.map_err(|e| EngineError::Busy {
+                profile: lane.profile.name.clone(),
+                detail: e.detail,
+                retry_after_s: 1,
+            })?
+        } else {
+            None
+        };
+        let mut superseded: Option<Record> = None;
+        let mut healed = false;
+        loop {
+            // Hold the gate before reading the batch, so a settlement cannot close it under this request.
+            let (gate, batch, session) = self.open_batch(lane).await?;
+            let mut rec = self.new_record(lane, operation, class, &batch, if superseded.is_some() { None } else { key });
+            rec.amount_fen = p.amount_fen;
+            rec.card = p.card_masked.clone();
+            rec.request = p.public.clone();
+            rec.sealed = self.sealer.seal(&p.vault)?;
+            rec.totals = p.totals.clone();
+            rec.original = original.as_ref().map(|o| o.id);
+            rec.pos_reference = p.pos_reference.clone();
+            rec.unit = unit.clone();
+            rec.slot = lease.as_ref().map(|l| l.slot.clone());
+            // Journal before send: durable before a single byte leaves for the backend.
+            let mut rec = match self.begin_durable(rec, true).await? {
+                Ok(r) => r,
+                Err(existing) => return Ok(existing),
+            };
+            if let Some(c) = claim.as_mut() {
+                c.set_id(rec.id);
+            }
+            if let Some(mut first) = superseded.take() {
+                // The refused first record now points at this one, so a retry with its key finds it.
+                first.superseded_by = Some(rec.id);
+                self.finish_durable(&first, false, None).await?;
+            }
+            testhook::point(testhook::BEFORE_SEND).await;
+            let tx = TxRequest {
+                slot: rec.slot.as_deref(),
+                journal_id: rec.id,
+                operation,
+                identity: &lane.profile.identity,
+                trace: &rec.trace,
+                batch: &rec.batch,
+                created_at: &rec.created_at,
+                session: &session,
+                public: &p.public,
+                vault: &p.vault,
+                transient: &p.transient,
+                original: original.as_ref(),
+            };
+            let r = lane.backend.execute(tx).await;
+            testhook::point(testhook::AFTER_SEND).await;
+            Self::note_online(lane, &r);
+            rec.updated_at = self.clock.now_rfc3339();
+            let mut approved = false;
+            match r {
+                Ok(reply) => {
+                    Self::apply_reply(&mut rec, &reply);
+                    approved = reply.verdict == Verdict::Approved && financial;
                 }
-                _ => {
+                Err(e) if e.stage == Stage::SignOnFirst => {
+                    // Refused unapplied until the terminal signs on again (the host moved to another
+                    // batch, for instance after a check-in whose answer was lost): journal the refusal,
+                    // sign on once, and resend with a fresh trace in the new batch.
+                    rec.status = Status::Failed;
+                    rec.error = Some(format!("refused until the terminal signs on again: {}", e.detail));
+                    self.finish_durable(&rec, false, None).await?;
+                    drop(gate);
+                    if healed {
+                        // Refused again right after a fresh sign-on: never loop.
+                        return Ok(Answer::of(&rec));
+                    }
+                    healed = true;
+                    tracing::warn!(profile = %lane.profile.name, id = rec.id, batch = %rec.batch, "the host asks for a new sign-on; signing on and resending");
+                    self.sign_on(lane, None, SignOnNeed::Stale(rec.batch.clone())).await?;
+                    superseded = Some(rec);
+                    continue;
+                }
+                Err(e) if e.stage == Stage::Unknown => match class {
+                    OpClass::Financial(how) => {
+                        rec.status = Status::Unknown;
+                        rec.error = Some(e.to_string());
+                        rec.recovery = Some(RecoveryState {
+                            how,
+                            attempts: 0,
+                            next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64,
+                            parked: how == Recovery::Manual,
+                            last_error: Some(e.to_string()),
+                        });
+                    }
+                    _ => {
+                        rec.status = Status::Failed;
+                        rec.error = Some(e.to_string());
+                    }
+                },
+                Err(e) => {
                     rec.status = Status::Failed;
                     rec.error = Some(e.to_string());
                 }
-            },
-            Err(e) => {
-                rec.status = Status::Failed;
-                rec.error = Some(e.to_string());
             }
-        }
-        if let Some(r) = &rec.recovery {
-            // Mirror first so no new financial request slips out between the commit and the mirror.
-            lane.set_owed(rec.id, Some(Owed { next_at_ms: r.next_at_ms, parked: r.parked }));
-        }
-        self.finish_durable(&rec, approved, None).await?;
-        testhook::point(testhook::AFTER_OUTCOME).await;
-        if rec.status == Status::Unknown {
-            tracing::warn!(profile = %lane.profile.name, id = rec.id, trace = %rec.trace, "outcome unknown; recovery queued");
-            if rec.recovery.as_ref().is_some_and(|r| !r.parked) {
-                // One immediate attempt, so the cashier usually sees "reversed" at once.
-                drop(_gate);
-                if let Some(done) = recovery::attempt(self, lane, rec.id).await? {
-                    return Ok(Answer::of(&done));
+            if let Some(owed) = Owed::of(&rec) {
+                // Mirror first so no new financial request slips out between the commit and the mirror;
+                // the slot and the unit stay held until the outcome is known.
+                lane.set_owed(rec.id, Some(owed));
+                if let Some(l) = lease {
+                    lane.hold_lease(rec.id, l);
                 }
+                if let Some(c) = claim.as_mut() {
+                    c.keep = true;
+                }
+            } else {
+                drop(lease);
             }
-            lane.wake.notify_one();
+            self.finish_durable(&rec, approved, None).await?;
+            testhook::point(testhook::AFTER_OUTCOME).await;
+            drop(claim);
+            if rec.status == Status::Unknown {
+                tracing::warn!(profile = %lane.profile.name, id = rec.id, trace = %rec.trace, "outcome unknown; recovery queued");
+                if rec.recovery.as_ref().is_some_and(|r| !r.parked) {
+                    // One immediate attempt, so the cashier usually sees "reversed" at once.
+                    drop(gate);
+                    if let Some(done) = recovery::attempt(self, lane, rec.id).await? {
+                        return Ok(Answer::of(&done));
+                    }
+                }
+                lane.wake.notify_one();
+            }
+            return Ok(Answer::of(&rec));
         }
-        Ok(Answer::of(&rec))
     }
 
-    async fn settle(&self, lane: &Lane, key: Option<&str>) -> Result<Answer, EngineError> {
-        self.check_not_owing(lane)?;
+    /// `settle`, or `settle {"batch": N}` for an earlier batch listed as unsettled.
+    async fn settle(&self, lane: &Lane, key: Option<&str>, batch: Option<String>) -> Result<Answer, EngineError> {
+        self.wait_not_owing(lane, None).await?;
+        let _one = lane.signon.lock().await;
         let _gate = lane.gate.write().await;
-        self.check_not_owing(lane)?;
+        if let Some(b) = lane.blocking(None) {
+            return Err(self.pending_error(lane, &b));
+        }
         let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
-        let batch = match (st.batch_open, &st.batch) {
-            (true, Some(b)) => b.clone(),
-            _ => return Err(EngineError::BadRequest(format!("profile {:?} has no open batch to settle", lane.profile.name))),
+        let batch = match (batch, st.batch_open, &st.batch) {
+            (Some(b), _, _) if st.unsettled.contains(&b) => b,
+            (Some(b), true, Some(cur)) if *cur == b => b,
+            (Some(b), _, _) => {
+                return Err(EngineError::BadRequest(format!(
+                    "batch {b:?} of profile {:?} is neither open nor listed as unsettled (unsettled: {:?})",
+                    lane.profile.name, st.unsettled
+                )))
+            }
+            (None, true, Some(b)) => b.clone(),
+            (None, _, _) => return Err(EngineError::BadRequest(format!("profile {:?} has no open batch to settle", lane.profile.name))),
         };
-        let totals = self.journal.totals(&lane.profile.name, &batch).map_err(jerr)?;
-        let mut rec = self.new_record(lane, "settle", OpClass::Settle, &batch, key);
+        let done = self.settle_locked(lane, &batch, key).await?;
+        Ok(Answer::of(&done))
+    }
+
+    /// Journal a settlement of `batch` and send it; the caller holds `signon` and the gate exclusively.
+    async fn settle_locked(&self, lane: &Lane, batch: &str, key: Option<&str>) -> Result<Record, EngineError> {
+        let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        let totals = self.journal.totals(&lane.profile.name, batch).map_err(jerr)?;
+        let mut rec = self.new_record(lane, "settle", OpClass::Settle, batch, key);
         rec.request.insert("totals".into(), json!(totals));
         let rec = match self.begin_durable(rec, true).await? {
             Ok(r) => r,
-            Err(existing) => return Ok(existing),
+            Err(_) => {
+                // The idempotency key was used before: that settlement is the answer.
+                let first = key.map(|k| self.journal.by_idempotency_key(&lane.profile.name, k)).transpose().map_err(jerr)?.flatten();
+                return first.ok_or_else(|| EngineError::Journal("an idempotency key names a missing record".into()));
+            }
         };
-        let done = self.settle_send(lane, rec, &st.session).await?;
-        Ok(Answer::of(&done))
+        // From the moment a settlement of the batch may leave, nothing new is sent in it: a sale sent
+        // into a batch the host has just closed is refused there, and its reversal too (found by the
+        // soak: a reversal parked for good). A settlement that was not sent opens it again.
+        self.close_batch(lane, batch).await?;
+        self.settle_send(lane, rec, &st.session).await
+    }
+
+    /// Mark `batch` closed for new work (a settlement of it is about to leave), durably.
+    async fn close_batch(&self, lane: &Lane, batch: &str) -> Result<(), EngineError> {
+        let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        if !(st.batch_open && st.batch.as_deref() == Some(batch)) {
+            return Ok(());
+        }
+        st.batch_open = false;
+        let mut change = Change::default();
+        change.profile_states.push((lane.profile.name.clone(), st));
+        self.journal.commit(change).map_err(jerr)?;
+        self.journal.sync().await.map_err(jerr)?;
+        Ok(())
     }
 
     /// Send (or resend) a journaled settlement and journal what came of it.
@@ -571,22 +1056,37 @@ impl Engine {
                 if st.batch.as_deref() == Some(rec.batch.as_str()) {
                     st.batch_open = false;
                 }
+                st.unsettled.retain(|b| *b != rec.batch);
                 state = Some(st);
                 tracing::info!(profile = %lane.profile.name, batch = %rec.batch, balanced = s.balanced, "batch settled");
             }
             Err(e) if e.stage == Stage::Unknown => {
                 let attempts = rec.recovery.as_ref().map(|r| r.attempts).unwrap_or(0);
                 let r = RecoveryState { how: Recovery::Resend, attempts, next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64, parked: false, last_error: Some(e.to_string()) };
-                lane.set_owed(rec.id, Some(Owed { next_at_ms: r.next_at_ms, parked: false }));
                 rec.status = Status::Unknown;
                 rec.recovery = Some(r);
                 rec.error = Some(e.to_string());
+                if let Some(owed) = Owed::of(&rec) {
+                    lane.set_owed(rec.id, Some(owed));
+                }
                 lane.wake.notify_one();
             }
             Err(e) => {
                 rec.status = Status::Failed;
                 rec.recovery = None;
                 rec.error = Some(e.to_string());
+                rec.result.insert("stage".into(), json!(e.stage));
+                let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+                if e.stage == Stage::NotSent {
+                    // Nothing reached the host: the batch is open there still, and here again.
+                    if st.batch.as_deref() == Some(rec.batch.as_str()) && !st.unsettled.contains(&rec.batch) {
+                        st.batch_open = true;
+                    }
+                } else if !st.unsettled.contains(&rec.batch) {
+                    // Refused: the batch stays closed here and is listed until a person settles it.
+                    st.unsettled.push(rec.batch.clone());
+                }
+                state = Some(st);
             }
         }
         self.finish_durable(&rec, false, state).await?;
@@ -616,6 +1116,8 @@ impl Engine {
                     online: lane.online.load(Ordering::Relaxed),
                     pending_recovery: owed.values().filter(|o| !o.parked).count(),
                     needs_attention: owed.values().filter(|o| o.parked).count(),
+                    owed_ids: owed.keys().copied().collect(),
+                    unsettled_batches: st.unsettled.clone(),
                     totals,
                 }
             })
@@ -652,7 +1154,8 @@ impl Engine {
         r.parked = false;
         r.attempts = 0;
         r.next_at_ms = self.clock.now_ms();
-        lane.set_owed(id, Some(Owed { next_at_ms: r.next_at_ms, parked: false }));
+        let next_at_ms = r.next_at_ms;
+        lane.set_owed(id, Some(Owed { next_at_ms, parked: false, unit: rec.unit.clone() }));
         self.finish_durable(&rec, false, None).await?;
         lane.wake.notify_one();
         Ok(rec.view())

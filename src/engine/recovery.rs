@@ -44,8 +44,23 @@ fn claim_in(set: &std::sync::Mutex<std::collections::HashSet<u64>>, id: u64) -> 
 }
 
 /// One recovery attempt for journal record `id`. `Some(record)` once it is resolved.
-
 pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
+    let is_settle = matches!(engine.journal.get(id).map_err(jerr)?, Some(r) if r.class == "settle");
+    if is_settle {
+        // A settlement resend holds sign-on and the gate like the first send did, so no operation can
+        // read the batch while it is being closed and no check-in opens another meanwhile.
+        let _one = lane.signon.lock().await;
+        let _gate = lane.gate.write().await;
+        attempt_locked(engine, lane, id).await
+    } else {
+        // A reversal or resend holds the gate shared: no check-in goes out while it is in flight.
+        let _gate = lane.gate.read().await;
+        attempt_locked(engine, lane, id).await
+    }
+}
+
+/// One recovery attempt; the caller holds the gate (shared for a reversal, exclusively for a settlement).
+pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
     let Some(_busy) = claim(lane, id) else { return Ok(None) };
     let Some(mut rec) = engine.journal.get(id).map_err(jerr)? else {
         lane.set_owed(id, None);
@@ -56,9 +71,6 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
         return Ok(Some(rec));
     };
     if rec.class == "settle" {
-        // A settlement resend holds the gate like the first send did, so no operation can read the
-        // batch while it is being closed.
-        let _gate = lane.gate.write().await;
         let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
         let done = engine.settle_send(lane, rec, &session).await?;
         return Ok(done.status.is_final().then_some(done));
@@ -71,7 +83,7 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
     };
     let empty = serde_json::Map::new();
     let tx = TxRequest {
-        slot: None,
+        slot: rec.slot.as_deref(),
         journal_id: rec.id,
         operation: &rec.operation,
         identity: &lane.profile.identity,
@@ -103,7 +115,7 @@ pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Opt
         Ok(Recovered::Again(why)) => fail(engine, lane, &mut rec, &mut state, why),
         Err(e) => fail(engine, lane, &mut rec, &mut state, e.to_string()),
     }
-    let owed = rec.recovery.as_ref().map(|r| Owed { next_at_ms: r.next_at_ms, parked: r.parked });
+    let owed = Owed::of(&rec);
     engine.finish_durable(&rec, approved, None).await?;
     lane.set_owed(id, owed);
     if rec.recovery.as_ref().is_some_and(|r| r.parked) {

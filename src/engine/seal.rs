@@ -14,6 +14,9 @@ use super::EngineError;
 
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// Keys request fingerprints, derived from the data key: a plain hash of a body holding a card
+    /// number could be brute-forced from the masked card and the journaled public fields.
+    fingerprint_key: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -42,7 +45,19 @@ impl Sealer {
             Err(e) => return Err(err(e)),
         };
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| EngineError::Journal(format!("data key: {e}")))?;
-        Ok(Sealer { cipher })
+        let derived = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), b"posgate/request-fingerprint/v1");
+        Ok(Sealer { cipher, fingerprint_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()) })
+    }
+
+    /// What an idempotent request asked for, as HMAC-SHA-256 (hex) of its operation and its body in
+    /// canonical form (object keys sorted at every depth, no spaces): equal exactly when the
+    /// operation and the body's JSON value are equal, whatever the key order or whitespace sent.
+    pub fn fingerprint(&self, operation: &str, body: &Map<String, Value>) -> String {
+        let mut text = String::with_capacity(256);
+        text.push_str(operation);
+        text.push('\n');
+        canonical(&mut text, &Value::Object(body.clone()));
+        hex::encode(ring::hmac::sign(&self.fingerprint_key, text.as_bytes()).as_ref())
     }
 
     pub fn seal(&self, fields: &Map<String, Value>) -> Result<Option<String>, EngineError> {
@@ -67,5 +82,66 @@ impl Sealer {
         }
         let plain = self.cipher.decrypt(Nonce::from_slice(&raw[..12]), &raw[12..]).map_err(|_| bad())?;
         serde_json::from_slice(&plain).map_err(|_| bad())
+    }
+}
+
+/// JSON text with object keys sorted at every depth (strings and numbers as serde_json writes them).
+fn canonical(out: &mut String, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(k) {
+                    canonical(out, x);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(out, x);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn fingerprints_tell_bodies_apart_not_key_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Sealer::open(&dir.path().join("k")).expect("sealer");
+        let a = s.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}})));
+        let b = s.fingerprint("consume", &obj(json!({"x": {"a": [2, {"c": 2, "d": 1}], "b": 1}, "cardNo": "6222021234567890123", "pointAmount": 11})));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, s.fingerprint("consume", &obj(json!({"pointAmount": 15, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+        assert_ne!(a, s.fingerprint("refund", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+        // Keyed: another journal's data key gives another fingerprint for the same request.
+        let other = Sealer::open(&dir.path().join("k2")).expect("sealer");
+        assert_ne!(a, other.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+        // The same key after a restart gives the same fingerprint.
+        let again = Sealer::open(&dir.path().join("k")).expect("sealer");
+        assert_eq!(a, again.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
     }
 }

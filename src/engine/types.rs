@@ -90,6 +90,11 @@ pub struct Record {
     pub original: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// With an idempotency key: the keyed fingerprint of the operation and POS body
+    /// (`Sealer::fingerprint`), so a key reused for another body is refused rather than answered
+    /// with the first result. `None` in records written before it existed: those are not compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,10 @@ pub struct Record {
     /// What an unknown outcome holds back (see `Prepared::unit`); `None` is the whole terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The backend refused this request unapplied until the terminal signed on again; it was resent
+    /// as this record (same POS request, fresh trace, new batch). Idempotency lookups follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<u64>,
 }
 
 impl Record {
@@ -131,11 +140,13 @@ impl Record {
             totals: Vec::new(),
             original: None,
             idempotency_key: None,
+            request_fingerprint: None,
             pos_reference: None,
             recovery: None,
             error: None,
             slot: None,
             unit: None,
+            superseded_by: None,
         }
     }
 
@@ -144,6 +155,7 @@ impl Record {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.remove("sealed");
+            m.remove("request_fingerprint");
             m.insert("status".into(), Value::String(self.status.pos_word().into()));
             m.insert("state".into(), serde_json::to_value(self.status).unwrap_or(Value::Null));
         }
@@ -186,6 +198,11 @@ pub struct ProfileStatus {
     pub online: bool,
     pub pending_recovery: usize,
     pub needs_attention: usize,
+    /// The journal ids of the records that owe recovery (oldest first).
+    pub owed_ids: Vec<u64>,
+    /// Earlier batches holding approved records that the host refused to settle when a new batch was
+    /// opened; settle each with `posgate settle PROFILE --batch N`.
+    pub unsettled_batches: Vec<String>,
     pub totals: BTreeMap<String, i64>,
 }
 
@@ -200,9 +217,13 @@ pub enum EngineError {
     #[error("no journal record {0}")]
     NoRecord(u64),
     #[error("reversal pending: profile {profile:?} has {count} unresolved recovery entr(ies) ({parked} parked, needing attention), oldest journal id {oldest}; new financial requests wait until they are resolved{}", if *parked > 0 { " (`posgate reversals --retry ID` or `--resolve ID --outcome approved|reversed`)" } else { "" })]
-    RecoveryPending { profile: String, count: usize, parked: usize, oldest: u64 },
+    RecoveryPending { profile: String, count: usize, parked: usize, oldest: u64, retry_after_s: u64 },
+    #[error("busy: {detail}")]
+    Busy { profile: String, detail: String, retry_after_s: u64 },
     #[error("Idempotency-Key {key:?} was first used for {first_operation:?} on profile {first_profile:?}")]
     IdempotencyConflict { key: String, first_profile: String, first_operation: String },
+    #[error("Idempotency-Key {key:?} was first used with another request body (journal id {first_id}); a retry must send the very same body, a new request needs a new key")]
+    IdempotencyKeyReused { key: String, first_id: u64 },
     #[error("sign-on with the backend failed: {0}")]
     SignOnFailed(String),
     #[error("journal: {0}")]
@@ -219,7 +240,8 @@ impl EngineError {
         match self {
             EngineError::UnknownProfile(_) | EngineError::UnknownOperation { .. } | EngineError::NoRecord(_) => 404,
             EngineError::BadRequest(_) => 400,
-            EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } => 409,
+            EngineError::IdempotencyKeyReused { .. } => 422,
+            EngineError::RecoveryPending { .. } | EngineError::IdempotencyConflict { .. } | EngineError::Busy { .. } => 409,
             EngineError::SignOnFailed(_) => 502,
             EngineError::Journal(_) | EngineError::Config(_) => 500,
             EngineError::ShuttingDown => 503,
@@ -233,7 +255,9 @@ impl EngineError {
             EngineError::BadRequest(_) => "bad-request",
             EngineError::NoRecord(_) => "no-record",
             EngineError::RecoveryPending { .. } => "reversal-pending",
+            EngineError::Busy { .. } => "busy",
             EngineError::IdempotencyConflict { .. } => "idempotency-conflict",
+            EngineError::IdempotencyKeyReused { .. } => "idempotency-key-reused",
             EngineError::SignOnFailed(_) => "sign-on-failed",
             EngineError::Journal(_) => "journal",
             EngineError::Config(_) => "configuration",

@@ -38,6 +38,10 @@ pub struct ProfileState {
     pub last_batch: u32,
     /// What the backend returned at sign-on (no clear keys).
     pub session: Value,
+    /// Earlier batches that hold approved records the host refused to settle when a new batch was
+    /// opened: shown in status until `posgate settle PROFILE --batch N` settles them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsettled: Vec<String>,
 }
 
 /// Next trace number: 000001..999999, wrapping to 000001.

@@ -1,18 +1,31 @@
 //! The HTTPS client every backend uses: hyper over rustls, a per-profile CA bundle, timeouts, reuse.
 //!
+//! It knows what reached the host. TCP connect, the TLS handshake and the request each have their
+//! own timeout; a failure before the first byte of the request was written into the TLS stream is
+//! [`NetError::NotSent`] (nothing owed), after that it is [`NetError::Unknown`] (recovery owed).
+//! Connections are pooled by hand (HTTP/1.1, one request at a time per connection) so the
+//! "written" flag is exact per request: a pooled connection that turns out to be closed before
+//! anything was written is not sent, and the request is tried once more on a fresh connection.
+//! Answers are read up to `max_answer_bytes`, never collected whole first.
+//!
 //! There is deliberately no option to skip certificate checks.
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName};
 use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::tracked::Tracked;
+use super::words;
 
 #[derive(Debug, Error, Clone)]
 pub enum NetError {
@@ -26,12 +39,61 @@ pub enum NetError {
     Setup(String),
 }
 
+impl NetError {
+    /// What went wrong, in plain words, without the "not sent" / "outcome unknown" prefix.
+    pub fn detail(&self) -> &str {
+        match self {
+            NetError::NotSent(d) | NetError::Unknown(d) | NetError::Setup(d) => d,
+        }
+    }
+}
+
+/// The default bound on an answer's size (`max_answer_bytes`).
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// Idle pooled connections older than this are closed rather than reused.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// At most this many idle connections are kept per client.
+const POOL_MAX: usize = 8;
+/// The content type of an answer is kept to this many characters.
+const CONTENT_TYPE_MAX: usize = 200;
+
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// PEM bundle of the CAs to trust; the system bundle when absent.
     pub ca_file: Option<std::path::PathBuf>,
+    /// TCP connect (name lookup included).
     pub connect_timeout: Duration,
+    /// The TLS handshake, after TCP connected.
+    pub tls_timeout: Duration,
+    /// From writing the request to the end of the answer.
     pub timeout: Duration,
+    /// An answer longer than this is not read further (outcome unknown).
+    pub max_answer_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            ca_file: None,
+            connect_timeout: Duration::from_secs(3),
+            tls_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(10),
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// The options a terminal profile sets.
+    pub fn for_profile(p: &crate::config::Profile) -> Self {
+        HttpOptions {
+            ca_file: p.ca_file.clone(),
+            connect_timeout: p.connect_timeout,
+            tls_timeout: p.tls_timeout,
+            timeout: p.timeout,
+            max_answer_bytes: p.max_answer_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,98 +103,251 @@ pub struct HttpReply {
     pub body: Bytes,
 }
 
-/// A pooled HTTPS client; cheap to clone.
+/// A pooled HTTPS client; cheap to clone (clones share the pool).
 #[derive(Clone)]
 pub struct HttpsClient {
-    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    timeout: Duration,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tls: tokio_rustls::TlsConnector,
+    opts: HttpOptions,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl std::fmt::Debug for HttpsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpsClient").field("timeout", &self.timeout).finish()
+        f.debug_struct("HttpsClient").field("timeout", &self.inner.opts.timeout).finish()
+    }
+}
+
+/// One HTTP/1.1 connection: its sender, its "request bytes written" flag, its driver task.
+struct Conn {
+    peer: String,
+    sender: http1::SendRequest<Full<Bytes>>,
+    written: Arc<AtomicBool>,
+    driver: tokio::task::JoinHandle<()>,
+    idle_since: tokio::time::Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Dropping a connection closes its socket, even with a request in flight.
+        self.driver.abort();
+    }
+}
+
+/// Where a URL points: what to connect to, what to verify, what to ask for.
+struct Target {
+    /// `host:port` for messages and the pool.
+    peer: String,
+    host: String,
+    port: u16,
+    /// The `Host` header.
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, NetError> {
+        let u = url::Url::parse(url).map_err(|e| NetError::Setup(format!("{}: not a URL: {e}", words::bounded(url, 200))))?;
+        if u.scheme() != "https" {
+            return Err(NetError::Setup(format!("{}: only https:// URLs are allowed", words::bounded(url, 200))));
+        }
+        let host_text = u.host_str().ok_or_else(|| NetError::Setup(format!("{}: no host", words::bounded(url, 200))))?;
+        let host = host_text.trim_matches(['[', ']']).to_string();
+        let port = u.port_or_known_default().unwrap_or(443);
+        let authority = match u.port() {
+            Some(p) => format!("{host_text}:{p}"),
+            None => host_text.to_string(),
+        };
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
+        };
+        Ok(Target { peer: format!("{host_text}:{port}"), host, port, authority, path })
     }
 }
 
 fn load_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, NetError> {
     let path = ca_file.unwrap_or(Path::new("/etc/ssl/certs/ca-certificates.crt"));
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| NetError::Setup(format!("{}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| NetError::Setup(format!("CA bundle {}: {e}", path.display())))?;
     for c in certs {
-        let c = c.map_err(|e| NetError::Setup(format!("{}: {e}", path.display())))?;
-        roots.add(c).map_err(|e| NetError::Setup(format!("{}: {e}", path.display())))?;
+        let c = c.map_err(|e| NetError::Setup(format!("CA bundle {}: {e}", path.display())))?;
+        roots.add(c).map_err(|e| NetError::Setup(format!("CA bundle {}: {e}", path.display())))?;
     }
     if roots.is_empty() {
-        return Err(NetError::Setup(format!("{}: no certificates", path.display())));
+        return Err(NetError::Setup(format!("CA bundle {}: no certificates", path.display())));
     }
     Ok(roots)
 }
 
-/// Connect and complete a TLS handshake with `url`'s host, sending no request: `posgate doctor`'s check
-/// that a backend is reachable and its certificate verifies against the profile's CA bundle.
-pub async fn tls_probe(url: &str, ca_file: Option<&Path>, timeout: Duration) -> Result<String, NetError> {
-    let u = url::Url::parse(url).map_err(|e| NetError::Setup(format!("{url}: {e}")))?;
-    let host = u.host_str().ok_or_else(|| NetError::Setup(format!("{url}: no host")))?.trim_matches(['[', ']']).to_string();
-    let port = u.port_or_known_default().unwrap_or(443);
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, NetError> {
     let roots = load_roots(ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| NetError::Setup(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| NetError::Setup(format!("{host}: {e}")))?;
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| NetError::NotSent(format!("connect {host}:{port}: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.map_err(|e| NetError::NotSent(format!("TLS with {host}:{port}: {e}")))?;
-        let (_, conn) = tls.get_ref();
-        Ok(format!("{:?}", conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default()))
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+/// TCP connect within `connect_timeout`, then the TLS handshake within `tls_timeout`. Every failure
+/// here is `NotSent`: no request byte exists yet.
+async fn connect_tls(tls: &tokio_rustls::TlsConnector, t: &Target, connect_timeout: Duration, tls_timeout: Duration) -> Result<TlsStream<TcpStream>, NetError> {
+    let name = ServerName::try_from(t.host.clone()).map_err(|_| NetError::Setup(format!("{} is not a valid server name", words::bounded(&t.host, 200))))?;
+    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect((t.host.as_str(), t.port))).await {
+        Err(_) => return Err(NetError::NotSent(format!("no connection to {} within {} ms", t.peer, connect_timeout.as_millis()))),
+        Ok(Err(e)) => return Err(NetError::NotSent(words::connect_failed(&t.peer, &e))),
+        Ok(Ok(s)) => s,
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::NotSent(format!("{host}:{port}: no handshake within {} ms", timeout.as_millis())))?
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(tls_timeout, tls.connect(name, tcp)).await {
+        Err(_) => Err(NetError::NotSent(format!("TLS handshake with {} failed: no answer within {} ms", t.peer, tls_timeout.as_millis()))),
+        Ok(Err(e)) => Err(NetError::NotSent(words::handshake_failed(&t.peer, &t.host, &e))),
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// Connect and complete a TLS handshake with `url`'s host, sending no request: `posgate doctor`'s check
+/// that a backend is reachable and its certificate verifies against the profile's CA bundle. Its
+/// errors are worded exactly as a failed request's are.
+pub async fn tls_probe(url: &str, ca_file: Option<&Path>, connect_timeout: Duration, tls_timeout: Duration) -> Result<String, NetError> {
+    let t = Target::parse(url)?;
+    let tls = tls_connector(ca_file)?;
+    let s = connect_tls(&tls, &t, connect_timeout, tls_timeout).await?;
+    let (_, conn) = s.get_ref();
+    Ok(match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".into(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".into(),
+        _ => "TLS".into(),
+    })
+}
+
+/// Read an answer's body up to `limit` bytes; stop reading (and fail) as soon as it is over.
+async fn read_bounded(body: hyper::body::Incoming, limit: usize, peer: &str, host: &str) -> Result<Bytes, String> {
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer from {peer} failed: {}", words::exchange(&e, host)))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(format!("the answer from {peer} is larger than the {limit}-byte limit (max_answer_bytes); stopped reading it"));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 impl HttpsClient {
     pub fn new(opts: &HttpOptions) -> Result<Self, NetError> {
-        let roots = load_roots(opts.ca_file.as_deref())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| NetError::Setup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(opts.connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Ok(HttpsClient { inner, timeout: opts.timeout })
+        let tls = tls_connector(opts.ca_file.as_deref())?;
+        Ok(HttpsClient { inner: Arc::new(Inner { tls, opts: opts.clone(), idle: Mutex::new(Vec::new()) }) })
     }
 
-    /// POST a body and read the whole answer within the total timeout. `journal_id` feeds the order log.
+    /// POST a body and read the answer. `journal_id` feeds the order log.
     pub async fn post(&self, url: &str, content_type: &str, body: Bytes, journal_id: u64) -> Result<HttpReply, NetError> {
-        let req = hyper::Request::post(url)
+        let t = Target::parse(url)?;
+        crate::testhook::order("send", journal_id);
+        if let Some(conn) = self.take_idle(&t.peer).await {
+            match self.exchange(conn, &t, content_type, body.clone()).await {
+                // The pooled connection was gone before any byte was written: try a fresh one.
+                Err(NetError::NotSent(why)) => tracing::debug!(peer = %t.peer, %why, "pooled backend connection unusable; reconnecting"),
+                other => return other,
+            }
+        }
+        let conn = self.open(&t).await?;
+        self.exchange(conn, &t, content_type, body).await
+    }
+
+    async fn open(&self, t: &Target) -> Result<Conn, NetError> {
+        let o = &self.inner.opts;
+        let tls = connect_tls(&self.inner.tls, t, o.connect_timeout, o.tls_timeout).await?;
+        let written = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(Tracked::new(tls, written.clone()));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| NetError::NotSent(format!("HTTP setup with {} failed: {}", t.peer, words::exchange(&e, &t.host))))?;
+        let host = t.host.clone();
+        let driver = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %words::exchange(&e, &host), "backend connection ended");
+            }
+        });
+        Ok(Conn { peer: t.peer.clone(), sender, written, driver, idle_since: tokio::time::Instant::now() })
+    }
+
+    /// A pooled connection to `peer` that still accepts a request, if there is one.
+    async fn take_idle(&self, peer: &str) -> Option<Conn> {
+        loop {
+            let conn = {
+                let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let i = idle.iter().rposition(|c| c.peer == peer)?;
+                idle.swap_remove(i)
+            };
+            if conn.idle_since.elapsed() > POOL_IDLE || conn.sender.is_closed() {
+                continue;
+            }
+            let mut conn = conn;
+            match tokio::time::timeout(Duration::from_millis(100), conn.sender.ready()).await {
+                Ok(Ok(())) => return Some(conn),
+                _ => continue,
+            }
+        }
+    }
+
+    fn put_idle(&self, mut conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        conn.idle_since = tokio::time::Instant::now();
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| c.idle_since.elapsed() <= POOL_IDLE && !c.sender.is_closed());
+        if idle.len() < POOL_MAX {
+            idle.push(conn);
+        }
+    }
+
+    /// One request on one connection. Not written yet when it fails: `NotSent`; else `Unknown`.
+    async fn exchange(&self, mut conn: Conn, t: &Target, content_type: &str, body: Bytes) -> Result<HttpReply, NetError> {
+        let o = &self.inner.opts;
+        let req = hyper::Request::post(t.path.as_str())
+            .header(hyper::header::HOST, t.authority.as_str())
             .header(hyper::header::CONTENT_TYPE, content_type)
             .header(hyper::header::ACCEPT, "application/json")
             .body(Full::new(body))
-            .map_err(|e| NetError::NotSent(format!("bad request for {url}: {e}")))?;
-        crate::testhook::order("send", journal_id);
+            .map_err(|e| NetError::Setup(format!("cannot build a request for {}: {e}", t.peer)))?;
+        conn.written.store(false, Ordering::SeqCst);
+        let written = conn.written.clone();
+        let limit = o.max_answer_bytes;
         let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    NetError::NotSent(format!("connect to {url}: {e:?}"))
-                } else {
-                    NetError::Unknown(format!("{url}: {e}"))
-                }
-            })?;
+            let resp = conn.sender.send_request(req).await.map_err(|e| words::exchange(&e, &t.host))?;
             let status = resp.status().as_u16();
-            let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let body = resp.into_body().collect().await.map_err(|e| NetError::Unknown(format!("{url}: reading answer: {e}")))?.to_bytes();
+            let headers = resp.headers();
+            let content_type = headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| words::bounded(s, CONTENT_TYPE_MAX));
+            let announced = headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
+            if let Some(n) = announced.filter(|&n| n > limit as u64) {
+                return Err(format!("the answer from {} announces {n} bytes, more than the {limit}-byte limit (max_answer_bytes); not read", t.peer));
+            }
+            let body = read_bounded(resp.into_body(), limit, &t.peer, &t.host).await?;
             Ok(HttpReply { status, content_type, body })
         };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(NetError::Unknown(format!("{url}: no answer within {} ms", self.timeout.as_millis()))),
+        let r = tokio::time::timeout(o.timeout, fut).await;
+        let sent = written.load(Ordering::SeqCst);
+        match r {
+            Ok(Ok(reply)) => {
+                self.put_idle(conn);
+                Ok(reply)
+            }
+            Ok(Err(why)) if sent => Err(NetError::Unknown(if why.contains(&t.peer) { why } else { format!("exchange with {} failed after the request was sent: {why}", t.peer) })),
+            Ok(Err(why)) => Err(NetError::NotSent(format!("exchange with {} failed before the request was sent: {why}", t.peer))),
+            Err(_) if sent => Err(NetError::Unknown(format!("no answer from {} within {} ms after the request was sent", t.peer, o.timeout.as_millis()))),
+            Err(_) => Err(NetError::NotSent(format!("the request to {} could not be written within {} ms", t.peer, o.timeout.as_millis()))),
         }
     }
 }

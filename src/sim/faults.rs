@@ -1,4 +1,4 @@
-//! Fault injection shared by the simulators: a queue of faults for coming requests and a seeded random rate.
+//! Fault injection shared by the simulators: a queue of faults for coming requests and seeded random rates.
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,6 +38,9 @@ struct Random {
 pub struct FaultPlan {
     queue: Mutex<VecDeque<Queued>>,
     random: Mutex<Option<Random>>,
+    /// Lost answers of every kind of request (check-in, inquiries, settlement, uploads too), each
+    /// applied first: the strictest test of a client that must learn what happened without the answer.
+    drops: Mutex<Option<Random>>,
 }
 
 impl FaultPlan {
@@ -57,13 +60,24 @@ impl FaultPlan {
         *r = (rate_per_mille > 0).then(|| Random { per_mille: rate_per_mille.min(1000), rng: StdRng::seed_from_u64(seed) });
     }
 
-    /// Drop every queued fault and stop random ones.
+    /// Apply `rate_per_mille` of ALL requests (check-in, inquiries, financial requests, reversals,
+    /// settlement, uploads) and then drop their answers ([`Fault::DropAfterCommit`]), reproducibly
+    /// from `seed`; 0 turns it off. Independent of [`FaultPlan::set_random`] and the queue, which are
+    /// consulted first.
+    pub fn set_random_drops(&self, rate_per_mille: u32, seed: u64) {
+        let mut r = self.drops.lock().unwrap_or_else(|p| p.into_inner());
+        *r = (rate_per_mille > 0).then(|| Random { per_mille: rate_per_mille.min(1000), rng: StdRng::seed_from_u64(seed) });
+    }
+
+    /// Drop every queued fault and stop random ones (lost answers included).
     pub fn clear(&self) {
         self.lock_queue().clear();
         self.set_random(0, 0);
+        self.set_random_drops(0, 0);
     }
 
-    /// The fault for this request, if any: a queued one first, then a random draw (financial only).
+    /// The fault for this request, if any: a queued one first, then a random draw (financial only),
+    /// then a random lost answer (any request).
     pub fn take(&self, endpoint: &str, financial: bool) -> Option<Fault> {
         {
             let mut q = self.lock_queue();
@@ -74,9 +88,17 @@ impl FaultPlan {
                 return q.remove(i).map(|f| f.fault);
             }
         }
-        if !financial {
-            return None;
+        if financial {
+            if let Some(f) = self.random_fault() {
+                return Some(f);
+            }
         }
+        let mut d = self.drops.lock().unwrap_or_else(|p| p.into_inner());
+        let d = d.as_mut()?;
+        (d.rng.gen_range(0..1000) < d.per_mille).then_some(Fault::DropAfterCommit)
+    }
+
+    fn random_fault(&self) -> Option<Fault> {
         let mut r = self.random.lock().unwrap_or_else(|p| p.into_inner());
         let r = r.as_mut()?;
         if r.rng.gen_range(0..1000) >= r.per_mille {
@@ -119,5 +141,26 @@ mod tests {
         assert!((10..60).contains(&n), "{n}");
         p.set_random(1000, 1);
         assert_eq!(p.take("jpos/cards", false), None);
+    }
+
+    #[test]
+    fn random_drops_hit_every_kind_of_request_at_their_rate_and_repeat_with_the_seed() {
+        let p = FaultPlan::default();
+        let draw = |endpoint: &str, financial: bool, seed| {
+            p.set_random_drops(150, seed);
+            (0..2000).map(|_| p.take(endpoint, financial)).collect::<Vec<_>>()
+        };
+        for (endpoint, financial) in [("jpos/terminal/checkin", false), ("jpos/trans/consume", true), ("jpos/trans/consumeReversal", true), ("jpos/trans/settle", false)] {
+            let a = draw(endpoint, financial, 9);
+            assert_eq!(a, draw(endpoint, financial, 9));
+            assert!(a.iter().all(|f| matches!(f, None | Some(Fault::DropAfterCommit))));
+            let n = a.iter().filter(|f| f.is_some()).count();
+            assert!((200..400).contains(&n), "{endpoint}: {n} of 2000 dropped at 15 %");
+        }
+        // Queued faults still come first; clear stops the drops.
+        p.push_on("jpos/trans/settle", Fault::Http500);
+        assert_eq!(p.take("jpos/trans/settle", false), Some(Fault::Http500));
+        p.clear();
+        assert!((0..100).all(|_| p.take("jpos/terminal/checkin", false).is_none()));
     }
 }

@@ -4,28 +4,43 @@
 //! - every field the spec marks `!` is present (and non-empty, except settlement `cardNo` and
 //!   `oriRegisterTraceNo`): **30** (format error); malformed numbers/amounts/lists: **30**; negative: **13**
 //! - `storeNo` unknown: **03**; `terminalNo` unknown: **97**; terminal registered to another store: **58**
-//! - a terminal that has not checked in (or has settled since): **77**; `batchNo` not the current batch: **99**
-//! - a `traceNo` already used in the batch: **94**, and the request is recorded in `violations`;
-//!   an original arriving after its own reversal (remembered from a "never arrived" reversal): **12**
+//! - a terminal that has not checked in (or has settled its current batch since): **77**; a request whose
+//!   `batchNo` is not the terminal's current batch: **77** (sign on again), not applied. Every check-in
+//!   opens a NEW batch, even when the last one is still open (that one stays open for reversals and
+//!   settlement), so a client that lost a check-in answer and keeps its old batch is told 77, as a
+//!   strict real host does
+//! - a `traceNo` already used in the batch (by any request the host looked at, declined ones too):
+//!   **94** (duplicate transmission), not applied, counted ([`LoyaltySim::traces_reused`]) and recorded
+//!   in `violations`; an original arriving after its own reversal (remembered from a "never arrived"
+//!   reversal): **12**
 //! - unknown card: **14**; inactive card: **15**; missing or wrong PIN: **55**; a PIN block that does not
 //!   decrypt to a format-0 block under the terminal's PIN key: **99**; balance too low: **51**
 //! - original not found (cancel, refund, refund-cancel): **25**; original in the wrong state (already
 //!   voided, refunded, reversed, other card, other time, settled batch for a void): **22**
 //! - unknown ticket id: **56**; wrong verify code at activation: **55**
 //!
-//! Reversals (`…Reversal`) need no check-in and no PIN: the original applied and not yet reversed is undone
-//! (**00**); a second reversal answers **12** and changes nothing; a reversal whose original never arrived
-//! (or was declined) answers **25**, and a late original with that batch+trace is then refused. A reversal
-//! that does not match its original (operation, card, amount) or targets a settled batch answers **22** and
-//! is recorded as a violation.
+//! Reversals (`…Reversal`) need no check-in and no PIN and are taken for ANY unsettled batch of the
+//! terminal, not only the current one: the original applied and not yet reversed is undone (**00**); a
+//! second reversal answers **12** and changes nothing; a reversal whose original never arrived (or was
+//! declined) answers **25**, and a late original with that batch+trace is then refused (spec: 00, 25 and
+//! 12 all mean "reversed"). A reversal that does not match its original (operation, card, amount) or
+//! targets a settled batch answers **22** and is recorded as a violation.
 //!
-//! Settlement compares the terminal's totals with the simulator's own, computed with the rules of
-//! specs/README.md, answers `settleFlag` `"ss"` (balanced) or `"ns"` (not), closes the batch either way,
-//! and answers a repeated settlement of a closed batch with the same flag. The next check-in opens the next
-//! batch. The upload endpoint stores the lines it is sent.
+//! Settlement names a batch and is taken for any unsettled batch the terminal has opened (not only the
+//! current one; **25** for a batch it never opened, **77** before its first check-in). It compares the
+//! terminal's totals with the simulator's own, computed with the rules of specs/README.md, answers
+//! `settleFlag` `"ss"` only when they are equal (`"ns"` otherwise) and closes the batch either way: later
+//! transactions in it get 77 (settling the current batch means checking in again), reversals 22. A
+//! second settlement of a settled batch is refused with **94** (duplicate transmission) and changes
+//! nothing. The upload endpoint stores the lines it is sent.
+//!
+//! [`LoyaltySim::ledger`] shows, per terminal and batch, what the host applied and settled, for tests to
+//! check a client against.
 //!
 //! Faults ([`Fault`]): `Http500` and `Reset` do not apply the request; `DropAfterCommit` and `Garbage` do.
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! [`LoyaltySim::set_random_drops`] loses the answers of a share of ALL requests (check-in and settlement
+//! included) after applying them.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -203,14 +218,120 @@ impl SimSnapshot {
     }
 }
 
+/// One transaction the host applied, as the ledger shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRecord {
+    pub trace: String,
+    pub op: String,
+    pub amount_fen: i64,
+    pub reversed: bool,
+    /// The POS's own reference (`registerTraceNo`), when the request carried one.
+    pub register_trace_no: Option<String>,
+}
+
+/// What the host holds of one batch of one terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BatchLedger {
+    /// Applied transactions, in the order applied (reversed ones included, marked).
+    pub records: Vec<LedgerRecord>,
+    /// The terminal's current batch (the last check-in opened it).
+    pub current: bool,
+    pub settled: bool,
+    /// The `settleFlag` the settlement was answered with.
+    pub settle_flag: Option<String>,
+    /// The totals the settlement claimed (engine keys, fen, zero keys left out).
+    pub claimed: Option<BTreeMap<String, i64>>,
+    /// The host's totals of what it applied and did not reverse (engine keys, fen, zero keys left out).
+    pub applied: BTreeMap<String, i64>,
+    /// Settled with claimed totals equal to the applied ones; `None` while unsettled.
+    pub balanced: Option<bool>,
+    /// Later settlements of this batch, refused with 94.
+    pub settlements_refused: u64,
+}
+
+impl BatchLedger {
+    /// Whether anything applied here still stands (a record not reversed): money moved in this
+    /// batch, so it must be settled.
+    pub fn has_applied(&self) -> bool {
+        self.records.iter().any(|r| !r.reversed)
+    }
+}
+
+/// What the host holds of one terminal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TerminalLedger {
+    /// Check-ins applied (whether their answers arrived or not); each opened a batch.
+    pub checkins: u64,
+    pub current_batch: Option<String>,
+    /// Batch number -> its ledger: every batch a check-in opened or a transaction named.
+    pub batches: BTreeMap<String, BatchLedger>,
+}
+
+/// The host's books, per terminal and batch, for a test to check a client against.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SimLedger {
+    pub terminals: BTreeMap<String, TerminalLedger>,
+    /// Requests refused because their trace was used before in their batch.
+    pub traces_reused: u64,
+    /// Transactions and inquiries answered 77 (not checked in, or not in the current batch).
+    pub declined_77: u64,
+}
+
+impl SimLedger {
+    /// Consumes applied and not reversed, every terminal and batch (voided or refunded ones included:
+    /// they were charged, and their void or refund is a transaction of its own).
+    pub fn applied_sales(&self) -> Vec<(String, String, LedgerRecord)> {
+        let mut out = Vec::new();
+        for (t, tl) in &self.terminals {
+            for (b, bl) in &tl.batches {
+                for r in bl.records.iter().filter(|r| r.op == "consume" && !r.reversed) {
+                    out.push((t.clone(), b.clone(), r.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// (terminal, batch) of every batch holding an applied, unreversed record and not settled.
+    pub fn unsettled_batches_with_applied(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (t, tl) in &self.terminals {
+            for (b, bl) in &tl.batches {
+                if !bl.settled && bl.has_applied() {
+                    out.push((t.clone(), b.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// (terminal, batch) of every settled batch whose settlement did not balance.
+    pub fn unbalanced_settlements(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (t, tl) in &self.terminals {
+            for (b, bl) in &tl.batches {
+                if bl.balanced == Some(false) {
+                    out.push((t.clone(), b.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
 struct Term {
     store: String,
+    /// The current batch (the one the last check-in opened).
     batch: u32,
     /// `false` until the first check-in.
     opened: bool,
-    /// Settled: refuses work until the next check-in opens the next batch.
+    /// The current batch is settled: refuses work until the next check-in opens the next batch.
     closed: bool,
     keys: Option<WorkingKeys>,
+    /// Check-ins applied (answered or not).
+    checkins: u64,
+    /// Every batch a check-in opened.
+    batches: BTreeSet<u32>,
 }
 
 struct Tx {
@@ -238,6 +359,14 @@ struct State {
     verify_codes: HashMap<String, String>,
     next_serial: u64,
     requests: u64,
+    /// Requests refused because their trace was used before in the batch.
+    reused: u64,
+    /// Canned refusals for coming requests: (endpoint, status), answered without applying anything.
+    refusals: Vec<(String, &'static str)>,
+    /// Transactions and inquiries answered 77 (not checked in, or not in the current batch).
+    declined_77: u64,
+    /// (terminal, batch) -> settlements refused because the batch was settled already.
+    settle_refused: BTreeMap<(String, String), u64>,
 }
 
 /// The simulated loyalty backend. Share it as `Arc<LoyaltySim>`: `serve` runs on one clone while tests
@@ -389,7 +518,10 @@ impl LoyaltySim {
         let terms = cfg
             .terminals
             .iter()
-            .map(|t| (t.terminal.clone(), Term { store: t.store.clone(), batch: cfg.first_batch.max(1), opened: false, closed: false, keys: None }))
+            .map(|t| {
+                let term = Term { store: t.store.clone(), batch: cfg.first_batch.max(1), opened: false, closed: false, keys: None, checkins: 0, batches: BTreeSet::new() };
+                (t.terminal.clone(), term)
+            })
             .collect();
         let stores = cfg.terminals.iter().map(|t| t.store.clone()).collect();
         LoyaltySim {
@@ -408,6 +540,10 @@ impl LoyaltySim {
                 verify_codes: HashMap::new(),
                 next_serial: 10_000_000_000_000,
                 requests: 0,
+                reused: 0,
+                refusals: Vec::new(),
+                declined_77: 0,
+                settle_refused: BTreeMap::new(),
             }),
             cfg,
             faults: FaultPlan::default(),
@@ -437,7 +573,33 @@ impl LoyaltySim {
         self.faults.set_random(rate_per_mille, seed);
     }
 
-    /// Forget queued faults and stop random ones.
+    /// Apply `rate_per_mille` of ALL requests (check-in, inquiries, financial requests, reversals,
+    /// settlement, uploads) and then lose their answers, reproducibly from `seed`; 0 turns it off.
+    /// Settable at any time, also while the simulator serves.
+    pub fn set_random_drops(&self, rate_per_mille: u32, seed: u64) {
+        self.faults.set_random_drops(rate_per_mille, seed);
+    }
+
+    /// Answer the next request to `endpoint` (path after the prefix, as for [`Self::push_fault_on`])
+    /// with `status` and apply nothing: a host that says something this one would not (for example 77
+    /// to a reversal).
+    pub fn push_refusal_on(&self, endpoint: &str, status: &'static str) {
+        State::lock(&self.state).refusals.push((endpoint.trim_matches('/').to_string(), status));
+    }
+
+    /// The host moves a terminal to a new batch by itself (as after a check-in from elsewhere), keeping
+    /// its working keys: the daemon learns of it only from the 77 its next request gets.
+    pub fn move_to_new_batch(&self, terminal: &str) {
+        let mut st = State::lock(&self.state);
+        if let Some(t) = st.terms.get_mut(terminal) {
+            t.batch = if t.batch >= 999_999 { 1 } else { t.batch + 1 };
+            t.closed = false;
+            t.opened = true;
+            t.batches.insert(t.batch);
+        }
+    }
+
+    /// Forget queued faults and stop random ones (lost answers included).
     pub fn clear_faults(&self) {
         self.faults.clear();
     }
@@ -462,6 +624,63 @@ impl LoyaltySim {
             tombstones: st.tombstones.len(),
             requests: st.requests,
         }
+    }
+
+    /// The host's books per terminal and batch: applied records, settlement, claimed vs applied totals,
+    /// check-ins; plus the refused reused traces and the 77 answers.
+    pub fn ledger(&self) -> SimLedger {
+        let st = State::lock(&self.state);
+        let mut terminals: BTreeMap<String, TerminalLedger> = BTreeMap::new();
+        for (name, t) in st.terms.iter().filter(|(_, t)| t.opened) {
+            let tl = terminals.entry(name.clone()).or_default();
+            tl.checkins = t.checkins;
+            tl.current_batch = Some(format!("{:06}", t.batch));
+            for b in &t.batches {
+                tl.batches.entry(format!("{b:06}")).or_default();
+            }
+        }
+        for tx in &st.txs {
+            let v = &tx.view;
+            let bl = terminals.entry(v.terminal.clone()).or_default().batches.entry(v.batch.clone()).or_default();
+            bl.records.push(LedgerRecord { trace: v.trace.clone(), op: v.op.clone(), amount_fen: v.amount_fen, reversed: v.reversed, register_trace_no: v.register_trace_no.clone() });
+        }
+        for (name, tl) in terminals.iter_mut() {
+            let current = tl.current_batch.clone();
+            for (b, bl) in tl.batches.iter_mut() {
+                bl.current = current.as_deref() == Some(b.as_str());
+                bl.applied = st.totals(name, b).into_iter().filter(|(_, v)| *v != 0).collect();
+                let k = (name.clone(), b.clone());
+                bl.settlements_refused = st.settle_refused.get(&k).copied().unwrap_or(0);
+                if let Some(s) = st.settlements.get(&k) {
+                    bl.settled = true;
+                    bl.settle_flag = Some(s.flag.clone());
+                    bl.claimed = Some(s.theirs.clone());
+                    bl.balanced = Some(s.flag == "ss" && s.theirs == bl.applied);
+                }
+            }
+        }
+        SimLedger { terminals, traces_reused: st.reused, declined_77: st.declined_77 }
+    }
+
+    /// Consumes the host applied and did not reverse (voided or refunded ones included).
+    pub fn applied_sales(&self) -> Vec<SimTx> {
+        let st = State::lock(&self.state);
+        st.txs.iter().map(|t| &t.view).filter(|v| v.op == "consume" && !v.reversed).cloned().collect()
+    }
+
+    /// Requests refused (94) because their trace was used before in their batch.
+    pub fn traces_reused(&self) -> u64 {
+        State::lock(&self.state).reused
+    }
+
+    /// Transactions and inquiries answered 77.
+    pub fn declined_77(&self) -> u64 {
+        State::lock(&self.state).declined_77
+    }
+
+    /// (terminal, batch) of every unsettled batch holding an applied, unreversed record.
+    pub fn unsettled_batches_with_applied(&self) -> Vec<(String, String)> {
+        self.ledger().unsettled_batches_with_applied()
     }
 
     /// Serve HTTPS on `listener` until `shutdown` completes.
@@ -506,6 +725,14 @@ impl LoyaltySim {
         let financial = reversal || matches!(w.spec.class, OpClass::Financial(_));
         let fault = self.faults.take(&rest, financial);
         let form: Form = wire::decode_form(&body).into_iter().collect();
+        let refusal = {
+            let mut st = State::lock(&self.state);
+            let at = st.refusals.iter().position(|(e, _)| *e == rest);
+            at.map(|i| st.refusals.remove(i).1)
+        };
+        if let Some(code) = refusal {
+            return self.finish(fault, || Answer::fail(code, "refused on purpose (test)")).await;
+        }
         self.finish(fault, || self.process(w, reversal, &form)).await
     }
 
@@ -559,13 +786,20 @@ impl LoyaltySim {
         }
     }
 
+    /// Every check-in opens a new batch (the first one `first_batch`); the previous batch, settled or
+    /// not, stays as it was: open for reversals and its settlement, closed to new transactions.
     fn checkin(&self, st: &mut State, terminal: &str) -> Answer {
+        let first = self.cfg.first_batch.max(1);
         let Some(t) = st.terms.get_mut(terminal) else { return Answer::fail("97", "unknown terminal") };
-        if t.closed {
+        if t.opened {
             t.batch = if t.batch >= 999_999 { 1 } else { t.batch + 1 };
-            t.closed = false;
+        } else {
+            t.batch = first;
         }
+        t.closed = false;
         t.opened = true;
+        t.checkins += 1;
+        t.batches.insert(t.batch);
         let keys = WorkingKeys { pin: rand::random(), mac: Some(rand::random()) };
         let wk = crypto::wrap_working_key(&self.cfg.master_key, &keys);
         t.keys = Some(keys);
@@ -577,17 +811,33 @@ impl LoyaltySim {
         ])
     }
 
+    /// Settle one named batch of the terminal: any batch a check-in opened and nobody settled yet.
     fn settle(&self, st: &mut State, terminal: &str, form: &Form) -> Answer {
         let batch = get(form, "batchNo").to_string();
-        if let Some(s) = st.settlements.get(&(terminal.to_string(), batch.clone())) {
-            return Answer::ok(vec![("settleFlag", json_str(&s.flag))]);
+        let Some(number) = six_digits(&batch) else { return Answer::fail("30", "batchNo must be 6 digits") };
+        let k = (terminal.to_string(), batch.clone());
+        if let Some(s) = st.settlements.get(&k) {
+            // The same settlement again (its answer was lost): the first answer again. Other totals for
+            // a settled batch: refused.
+            let same = wire::TOTALS.iter().all(|&(wire_name, key, is_amount)| {
+                let text = form.get(wire_name).or_else(|| form.get(key)).map(String::as_str).unwrap_or("");
+                let v = if is_amount { money::yuan_to_fen(text).ok() } else { text.trim().parse::<i64>().ok() };
+                v == Some(s.theirs.get(key).copied().unwrap_or(0))
+            });
+            if same {
+                let flag = s.flag.clone();
+                return Answer::ok(vec![("settleFlag", json_str(&flag))]);
+            }
+            let detail = format!("batch {batch} was settled before ({}) with other totals", s.flag);
+            *st.settle_refused.entry(k).or_insert(0) += 1;
+            return Answer::fail("94", detail);
         }
         let Some(t) = st.terms.get(terminal) else { return Answer::fail("97", "unknown terminal") };
-        if t.keys.is_none() || t.closed {
+        if !t.opened {
             return Answer::fail("77", "terminal has not checked in");
         }
-        if six_digits(&batch) != Some(t.batch) {
-            return Answer::fail("99", format!("batch {batch} is not the current batch"));
+        if !t.batches.contains(&number) {
+            return Answer::fail("25", format!("batch {batch} was never opened by this terminal"));
         }
         let mut theirs = BTreeMap::new();
         for &(wire_name, key, is_amount) in wire::TOTALS {
@@ -605,7 +855,7 @@ impl LoyaltySim {
         let ours = st.totals(terminal, &batch);
         let ours_nz: BTreeMap<String, i64> = ours.into_iter().filter(|(_, v)| *v != 0).collect();
         let flag = if theirs == ours_nz { "ss" } else { "ns" };
-        if let Some(t) = st.terms.get_mut(terminal) {
+        if let Some(t) = st.terms.get_mut(terminal).filter(|t| t.batch == number) {
             t.closed = true;
             t.keys = None;
         }
@@ -687,12 +937,17 @@ impl LoyaltySim {
 
     fn transact(&self, st: &mut State, name: &str, terminal: &str, form: &Form) -> Answer {
         let Some(t) = st.terms.get(terminal) else { return Answer::fail("97", "unknown terminal") };
-        let Some(keys) = t.keys.clone().filter(|_| !t.closed) else { return Answer::fail("77", "terminal has not checked in") };
+        let Some(keys) = t.keys.clone().filter(|_| !t.closed) else {
+            st.declined_77 += 1;
+            return Answer::fail("77", "terminal has not checked in");
+        };
         let current = t.batch;
         let (batch, trace) = (get(form, "batchNo").to_string(), get(form, "traceNo").to_string());
-        // send-verify-code may omit its batch; everything else must be in the current one.
+        // send-verify-code may omit its batch; everything else must be in the current one. Outside
+        // it, nothing is looked at or applied: the terminal must check in (and so learn the batch).
         if (!batch.is_empty() || name != "send-verify-code") && six_digits(&batch) != Some(current) {
-            return Answer::fail("99", format!("batch {batch} is not the current batch {current:06}"));
+            st.declined_77 += 1;
+            return Answer::fail("77", format!("batch {batch} is not the current batch {current:06}: check in"));
         }
         if !trace.is_empty() {
             if six_digits(&trace).is_none() {
@@ -703,6 +958,7 @@ impl LoyaltySim {
                 return Answer::fail("12", "this trace was reversed before it arrived");
             }
             if !st.seen.insert(k) {
+                st.reused += 1;
                 st.violations.push(format!("{name}: duplicate trace {terminal}/{batch}/{trace}"));
                 return Answer::fail("94", "duplicate trace in this batch");
             }

@@ -81,6 +81,13 @@ async fn a_swipe_reaches_subscribers_masked_and_pays_without_the_pos_seeing_the_
     let applied: Vec<_> = world.sim.state_snapshot().transactions.into_iter().filter(|t| t.op == "consume").collect();
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0].card_no, PAN, "the backend got the real card number");
+    // Regression: the held swipe was read, not taken, so the same scan id paid again and again.
+    let body = json!({"scan": scan_id, "consumeType": "01", "pointAmount": 15, "cashAmount": 0});
+    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", body, None).await.expect("second use");
+    assert_eq!(s, 400, "{v}");
+    let detail = v["detail"].as_str().unwrap_or("");
+    assert!(detail.contains(&scan_id) && detail.contains("already used"), "{v}");
+    assert_eq!(world.sim.state_snapshot().transactions.iter().filter(|t| t.op == "consume").count(), 1, "one swipe paid twice");
     // An unknown or made-up scan id is refused by name.
     let (s, v) = d.client.post("/v1/profiles/loyalty/consume", json!({"scan": "s_0000000000000000", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}), None).await.expect("consume");
     assert_eq!(s, 400, "{v}");
@@ -107,4 +114,49 @@ async fn a_swipe_reaches_subscribers_masked_and_pays_without_the_pos_seeing_the_
         assert!(hits.is_empty(), "{s} is on disk in clear: {hits:?}");
     }
     assert!(log.iter().any(|l| l.contains("counter-1")), "the daemon logged nothing about the device: {log:?}");
+}
+
+/// Regression: a track 2 without sentinels (a reader set to "data only", or a POS wedge) was classed
+/// as a barcode and its full text went to every event subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_without_sentinels_is_a_card_masked_everywhere_and_pays_once() {
+    let world = World::new("baretrack").await;
+    let mut d = world.start(&[]).await;
+    let mut events = d.client.events().await.expect("events");
+    let bare = format!("{PAN}=29121010000000000");
+    let (s, v) = d.client.post("/v1/scans", json!({"text": bare, "device": "wedge"}), None).await.expect("scan");
+    assert_eq!(s, 202, "{v}");
+    assert_eq!((v["kind"].as_str(), v["text"].as_str()), (Some("card"), Some("622202*********0016")), "{v}");
+    let mut seen = Vec::new();
+    let scan_id = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("an event in time").expect("stream").expect("open");
+        seen.push(ev.data.clone());
+        if ev.event == "scan" {
+            break ev.data["id"].as_str().map(str::to_string).expect("scan id");
+        }
+    };
+    let body = json!({"scan": scan_id, "consumeType": "01", "pointAmount": 11, "cashAmount": 0});
+    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", body.clone(), None).await.expect("consume");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", body, None).await.expect("second use");
+    assert_eq!(s, 400, "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains(&scan_id)), "{v}");
+    let paid: Vec<_> = world.sim.state_snapshot().transactions.into_iter().filter(|t| t.op == "consume").collect();
+    assert_eq!(paid.len(), 1);
+    assert_eq!(paid[0].card_no, PAN);
+    while let Ok(Ok(Some(ev))) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+        seen.push(ev.data);
+    }
+    let log = d.drain();
+    d.stop().await;
+    for secret in [PAN, "29121010000000000"] {
+        for v in &seen {
+            assert!(!v.to_string().contains(secret), "an event shows {secret}: {v}");
+        }
+        for l in &log {
+            assert!(!l.contains(secret), "a log line shows {secret}: {l}");
+        }
+        let hits = files_containing(&world.dir.join("data"), secret.as_bytes());
+        assert!(hits.is_empty(), "{secret} is on disk in clear: {hits:?}");
+    }
 }

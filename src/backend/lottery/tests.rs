@@ -31,7 +31,7 @@ pub(crate) fn backend_with_timeout(base_url: &str, dir: &Path, app_secret: &str,
     let path = dir.join("lot.toml");
     std::fs::write(&path, toml).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout }).unwrap();
+    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout, ..HttpOptions::default() }).unwrap();
     LotteryBackend::new(&profile, http).unwrap()
 }
 
@@ -63,7 +63,7 @@ fn the_example_profile_parses() {
     let path = dir.join("profiles/lottery.toml");
     std::fs::write(&path, include_str!("../../../terminal-profiles/lottery.toml")).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1) }).unwrap();
+    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
     let b = LotteryBackend::new(&profile, http).unwrap();
     assert_eq!(b.pool().len(), 4);
     assert_eq!(b.daily_job().map(|j| (j.at, j.operation)), Some((NaiveTime::from_hms_opt(1, 0, 0).unwrap(), "reconcile")));
@@ -74,7 +74,7 @@ fn bad_profiles_are_refused_naming_the_option() {
     let dir = temp_dir("bad");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
     std::fs::write(dir.join("s.txt"), "x").unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1) }).unwrap();
+    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
     let head = "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n[secrets]\napp_secret = \"s.txt\"\nstation_password = \"s.txt\"\n[options]\n";
     for (opts, want) in [
         ("stations = [{ id = \"1\", serial = \"x\" }]", "options.app_key"),

@@ -90,6 +90,14 @@ pub fn reversal_done(code: &str) -> bool {
     matches!(code.trim(), "00" | "25" | "12")
 }
 
+/// The codes that mean "refused, not applied: sign on (check in) again first": **77** (请向网络中心签到:
+/// the terminal has not checked in, or the request is outside its current batch) and **99** / **A0**
+/// (校验错, 请重新签到: the PIN block or MAC does not check under the host's current working keys).
+pub fn sign_on_again(code: &str) -> bool {
+    let c = code.trim();
+    c == "77" || c == "99" || c.eq_ignore_ascii_case("A0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +118,7 @@ mod tests {
         assert_eq!(lookup("XY"), (UNKNOWN_ZH, UNKNOWN_EN));
         assert_eq!(lookup("08"), (UNKNOWN_ZH, UNKNOWN_EN));
         assert!(reversal_done("25") && reversal_done("12") && reversal_done("00") && !reversal_done("55"));
+        assert!(sign_on_again("77") && sign_on_again("99") && sign_on_again("A0") && sign_on_again("a0"));
+        assert!(!sign_on_again("00") && !sign_on_again("94") && !sign_on_again("55") && !reversal_done("77"));
     }
 }

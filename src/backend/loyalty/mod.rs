@@ -56,6 +56,8 @@ pub struct LoyaltyBackend {
     credit_count_field: String,
     /// The terminal master key, 16 raw bytes; only ever used to unwrap working keys.
     tmk: Secret,
+    /// The profile's money bounds (`[limits]`), checked on every money field a POS sends.
+    limits: crate::config::Limits,
 }
 
 impl std::fmt::Debug for LoyaltyBackend {
@@ -120,8 +122,9 @@ fn as_int(v: &Value) -> Option<i64> {
 }
 
 /// Validate a `vaucher` / `ticket` list from the POS: objects with an `id`, a positive integer `num`,
-/// and an optional `amount` in integer fen. Returns the sum of `amount * num` over items with an amount.
-fn check_list(name: &str, v: &Value) -> Result<i64, PrepareError> {
+/// and an optional `amount` in integer fen. Returns the sum of `amount * num` over items with an amount,
+/// which (like each amount) must stay within `limits`.
+fn check_list(name: &str, v: &Value, limits: &crate::config::Limits) -> Result<i64, PrepareError> {
     let items = v.as_array().ok_or_else(|| invalid(name, "must be a list of objects"))?;
     if items.is_empty() {
         return Err(invalid(name, "must not be empty"));
@@ -141,7 +144,9 @@ fn check_list(name: &str, v: &Value) -> Result<i64, PrepareError> {
         };
         if let Some(a) = o.get("amount") {
             let fen = as_int(a).filter(|&a| a >= 0).ok_or_else(|| invalid(&at("amount"), "must be integer fen (not a float or text)"))?;
+            limits.check(fen, false).map_err(|why| invalid(&at("amount"), why))?;
             sum = fen.checked_mul(num).and_then(|x| sum.checked_add(x)).ok_or_else(|| invalid(&at("amount"), "too large"))?;
+            limits.check(sum, false).map_err(|why| invalid(name, format!("adds up to {sum} fen: {why}")))?;
         }
     }
     Ok(sum)
@@ -343,6 +348,7 @@ impl LoyaltyBackend {
             upload_url: format!("{base_url}/{}", upload.trim_start_matches('/')),
             credit_count_field,
             tmk: Secret::new(tmk.to_vec()),
+            limits: profile.limits,
         })
     }
 
@@ -501,13 +507,13 @@ impl Backend for LoyaltyBackend {
                 (_, None) => {}
                 (Kind::Money, Some(v)) => {
                     let fen = as_int(v).ok_or_else(|| invalid(f.name, "must be integer fen (not a float or text)"))?;
-                    if fen < 0 {
-                        return Err(invalid(f.name, "must not be negative"));
-                    }
+                    // The amount a consume charges must be a real one; the other money fields only bounded.
+                    let charged = operation == "consume" && f.name == "pointAmount";
+                    self.limits.check(fen, charged).map_err(|why| invalid(f.name, why))?;
                     p.public.insert(f.name.into(), Value::from(fen));
                 }
                 (Kind::List, Some(v)) => {
-                    check_list(f.name, v)?;
+                    check_list(f.name, v, &self.limits)?;
                     p.public.insert(f.name.into(), v.clone());
                 }
                 (Kind::Track, Some(v)) => {
@@ -560,7 +566,7 @@ impl Backend for LoyaltyBackend {
             }
             "ticket-consume" => {
                 let amt = match p.public.get("ticket") {
-                    Some(v) => check_list("ticket", v)?,
+                    Some(v) => check_list("ticket", v, &self.limits)?,
                     None => 0,
                 };
                 p.amount_fen = amt;
@@ -630,7 +636,15 @@ impl Backend for LoyaltyBackend {
         }
         let form = self.build_form(w, &tx, true).map_err(|d| err(Stage::NotSent, d))?;
         tracing::debug!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty request");
-        self.post_form(&self.url(w.path), &form, tx.journal_id).await
+        let reply = self.post_form(&self.url(w.path), &form, tx.journal_id).await?;
+        // 77 / 99 / A0: the host refused it unapplied because the terminal must check in again (a lost
+        // check-in answer left us on an old batch or old keys). Not a decline for the POS: the engine
+        // signs on and resends it in the new batch.
+        if codes::sign_on_again(&reply.code) {
+            tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, code = %reply.code, "loyalty host asks to sign on again");
+            return Err(err(Stage::SignOnFirst, format!("{} {}: refused unapplied, sign on and resend", reply.code, scrub(&reply.message))));
+        }
+        Ok(reply)
     }
 
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError> {
@@ -645,6 +659,8 @@ impl Backend for LoyaltyBackend {
         let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
         tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty reversal");
         let reply = self.post_form(&self.url(path), &form, tx.journal_id).await?;
+        // A reversal answered 77 (or 99/A0) is NOT done: the host did not look. Try again later, after
+        // whatever sign-on the engine does; never a SignOnFirst, which would mean "resend as new".
         if codes::reversal_done(&reply.code) {
             Ok(Recovered::Reversed { code: reply.code, message: reply.message })
         } else {

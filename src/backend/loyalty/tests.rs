@@ -28,7 +28,7 @@ pub(crate) fn backend_for(base_url: &str, dir: &std::path::Path, tmk: &str, stor
     let path = dir.join("loy.toml");
     std::fs::write(&path, toml).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout }).unwrap();
+    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout, ..HttpOptions::default() }).unwrap();
     LoyaltyBackend::new(&profile, http).unwrap()
 }
 
@@ -65,7 +65,7 @@ fn a_bad_master_key_is_a_clear_config_error() {
     let path = dir.join("loy.toml");
     std::fs::write(&path, "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n[secrets]\nmaster_key = \"tmk.hex\"\n").unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1) }).unwrap();
+    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
     let e = LoyaltyBackend::new(&profile, http.clone()).unwrap_err().to_string();
     assert!(e.contains("secrets.master_key") && e.contains("32 hex"), "{e}");
     std::fs::write(&path, "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n").unwrap();

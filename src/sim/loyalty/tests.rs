@@ -114,6 +114,10 @@ impl Lane {
     }
 
     async fn settle(&mut self) -> crate::backend::Settled {
+        self.try_settle().await.unwrap()
+    }
+
+    async fn try_settle(&mut self) -> Result<crate::backend::Settled, crate::backend::BackendError> {
         self.journal += 1;
         let t = self.next_trace();
         let empty = Map::new();
@@ -128,7 +132,7 @@ impl Lane {
             lines: &|| Ok(lines.clone()),
             public: &empty,
         };
-        self.b.settle(req).await.unwrap()
+        self.b.settle(req).await
     }
 }
 
@@ -191,10 +195,11 @@ async fn backend_against_simulator_end_to_end() {
     let (sim, mut lane, stop) = start().await;
     let balance = |sim: &LoyaltySim, card: &str| sim.state_snapshot().balances[card];
 
-    // Before check-in the terminal has no PIN key; the simulator refuses it with 77.
+    // Before check-in the terminal has no PIN key; the simulator refuses it with 77, which the backend
+    // hands the engine as "sign on first" rather than a decline.
     lane.batch = "000001".into();
     let d = lane.run("card-query", json!({"cardNo": RICH}), None).await;
-    assert_eq!(code(&d), "77");
+    assert_eq!(stage(&d), Stage::SignOnFirst);
 
     lane.sign_on().await;
     assert_eq!(lane.batch, "000001");
@@ -302,9 +307,9 @@ async fn backend_against_simulator_end_to_end() {
     assert_eq!(snap.batch_totals("10000001", "000001"), lane.totals.iter().filter(|(_, v)| **v != 0).map(|(k, v)| (k.clone(), *v)).collect());
     let s = lane.settle().await;
     assert!(s.balanced && !s.uploaded, "{:?}", s.reply);
-    // The batch is closed: work is refused until the next check-in.
+    // The batch is closed: work is refused (77, sign on first) until the next check-in.
     let closed = lane.run("card-query", json!({"cardNo": RICH}), None).await;
-    assert_eq!(code(&closed), "77");
+    assert_eq!(stage(&closed), Stage::SignOnFirst);
 
     // Next batch: an unbalanced settlement uploads the lines.
     lane.sign_on().await;
@@ -318,11 +323,12 @@ async fn backend_against_simulator_end_to_end() {
     assert_eq!(snap.uploads[0].len(), 1);
     assert_eq!(snap.settlements.iter().map(|s| (s.batch.as_str(), s.flag.as_str())).collect::<Vec<_>>(), [("000001", "ss"), ("000002", "ns")]);
 
-    // A repeated settlement of a settled batch answers the same flag.
+    // A repeated settlement of a settled batch is refused (94) and changes nothing.
     lane.batch = "000001".into();
     lane.totals.clear();
-    let s = lane.settle().await;
-    assert!(s.balanced);
+    let e = lane.try_settle().await.unwrap_err();
+    assert!(e.stage == Stage::Rejected && e.detail.contains("94"), "{e}");
+    assert_eq!(sim.state_snapshot().settlements.len(), 2);
     assert_eq!(sim.state_snapshot().violations.len(), 1);
     let _ = stop.send(());
 }
@@ -347,7 +353,7 @@ async fn simulator_refuses_unknown_terminals_and_missing_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulator_answers_30_for_a_missing_field_and_99_for_a_foreign_pin_key() {
+async fn simulator_answers_30_for_a_missing_field_and_sign_on_first_for_a_foreign_pin_key() {
     let (sim, mut lane, stop) = start().await;
     lane.sign_on().await;
     // Raw form without cardNo, straight through the HTTPS client.
@@ -363,17 +369,310 @@ async fn simulator_answers_30_for_a_missing_field_and_99_for_a_foreign_pin_key()
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["status"], json!("30"));
     assert!(v["message"].as_str().unwrap().contains("cardNo"));
-    // A PIN block made under another terminal's key does not decrypt: 99.
+    // A PIN block made under another terminal's key does not decrypt: 99 (校验错, 请重新签到), which
+    // the backend hands the engine as "sign on first".
     let real = lane.session.clone();
     lane.session = json!({"workingKey": crate::backend::loyalty::crypto::wrap_working_key(
         &crate::backend::loyalty::crypto::parse_key_hex(DEMO_MASTER_KEY_HEX).unwrap(),
         &crate::backend::loyalty::crypto::WorkingKeys { pin: [7; 16], mac: None })});
     let d = lane.run("consume", consume(RICH, 100, Some("123456"), "X"), None).await;
-    assert_eq!(code(&d), "99");
+    assert!(stage(&d) == Stage::SignOnFirst && d.reply.as_ref().unwrap_err().detail.starts_with("99"), "{:?}", d.reply);
     lane.session = real;
     // Delay only slows the answer down.
     sim.push_fault(Fault::Delay(std::time::Duration::from_millis(50)));
     approved(&lane.run("consume", consume(RICH, 100, Some("123456"), "Y"), None).await);
     assert!(sim.state_snapshot().violations.is_empty());
+    let _ = stop.send(());
+}
+
+// ---- The strict host: batches, traces, reversals and settlements as a real host enforces them ----
+
+const TERM: &str = "10000001";
+
+/// The ledger of one batch of the test lane's terminal.
+fn batch_ledger(sim: &LoyaltySim, batch: &str) -> BatchLedger {
+    sim.ledger().terminals.get(TERM).and_then(|t| t.batches.get(batch).cloned()).unwrap_or_else(|| panic!("no batch {batch} in the ledger"))
+}
+
+fn balance(sim: &LoyaltySim, card: &str) -> i64 {
+    sim.state_snapshot().balances[card]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_checkin_opens_a_new_batch_and_any_transaction_outside_it_gets_77_unapplied() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000001");
+    let sale = lane.run("consume", consume(RICH, 1000, Some("123456"), "A1"), None).await;
+    approved(&sale);
+    // A check-in while 000001 is open still opens a new batch (the old one is not closed by it).
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000002");
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000003");
+    let before = sim.state_snapshot();
+    // Every kind of request in a batch that is not the current one: 77, nothing applied. The backend
+    // hands each to the engine as SignOnFirst, never as a decline.
+    for old in ["000001", "000002", "000004"] {
+        lane.batch = old.into();
+        let tries = [
+            lane.run("consume", consume(RICH, 100, Some("123456"), "A2"), None).await,
+            lane.run("consume", consume(NOPIN, 100, None, "A3"), None).await,
+            lane.run("cancel", json!({}), Some(&sale.original)).await,
+            lane.run("refund", json!({}), Some(&sale.original)).await,
+            lane.run("ticket-consume", json!({"cardNo": RICH, "ticket": [{"id": 1, "num": 1}]}), None).await,
+            lane.run("card-activate", json!({"cardNo": INACTIVE, "mobileNo": "13900000000", "verifyCode": "123456", "idType": "01"}), None).await,
+            lane.run("card-query", json!({"cardNo": RICH}), None).await,
+        ];
+        for d in &tries {
+            assert_eq!(stage(d), Stage::SignOnFirst, "batch {old}: {:?}", d.reply);
+            assert!(d.reply.as_ref().unwrap_err().detail.starts_with("77"), "{:?}", d.reply);
+        }
+    }
+    assert_eq!(sim.declined_77(), 21);
+    let after = sim.state_snapshot();
+    assert_eq!(after.transactions, before.transactions, "a request outside the current batch was applied");
+    assert_eq!(after.balances, before.balances);
+    assert!(!after.active[INACTIVE]);
+    // In the current batch the same requests go through.
+    lane.batch = "000003".into();
+    approved(&lane.run("consume", consume(NOPIN, 100, None, "A3"), None).await);
+    let l = sim.ledger();
+    let t = &l.terminals[TERM];
+    assert_eq!((t.checkins, t.current_batch.as_deref()), (3, Some("000003")));
+    assert_eq!(t.batches.keys().collect::<Vec<_>>(), ["000001", "000002", "000003"]);
+    assert_eq!(t.batches["000001"].records.len(), 1);
+    assert!(t.batches["000002"].records.is_empty() && !t.batches["000002"].current);
+    assert!(t.batches["000003"].current && t.batches["000003"].records[0].register_trace_no.as_deref() == Some("A3"));
+    assert_eq!(l.declined_77, 21);
+    assert!(sim.state_snapshot().violations.is_empty());
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_checkin_answer_leaves_the_client_on_its_old_batch_and_every_sale_gets_77() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    approved(&lane.run("consume", consume(NOPIN, 100, None, "L1"), None).await);
+    sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
+    lane.journal += 1;
+    let e = lane.b.sign_on(&lane.id, lane.journal, "").await.unwrap_err();
+    assert_eq!(e.stage, Stage::Unknown);
+    // The host moved to 000002; the client, still on 000001, is refused until it checks in.
+    assert_eq!(sim.ledger().terminals[TERM].current_batch.as_deref(), Some("000002"));
+    for i in 0..5 {
+        let d = lane.run("consume", consume(NOPIN, 100, None, &format!("L{}", i + 2)), None).await;
+        assert_eq!(stage(&d), Stage::SignOnFirst);
+    }
+    assert_eq!((sim.declined_77(), balance(&sim, NOPIN)), (5, 19_900));
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000003");
+    approved(&lane.run("consume", consume(NOPIN, 100, None, "L7"), None).await);
+    // 000001 holds an applied sale and nobody settled it; 000002 (the lost check-in's) is empty.
+    assert_eq!(sim.unsettled_batches_with_applied(), [(TERM.to_string(), "000001".to_string()), (TERM.to_string(), "000003".to_string())]);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_trace_is_refused_with_94_and_not_applied() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    let t = lane.next_trace();
+    approved(&lane.run_at("consume", consume(NOPIN, 100, None, "T1"), None, t.clone()).await);
+    let dup = lane.run_at("consume", consume(NOPIN, 200, None, "T2"), None, t.clone()).await;
+    assert_eq!((code(&dup), dup.reply.as_ref().unwrap().verdict.clone()), ("94".to_string(), Verdict::Declined));
+    // A declined request used its trace too.
+    let u = lane.next_trace();
+    assert_eq!(code(&lane.run_at("consume", consume(RICH, 100, Some("000000"), "T3"), None, u.clone()).await), "55");
+    assert_eq!(code(&lane.run_at("consume", consume(NOPIN, 300, None, "T4"), None, u).await), "94");
+    // Inquiries carry traces as well.
+    let q = lane.next_trace();
+    approved(&lane.run_at("card-query", json!({"cardNo": RICH}), None, q.clone()).await);
+    assert_eq!(code(&lane.run_at("card-query", json!({"cardNo": RICH}), None, q).await), "94");
+    assert_eq!(balance(&sim, NOPIN), 19_900);
+    assert_eq!(sim.traces_reused(), 3);
+    assert_eq!(sim.ledger().traces_reused, 3);
+    assert_eq!(sim.applied_sales().len(), 1);
+    // The same trace number in the next batch is a new trace.
+    lane.sign_on().await;
+    approved(&lane.run_at("consume", consume(NOPIN, 100, None, "T5"), None, t).await);
+    assert_eq!(sim.traces_reused(), 3);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_in_an_older_unsettled_batch_is_accepted() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    sim.push_fault(Fault::DropAfterCommit);
+    let lost = lane.run("consume", consume(NOPIN, 300, None, "V1"), None).await;
+    assert_eq!(stage(&lost), Stage::Unknown);
+    sim.push_fault(Fault::Reset);
+    let never = lane.run("consume", consume(NOPIN, 400, None, "V2"), None).await;
+    assert_eq!(stage(&never), Stage::Unknown);
+    assert_eq!(balance(&sim, NOPIN), 19_700);
+    // Two check-ins later, the reversals of batch 000001 are still taken: 00 undoes, 25 finds nothing.
+    lane.sign_on().await;
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000003");
+    match lane.reverse(&lost, None).await.unwrap() {
+        Recovered::Reversed { code, .. } => assert_eq!(code, "00"),
+        other => panic!("{other:?}"),
+    }
+    match lane.reverse(&never, None).await.unwrap() {
+        Recovered::Reversed { code, .. } => assert_eq!(code, "25"),
+        other => panic!("{other:?}"),
+    }
+    match lane.reverse(&lost, None).await.unwrap() {
+        Recovered::Reversed { code, .. } => assert_eq!(code, "12"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(balance(&sim, NOPIN), 20_000);
+    let b1 = batch_ledger(&sim, "000001");
+    assert_eq!(b1.records.len(), 1);
+    assert!(b1.records[0].reversed && !b1.has_applied() && b1.applied.is_empty());
+    assert!(sim.applied_sales().is_empty() && sim.unsettled_batches_with_applied().is_empty());
+    assert!(sim.state_snapshot().violations.is_empty());
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_batch_settles_once_balanced_only_on_equal_totals_and_is_closed_after() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    let sale = lane.run("consume", consume(NOPIN, 250, None, "S1"), None).await;
+    approved(&sale);
+    let sale2 = lane.run("consume", consume(NOPIN, 50, None, "S2"), None).await;
+    approved(&sale2);
+    let b1_totals = lane.totals.clone();
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000002");
+    approved(&lane.run("consume", consume(NOPIN, 100, None, "S3"), None).await);
+    let b2_totals = lane.totals.clone();
+    assert_eq!(sim.unsettled_batches_with_applied().len(), 2);
+
+    // Settle the older batch while 000002 is current: balanced.
+    lane.batch = "000001".into();
+    lane.totals = b1_totals.clone();
+    let s = lane.try_settle().await.unwrap();
+    assert!(s.balanced, "{:?}", s.reply);
+    // The same settlement again (as when its answer was lost) gets the first answer again; other
+    // totals for the settled batch are refused (94) and change nothing.
+    let again = lane.try_settle().await.unwrap();
+    assert!(again.balanced, "{:?}", again.reply);
+    let n = sim.state_snapshot().settlements.len();
+    lane.totals.clear();
+    let e = lane.try_settle().await.unwrap_err();
+    assert!(e.stage == Stage::Rejected && e.detail.contains("94"), "{e}");
+    assert_eq!(sim.state_snapshot().settlements.len(), n);
+    lane.totals = b1_totals.clone();
+    // Its transactions and reversals are refused now: 77 for new work (not the current batch), 22 for a
+    // reversal (a settled batch is final; recovery must not count it as done).
+    let d = lane.run("cancel", json!({}), Some(&sale.original)).await;
+    assert_eq!(stage(&d), Stage::SignOnFirst);
+    assert!(matches!(lane.reverse(&sale2, None).await.unwrap(), Recovered::Again(m) if m.starts_with("22")));
+    assert_eq!(balance(&sim, NOPIN), 20_000 - 400);
+    // The current batch was not touched by settling the older one.
+    lane.batch = "000002".into();
+    lane.totals = b2_totals.clone();
+    approved(&lane.run("consume", consume(NOPIN, 1, None, "S4"), None).await);
+    // Totals that differ by a fen: ns (and the lines are uploaded).
+    *lane.totals.get_mut("pointDebitAmount").unwrap() -= 1;
+    let s = lane.try_settle().await.unwrap();
+    assert!(!s.balanced && s.uploaded);
+    // Settling the current batch closes it: sign on first.
+    assert_eq!(stage(&lane.run("consume", consume(NOPIN, 1, None, "S5"), None).await), Stage::SignOnFirst);
+    // A batch this terminal never opened: 25.
+    lane.batch = "000042".into();
+    let e = lane.try_settle().await.unwrap_err();
+    assert!(e.detail.contains("25"), "{e}");
+
+    // The ledger says all of it.
+    let l = sim.ledger();
+    let t = &l.terminals[TERM];
+    assert_eq!(t.checkins, 2);
+    let (b1, b2) = (&t.batches["000001"], &t.batches["000002"]);
+    assert_eq!(b1.records.iter().map(|r| (r.trace.as_str(), r.op.as_str(), r.amount_fen, r.reversed)).collect::<Vec<_>>(), [
+        (sale.original.trace.as_str(), "consume", 250, false),
+        (sale2.original.trace.as_str(), "consume", 50, false)
+    ]);
+    assert!(b1.settled && b1.balanced == Some(true) && b1.settle_flag.as_deref() == Some("ss") && b1.settlements_refused == 1);
+    let nz = |m: &BTreeMap<String, i64>| m.iter().filter(|(_, v)| **v != 0).map(|(k, v)| (k.clone(), *v)).collect::<BTreeMap<_, _>>();
+    assert_eq!(b1.claimed.as_ref(), Some(&nz(&b1_totals)));
+    assert_eq!(b1.applied, nz(&b1_totals));
+    assert_eq!(b1.applied["pointDebitAmount"], 300);
+    assert!(b2.settled && b2.balanced == Some(false) && b2.settle_flag.as_deref() == Some("ns"));
+    assert_eq!(b2.applied["pointDebitAmount"], 101);
+    assert_eq!(b2.claimed.as_ref().unwrap()["pointDebitAmount"], 100);
+    assert_eq!(l.unbalanced_settlements(), [(TERM.to_string(), "000002".to_string())]);
+    assert!(l.unsettled_batches_with_applied().is_empty());
+    assert_eq!(l.applied_sales().iter().map(|(_, b, r)| (b.as_str(), r.amount_fen)).collect::<Vec<_>>(), [("000001", 250), ("000001", 50), ("000002", 100), ("000002", 1)]);
+    assert_eq!(sim.applied_sales().len(), 4);
+    // The reversal after settlement is the one violation.
+    assert_eq!(sim.state_snapshot().violations.len(), 1, "{:?}", sim.state_snapshot().violations);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_of_every_kind_are_still_applied() {
+    let (sim, mut lane, stop) = start().await;
+    // Every answer lost, check-in included: the check-in opened 000001 all the same.
+    sim.set_random_drops(1000, 42);
+    lane.journal += 1;
+    assert_eq!(lane.b.sign_on(&lane.id, lane.journal, "").await.unwrap_err().stage, Stage::Unknown);
+    assert_eq!(sim.ledger().terminals[TERM].checkins, 1);
+    sim.set_random_drops(0, 0);
+    lane.sign_on().await;
+    assert_eq!(lane.batch, "000002");
+
+    sim.set_random_drops(1000, 43);
+    let q = lane.run("card-query", json!({"cardNo": NOPIN}), None).await;
+    assert_eq!(stage(&q), Stage::Unknown);
+    let sale = lane.run("consume", consume(NOPIN, 300, None, "D1"), None).await;
+    assert_eq!(stage(&sale), Stage::Unknown);
+    assert_eq!(balance(&sim, NOPIN), 19_700);
+    // The reversal's answer is lost too; it undid the sale.
+    assert_eq!(lane.reverse(&sale, None).await.unwrap_err().stage, Stage::Unknown);
+    assert_eq!(balance(&sim, NOPIN), 20_000);
+    let sale2 = lane.run("consume", consume(NOPIN, 500, None, "D2"), None).await;
+    assert_eq!(stage(&sale2), Stage::Unknown);
+    // The settlement (with the host's totals: one 5.00 debit) is applied and its answer lost.
+    lane.totals = [("pointDebitCount", 1), ("pointDebitAmount", 500), ("totalTransCount", 1)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(lane.try_settle().await.unwrap_err().stage, Stage::Unknown);
+    sim.set_random_drops(0, 0);
+
+    let b2 = batch_ledger(&sim, "000002");
+    assert_eq!(b2.records.iter().map(|r| (r.amount_fen, r.reversed)).collect::<Vec<_>>(), [(300, true), (500, false)]);
+    assert!(b2.settled && b2.balanced == Some(true));
+    // The resend of the settlement gets the first answer again: settled, balanced.
+    let again = lane.try_settle().await.unwrap();
+    assert!(again.balanced, "{:?}", again.reply);
+    assert_eq!(sim.applied_sales().iter().map(|s| s.amount_fen).collect::<Vec<_>>(), [500]);
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_maps_77_99_a0_to_sign_on_first_and_a_reversal_answered_77_is_again() {
+    let (sim, mut lane, stop) = start().await;
+    lane.sign_on().await;
+    for code in ["77", "99", "A0"] {
+        sim.push_refusal_on("jpos/trans/consume", code);
+        let d = lane.run("consume", consume(NOPIN, 100, None, "M1"), None).await;
+        let e = d.reply.as_ref().unwrap_err();
+        assert!(e.stage == Stage::SignOnFirst && e.detail.starts_with(code), "{code}: {e}");
+    }
+    // Other refusals stay declines.
+    sim.push_refusal_on("jpos/trans/consume", "51");
+    assert_eq!(code(&lane.run("consume", consume(NOPIN, 100, None, "M2"), None).await), "51");
+    assert_eq!(balance(&sim, NOPIN), 20_000);
+    // A reversal answered 77 is not done: Again, and the sale stays charged until a later attempt.
+    sim.push_fault(Fault::DropAfterCommit);
+    let lost = lane.run("consume", consume(NOPIN, 700, None, "M3"), None).await;
+    assert_eq!(stage(&lost), Stage::Unknown);
+    sim.push_refusal_on("jpos/trans/consumeReversal", "77");
+    assert!(matches!(lane.reverse(&lost, None).await.unwrap(), Recovered::Again(m) if m.starts_with("77")));
+    assert_eq!(balance(&sim, NOPIN), 19_300);
+    assert!(matches!(lane.reverse(&lost, None).await.unwrap(), Recovered::Reversed { code, .. } if code == "00"));
+    assert_eq!(balance(&sim, NOPIN), 20_000);
     let _ = stop.send(());
 }

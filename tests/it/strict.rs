@@ -1,0 +1,215 @@
+//! The engine against a strict host: single-flight sign-on, healing "sign on first", reversal first.
+use std::time::Duration;
+
+use posgate::sim::faults::Fault;
+use serde_json::{json, Value};
+
+use crate::support::{wait_recovered, World};
+
+const CARD: &str = "6222020000000000008";
+
+fn consume(fen: i64, reference: &str) -> Value {
+    json!({"cardNo": CARD, "consumeType": "01", "pointAmount": fen, "cashAmount": 0, "registerTraceNo": reference})
+}
+
+fn checkins(records: &Value) -> usize {
+    records["records"].as_array().map(|a| a.iter().filter(|r| r["operation"] == "checkin").count()).unwrap_or(0)
+}
+
+/// Regression: 8 lanes sending their first consume at once produced 8 check-ins; each moved the host to
+/// a new batch, 2 sales were declined with 77 and 6 batches were abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_first_consumes_share_one_checkin_and_one_batch() {
+    let world = World::new("signon-storm").await;
+    let d = world.start(&[]).await;
+    let mut lanes = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let c = d.client.clone();
+        lanes.spawn(async move { c.post("/v1/profiles/loyalty/consume", consume(100 + i, &format!("L{i}")), Some(&format!("storm-{i}"))).await.expect("consume") });
+    }
+    let mut batches = std::collections::BTreeSet::new();
+    while let Some(r) = lanes.join_next().await {
+        let (s, v) = r.expect("lane");
+        assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+        batches.insert(v["batch"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(batches.len(), 1, "every sale in one batch: {batches:?}");
+    let (_, j) = d.client.get("/v1/journal").await.expect("journal");
+    assert_eq!(checkins(&j), 1, "exactly one check-in: {j}");
+    let snap = world.sim.state_snapshot();
+    assert_eq!(snap.batches.get("10000001").map(String::as_str), batches.iter().next().map(String::as_str), "the host is on the daemon's batch");
+    assert_eq!(snap.transactions.iter().filter(|t| t.op == "consume" && !t.reversed).count(), 8);
+    d.stop().await;
+}
+
+/// Regression: a check-in the host committed but whose answer was lost left the daemon on its old batch,
+/// and every later sale was declined with 77 until a person checked in by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_checkin_answer_heals_itself_and_no_sale_is_declined_with_77() {
+    let world = World::new("lost-checkin").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(300, "A1"), Some("lc-1")).await.expect("first");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    let first_batch = v["batch"].as_str().unwrap_or_default().to_string();
+    // The host moves to a new batch, but its answer never arrives.
+    world.sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
+    let (s, v) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_ne!(s, 200, "the check-in answer was lost: {v}");
+    for i in 0..5 {
+        let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(200 + i, &format!("B{i}")), Some(&format!("lc-b{i}"))).await.expect("consume");
+        assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "sale {i} after the lost check-in: {v}");
+        assert_ne!(v["code"], "77", "{v}");
+    }
+    let snap = world.sim.state_snapshot();
+    let applied = snap.transactions.iter().filter(|t| t.op == "consume" && !t.reversed).count();
+    assert_eq!(applied, 6, "host-applied sales equal the sales told approved");
+    // The first batch held an approved sale: it was settled before a new one was opened.
+    assert!(snap.settlements.iter().any(|st| st.batch == first_batch), "batch {first_batch} settled: {:?}", snap.settlements);
+    d.stop().await;
+}
+
+/// The host answers 77 to a sale (it moved to another batch by itself): the daemon signs on once and the
+/// same POS request is resent in the new batch with a fresh trace, answered approved; a retry with the
+/// same Idempotency-Key finds the resend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_refused_until_sign_on_is_resent_in_the_new_batch_inside_the_same_request() {
+    let world = World::new("heal-77").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(100, "H0"), Some("h-0")).await.expect("first");
+    assert_eq!(v["status"], "approved", "{v}");
+    let first_batch = v["batch"].as_str().unwrap_or_default().to_string();
+    // The host moves the terminal to another batch by itself; the daemon still thinks it is open.
+    world.sim.move_to_new_batch("10000001");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(250, "H1"), Some("h-1")).await.expect("sale");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    assert_ne!(v["batch"].as_str(), Some(first_batch.as_str()), "resent in a new batch: {v}");
+    assert_eq!(world.sim.declined_77(), 1, "the host refused the first send once");
+    // The refused send is journaled, failed, pointing at its resend.
+    let (_, j) = c.get("/v1/journal").await.expect("journal");
+    let refused: Vec<&Value> = j["records"].as_array().map(|a| a.iter().filter(|r| r["superseded_by"] == v["id"]).collect()).unwrap_or_default();
+    assert_eq!(refused.len(), 1, "{j}");
+    assert_eq!(refused[0]["status"], "failed", "{j}");
+    // The batch the first sale was in was settled before the new one opened.
+    assert!(world.sim.state_snapshot().settlements.iter().any(|st| st.batch == first_batch));
+    let (s2, again) = c.post("/v1/profiles/loyalty/consume", consume(250, "H1"), Some("h-1")).await.expect("retry");
+    assert_eq!((s2, &again["id"]), (200, &v["id"]), "the retry answers from the resend: {again}");
+    let snap = world.sim.state_snapshot();
+    assert_eq!(snap.transactions.iter().filter(|t| t.op == "consume" && t.amount_fen == 250 && !t.reversed).count(), 1, "charged once");
+    d.stop().await;
+}
+
+/// A new sale on a terminal that owes a reversal waits while the reversal goes out, then goes ahead
+/// (as a bank terminal does) instead of bouncing the cashier with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_waits_for_the_owed_reversal_then_goes_ahead() {
+    let world = World::with_profile_extra("reversal-first", "").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (_, v) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!(v["status"], "approved", "{v}");
+    // The sale's answer is lost and its immediate reversal too: the reversal is owed.
+    world.sim.push_fault(Fault::DropAfterCommit);
+    world.sim.push_fault(Fault::Reset);
+    let (_, first) = c.post("/v1/profiles/loyalty/consume", consume(410, "R1"), Some("r-1")).await.expect("first");
+    assert_ne!(first["status"], "approved", "{first}");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(420, "R2"), Some("r-2")).await.expect("second");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "the second sale went ahead after the reversal: {v}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    let snap = world.sim.state_snapshot();
+    let live: Vec<i64> = snap.transactions.iter().filter(|t| t.op == "consume" && !t.reversed).map(|t| t.amount_fen).collect();
+    assert_eq!(live, vec![420], "the first sale was reversed before the second was sent");
+    d.stop().await;
+}
+
+/// While the host keeps the reversal from completing, a new sale waits its budget, then gets 409 with
+/// `Retry-After` and the owed record's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_that_cannot_complete_gives_409_with_retry_after_and_the_owed_id() {
+    let world = World::with_profile_extra("reversal-409", "").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    world.sim.push_fault(Fault::DropAfterCommit);
+    for _ in 0..30 {
+        world.sim.push_fault(Fault::Http500);
+    }
+    let (_, first) = c.post("/v1/profiles/loyalty/consume", consume(510, "Q1"), Some("q-1")).await.expect("first");
+    let owed_id = first["id"].as_u64().expect("id");
+    let r = c
+        .request(
+            hyper::Method::POST,
+            "/v1/profiles/loyalty/consume",
+            &[("content-type", "application/json"), ("idempotency-key", "q-2")],
+            bytes::Bytes::from(consume(520, "Q2").to_string()),
+        )
+        .await
+        .expect("second");
+    let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    assert_eq!(r.status, 409, "{body}");
+    assert_eq!(body["oldest"].as_u64(), Some(owed_id), "{body}");
+    assert!(r.headers.get("retry-after").is_some(), "Retry-After: {:?}", r.headers);
+    world.sim.clear_faults();
+    // Parked meanwhile (the host failed it many times): a person re-queues it.
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    if st["profiles"][0]["needs_attention"].as_u64().unwrap_or(0) > 0 {
+        let (s, v) = c.post(&format!("/v1/reversals/{owed_id}/retry"), json!({}), None).await.expect("retry");
+        assert_eq!(s, 200, "{v}");
+    }
+    wait_recovered(c, Duration::from_secs(30)).await;
+    let snap = world.sim.state_snapshot();
+    assert!(snap.transactions.iter().all(|t| t.amount_fen != 520), "the refused sale never reached the host");
+    d.stop().await;
+}
+
+/// Regression (the daemon hung 4 s into a slow-host run): two recovery attempts on one record met and
+/// the claim deadlocked, after which `GET /v1/status` never answered and SIGTERM was ignored. With the
+/// host slower than the timeout and 4 lanes, the local API keeps answering throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_a_slow_host_the_local_api_keeps_answering_status() {
+    let world = World::new("watchdog").await;
+    let d = world.start(&[]).await;
+    let c = d.client.clone();
+    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    // Every financial request and reversal is answered after the client's 2 s timeout for a while.
+    for _ in 0..24 {
+        world.sim.push_fault(Fault::Delay(Duration::from_millis(2300)));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..4 {
+        let (c, stop) = (c.clone(), stop.clone());
+        lanes.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = c.post("/v1/profiles/loyalty/consume", consume(100 + lane, &format!("W{lane}-{n}")), Some(&format!("w-{lane}-{n}"))).await;
+                n += 1;
+            }
+        });
+    }
+    let mut worst = Duration::ZERO;
+    let mut took = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < end {
+        let t0 = tokio::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get("/v1/status")).await;
+        let dt = t0.elapsed();
+        assert!(matches!(r, Ok(Ok((200, _)))), "GET /v1/status did not answer within 5 s: {r:?}");
+        worst = worst.max(dt);
+        took.push(dt);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    world.sim.clear_faults();
+    while lanes.join_next().await.is_some() {}
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!("status latency under a slow host: {} probes, median {median:?}, worst {worst:?}", took.len());
+    // A hang is seconds; the figures are printed. Only a generous bound is asserted (noisy machines).
+    assert!(median < Duration::from_millis(100), "median status latency {median:?}");
+    assert!(worst < Duration::from_secs(1), "worst status latency {worst:?}");
+    wait_recovered(&c, Duration::from_secs(60)).await;
+    // SIGTERM is obeyed.
+    d.stop().await;
+}
