@@ -252,6 +252,8 @@ pub struct LotterySim {
     faults: FaultPlan,
     /// (per mille of redeems, delay, rng): answers slower than a client's timeout, at random.
     slow: Mutex<Option<(u32, std::time::Duration, rand::rngs::StdRng)>>,
+    /// Faults for the redeems of one bar code, in order.
+    ticket_faults: Mutex<Vec<(String, Fault)>>,
 }
 
 /// The production batch (生产批次) of every simulated ticket.
@@ -321,7 +323,7 @@ impl LotterySim {
             }
             st.balances.insert(s.id.clone(), 1_000_000);
         }
-        LotterySim { cfg, tickets, state: Mutex::new(st), faults: FaultPlan::default(), slow: Mutex::new(None) }
+        LotterySim { cfg, tickets, state: Mutex::new(st), faults: FaultPlan::default(), slow: Mutex::new(None), ticket_faults: Mutex::new(Vec::new()) }
     }
 
     pub fn demo() -> Self {
@@ -351,6 +353,10 @@ impl LotterySim {
     pub fn clear_faults(&self) {
         self.faults.clear();
         self.set_slow_redeems(0, std::time::Duration::ZERO, 0);
+    }
+    /// Queue a fault for the next redeem of one bar code only (other tickets are not touched).
+    pub fn push_fault_for_ticket(&self, bar_code: &str, fault: Fault) {
+        self.ticket_faults.lock().unwrap_or_else(|p| p.into_inner()).push((bar_code.to_string(), fault));
     }
     /// Delay `per_mille` of redeems by `delay` (still applying them), reproducibly from `seed`; 0 turns it off.
     pub fn set_slow_redeems(&self, per_mille: u32, delay: std::time::Duration, seed: u64) {
@@ -489,7 +495,14 @@ impl LotterySim {
             st.max_in_flight = st.max_in_flight.max(st.in_flight);
         }
         let _busy = Busy { sim: self, station: station.clone() };
-        let fault = self.faults.take(&path, path == wire::REDEEM_PATH);
+        let for_ticket = (path == wire::REDEEM_PATH)
+            .then(|| {
+                let bar = text(&params, "barCode");
+                let mut q = self.ticket_faults.lock().unwrap_or_else(|p| p.into_inner());
+                q.iter().position(|(b, _)| *b == bar).map(|i| q.remove(i).1)
+            })
+            .flatten();
+        let fault = for_ticket.or_else(|| self.faults.take(&path, path == wire::REDEEM_PATH));
         let slow = if path == wire::REDEEM_PATH && fault.is_none() { self.slow_draw() } else { None };
         match (fault, slow) {
             (Some(Fault::Delay(d)), _) | (None, Some(d)) => tokio::time::sleep(d).await,
