@@ -89,8 +89,11 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
-    /// List journal records, or show one by id.
+    /// List journal records, or show one by id; `journal verify` checks a journal offline.
+    #[command(args_conflicts_with_subcommands = true)]
     Journal {
+        #[command(subcommand)]
+        action: Option<JournalAction>,
         id: Option<u64>,
         #[arg(long)]
         profile: Option<String>,
@@ -134,6 +137,22 @@ pub enum Command {
     /// Print shell completions, generated from these definitions.
     Completions {
         shell: clap_complete::Shell,
+    },
+}
+
+/// `posgate journal <action>`: work on the journal files themselves, without the daemon.
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Check a journal offline (never writes to it): its high-water mark, that every record decodes,
+    /// that the indexes point at existing records, that batch totals equal the sums of their approved
+    /// records, and that the data key opens the sealed fields. Exits non-zero on a problem.
+    Verify {
+        /// The data directory (holding `journal/`, `journal.hwm`, `journal.key`).
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        /// Or the daemon config whose `data_dir` to check.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 

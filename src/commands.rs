@@ -2,7 +2,7 @@
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use posgate::cli::{Cli, Command, Connect, DemoArgs};
+use posgate::cli::{Cli, Command, Connect, DemoArgs, JournalAction};
 use posgate::client::{exit, ApiClient, ClientError};
 use posgate::config::DaemonConfig;
 
@@ -106,7 +106,21 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Journal { id, profile, batch, status, date, limit, connect } => {
+        Command::Journal { action: Some(JournalAction::Verify { data_dir, config }), .. } => {
+            let data_dir = match (data_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => DaemonConfig::load(&c)?.data_dir,
+                (None, None) => bail!("give --data-dir DIR or --config FILE"),
+            };
+            println!("verifying the journal in {}", data_dir.display());
+            let report = posgate::journal::verify::verify(&data_dir, None);
+            print!("{}", report.render());
+            if !report.ok() {
+                bail!("the journal in {} has problems", data_dir.display());
+            }
+            Ok(())
+        }
+        Command::Journal { action: None, id, profile, batch, status, date, limit, connect } => {
             let c = client(&connect)?;
             let (s, v) = match id {
                 Some(id) => c.get(&format!("/v1/journal/{id}")).await?,

@@ -301,8 +301,16 @@ impl Engine {
     /// Open the journal, build every profile's backend, turn records left pending by a crash into
     /// recovery entries, and start the recovery workers.
     pub async fn open(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Result<Arc<Engine>, EngineError> {
-        let journal: Arc<dyn JournalStore> = SledJournal::open(&cfg.data_dir.join("journal")).map_err(jerr)?;
-        let sealer = Sealer::open(&cfg.data_dir.join("journal.key"))?;
+        // Refuses a journal behind its high-water mark (lost records would reuse trace numbers and keys).
+        let journal = SledJournal::open(&cfg.data_dir.join("journal")).map_err(jerr)?;
+        let key_path = cfg.data_dir.join("journal.key");
+        // A key is made only for a journal with nothing sealed under an earlier one.
+        let may_create_key = !key_path.exists() && !journal.has_sealed_records().map_err(jerr)?;
+        if may_create_key && journal.mark_now().map_err(jerr)?.last_id > 0 {
+            tracing::warn!(key = %key_path.display(), "no journal data key; the journal holds no sealed fields, so a new key is made");
+        }
+        let sealer = Sealer::open(&key_path, may_create_key)?;
+        let journal: Arc<dyn JournalStore> = journal;
         let mut lanes = BTreeMap::new();
         for p in cfg.profiles {
             let http = HttpsClient::new(&HttpOptions::for_profile(&p))

@@ -26,12 +26,20 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// Load the data key from `path`, creating it (0600) on first start.
-    pub fn open(path: &Path) -> Result<Sealer, EngineError> {
+    /// Load the data key from `path`. A missing key is made (0600) only when `may_create` says the
+    /// journal has nothing sealed under an earlier key (a new data directory): a new key never opens
+    /// the old sealed fields, so making one silently would only hide that recovery cannot replay them.
+    pub fn open(path: &Path, may_create: bool) -> Result<Sealer, EngineError> {
         let err = |e: std::io::Error| EngineError::Journal(format!("{}: {e}", path.display()));
         let key = match std::fs::read(path) {
             Ok(k) if k.len() == 32 => k,
             Ok(k) => return Err(EngineError::Journal(format!("{}: data key is {} bytes, want 32", path.display(), k.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => {
+                return Err(EngineError::Journal(format!(
+                    "the journal data key {} is missing, but the journal holds fields sealed with it (card numbers recovery must replay). posgate does not make a new key for a used journal: it would never open them. Restore journal.key from the backup made with this journal (same data directory), then start again",
+                    path.display()
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut k = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut k);
@@ -40,6 +48,10 @@ impl Sealer {
                 let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
                 f.write_all(&k).map_err(err)?;
                 f.sync_all().map_err(err)?;
+                // The folder too, so the key's name survives a power cut along with the records it seals.
+                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+                }
                 k
             }
             Err(e) => return Err(err(e)),
@@ -130,7 +142,7 @@ mod tests {
     #[test]
     fn fingerprints_tell_bodies_apart_not_key_order() {
         let dir = tempfile::tempdir().expect("tmp");
-        let s = Sealer::open(&dir.path().join("k")).expect("sealer");
+        let s = Sealer::open(&dir.path().join("k"), true).expect("sealer");
         let a = s.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}})));
         let b = s.fingerprint("consume", &obj(json!({"x": {"a": [2, {"c": 2, "d": 1}], "b": 1}, "cardNo": "6222021234567890123", "pointAmount": 11})));
         assert_eq!(a, b);
@@ -138,10 +150,30 @@ mod tests {
         assert_ne!(a, s.fingerprint("consume", &obj(json!({"pointAmount": 15, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
         assert_ne!(a, s.fingerprint("refund", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
         // Keyed: another journal's data key gives another fingerprint for the same request.
-        let other = Sealer::open(&dir.path().join("k2")).expect("sealer");
+        let other = Sealer::open(&dir.path().join("k2"), true).expect("sealer");
         assert_ne!(a, other.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
         // The same key after a restart gives the same fingerprint.
-        let again = Sealer::open(&dir.path().join("k")).expect("sealer");
+        let again = Sealer::open(&dir.path().join("k"), true).expect("sealer");
         assert_eq!(a, again.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+    }
+
+    /// `Sealer::open` used to make a new key whenever the file was missing, so a deleted key went
+    /// unnoticed until recovery failed to open a sealed card number.
+    #[test]
+    fn a_missing_key_is_made_only_when_allowed() {
+        let d = std::env::temp_dir().join(format!("posgate-seal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("journal.key");
+        let e = Sealer::open(&path, false).unwrap_err().to_string();
+        assert!(e.contains("journal.key is missing") && e.contains("Restore"), "{e}");
+        assert!(!path.exists());
+        let s = Sealer::open(&path, true).unwrap();
+        let mut m = Map::new();
+        m.insert("cardNo".into(), Value::String("6222020000000000008".into()));
+        let sealed = s.seal(&m).unwrap();
+        // An existing key is loaded whatever `may_create` says, and opens what it sealed.
+        assert_eq!(Sealer::open(&path, false).unwrap().unseal(sealed.as_deref()).unwrap(), m);
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

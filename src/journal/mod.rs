@@ -3,7 +3,9 @@
 //! Durability is the point of this module. sled's `flush()` only issues `sync_file_range` (sled
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
+pub mod mark;
 mod sled_store;
+pub mod verify;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,15 @@ pub enum JournalError {
     Sync(String),
     #[error("journal record {0} is corrupt: {1}")]
     Corrupt(String, String),
+    #[error("journal high-water mark: {0}")]
+    Mark(String),
+    #[error("the journal's high-water mark {0} is corrupt ({1}); posgate cannot tell whether the journal lost records, so it does not start. Restore journal.hwm together with journal/ from the same backup, or check the journal with `posgate journal verify`")]
+    MarkCorrupt(String, String),
+    /// The journal holds less than its high-water mark says was made durable.
+    #[error("{0}")]
+    Behind(String),
+    #[error("batch total {key:?} of profile {profile:?} batch {batch:?} would overflow: {current} + {delta}")]
+    Overflow { profile: String, batch: String, key: String, current: i64, delta: i64 },
 }
 
 /// A terminal's durable counters and session.
@@ -42,6 +53,13 @@ pub struct ProfileState {
     /// opened: shown in status until `posgate settle PROFILE --batch N` settles them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsettled: Vec<String>,
+    /// How many times this state was written; kept by the journal (a caller's value is ignored), so
+    /// the high-water mark can tell an older state from a newer one whatever the counters wrapped to.
+    #[serde(default)]
+    pub seq: u64,
+    /// Idempotency keys this profile has used; kept by the journal.
+    #[serde(default)]
+    pub idem_keys: u64,
 }
 
 /// Next trace number: 000001..999999, wrapping to 000001.
@@ -117,10 +135,118 @@ mod tests {
         r
     }
 
+    /// `<scratch>/journal`, so the mark (`<scratch>/journal.hwm`) goes away with `cleanup`.
     fn dir(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("posgate-journal-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        d
+        d.join("journal")
+    }
+
+    fn cleanup(d: &std::path::Path) {
+        let _ = std::fs::remove_dir_all(d.parent().unwrap_or(d));
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// `n` approved consumes with keys `{tag}0..`, synced.
+    async fn consumes(j: &SledJournal, tag: &str, n: usize) {
+        for i in 0..n {
+            let key = format!("{tag}{i}");
+            let Begun::Created(mut r) = j.begin(NewRecord { record: rec("p", "000001", Some(&key)), allocate_trace: true }).unwrap() else { panic!("key reused") };
+            r.status = Status::Approved;
+            let change = Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), 100)], records: vec![r], ..Default::default() };
+            j.commit(change).unwrap();
+            j.sync().await.unwrap();
+        }
+    }
+
+    /// The review's case: the journal rolled back to an earlier state (here a copy taken after 2 of
+    /// 5 consumes) used to open with fewer records and an older trace counter, and hand trace 000003
+    /// out again. Now it is refused, naming the numbers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_behind_its_mark_is_refused() {
+        let d = dir("behind");
+        let old = d.with_file_name("old");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            consumes(&j, "a", 2).await;
+            copy_dir(&d, &old);
+            consumes(&j, "b", 3).await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::rename(&old, &d).unwrap();
+        let e = SledJournal::open(&d).err().expect("a journal behind its mark must not open");
+        let msg = e.to_string();
+        assert!(matches!(e, JournalError::Behind(_)), "{msg}");
+        assert!(msg.contains("high-water mark") && msg.contains("journal.hwm"), "{msg}");
+        assert!(msg.contains("trace 000002 < 000005"), "{msg}");
+        assert!(msg.contains("2 idempotency keys < 5"), "{msg}");
+        assert!(msg.contains("posgate journal verify"), "{msg}");
+        cleanup(&d);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_journal_with_a_mark_is_refused_and_a_new_one_starts() {
+        let d = dir("missing");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            consumes(&j, "a", 1).await;
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+        let msg = SledJournal::open(&d).err().expect("missing journal").to_string();
+        assert!(msg.contains("is missing") && msg.contains("journal.hwm") && msg.contains("trace 000001"), "{msg}");
+        assert!(!d.exists(), "the refusal must not create an empty journal");
+        // A new data dir (no mark, no journal) starts, and keeps a mark from then on.
+        cleanup(&d);
+        let j = SledJournal::open(&d).unwrap();
+        assert!(mark::mark_path(&d).exists());
+        drop(j);
+        cleanup(&d);
+    }
+
+    /// The mark follows the group commits: after a sync it holds exactly the journal's counters.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_mark_follows_each_group_commit() {
+        let d = dir("follows");
+        let j = SledJournal::open(&d).unwrap();
+        consumes(&j, "a", 3).await;
+        // The mark is written right after its group's writers are released: one more (empty) group
+        // commit runs after it on the same thread.
+        j.sync().await.unwrap();
+        let m = mark::read(&mark::mark_path(&d)).unwrap().unwrap().mark;
+        assert_eq!(m, j.mark_now().unwrap());
+        assert_eq!(m.profiles["p"].last_trace, 3);
+        assert_eq!(m.profiles["p"].idem_keys, 3);
+        assert!(m.last_id >= 3);
+        drop(j);
+        cleanup(&d);
+    }
+
+    /// Batch totals used to be added with `+=`: a debug build panicked, a release build wrapped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_total_overflow_is_an_error_not_a_wrap() {
+        let d = dir("overflow");
+        let j = SledJournal::open(&d).unwrap();
+        let t = |d: i64| Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), d)], ..Default::default() };
+        j.commit(t(i64::MAX - 1)).unwrap();
+        let e = j.commit(t(2)).unwrap_err();
+        assert!(matches!(e, JournalError::Overflow { .. }), "{e}");
+        assert!(e.to_string().contains("would overflow"), "{e}");
+        // Nothing of the failed change was applied.
+        assert_eq!(j.totals("p", "000001").unwrap().get("pointDebitAmount"), Some(&(i64::MAX - 1)));
+        j.commit(t(-5)).unwrap();
+        assert_eq!(j.totals("p", "000001").unwrap().get("pointDebitAmount"), Some(&(i64::MAX - 6)));
+        drop(j);
+        cleanup(&d);
     }
 
     #[test]
@@ -155,7 +281,8 @@ mod tests {
         assert_eq!(j.profile_state("p").unwrap().last_trace, 3);
         assert!(j.pending().unwrap().is_empty());
         assert_eq!(j.batch_records("p", "000001").unwrap().len(), 3);
-        let _ = std::fs::remove_dir_all(&d);
+        drop(j);
+        cleanup(&d);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +305,7 @@ mod tests {
         assert_eq!(j.pending().unwrap().len(), 64);
         let traces: std::collections::HashSet<String> = j.pending().unwrap().into_iter().map(|r| r.trace).collect();
         assert_eq!(traces.len(), 64, "trace numbers must be unique");
-        let _ = std::fs::remove_dir_all(&d);
+        drop(j);
+        cleanup(&d);
     }
 }

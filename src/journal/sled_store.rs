@@ -9,6 +9,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tokio::sync::watch;
 
+use super::mark::{self, Mark, ProfileMark};
 use super::{next_trace, Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
 use crate::engine::types::{JournalQuery, Record, Status};
 
@@ -57,6 +58,13 @@ fn profile_index_key(profile: &str, id: u64) -> Vec<u8> {
     k
 }
 
+pub(super) fn split_batch_key(k: &[u8]) -> (String, String) {
+    let mut parts = k.splitn(2, |&b| b == 0);
+    let profile = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let batch = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (profile, batch)
+}
+
 fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     let mut k = batch_key(profile, batch);
     k.push(0);
@@ -78,28 +86,85 @@ struct SyncState {
 }
 
 pub struct SledJournal {
-    db: sled::Db,
-    records: sled::Tree,
-    pending: sled::Tree,
-    recovery: sled::Tree,
-    batchidx: sled::Tree,
+    pub(super) db: sled::Db,
+    pub(super) records: sled::Tree,
+    pub(super) pending: sled::Tree,
+    pub(super) recovery: sled::Tree,
+    pub(super) batchidx: sled::Tree,
     /// profile \0 id → (): one profile's records in id (= creation) order.
-    profidx: sled::Tree,
-    totals: sled::Tree,
-    profiles: sled::Tree,
-    idem: sled::Tree,
+    pub(super) profidx: sled::Tree,
+    pub(super) totals: sled::Tree,
+    pub(super) profiles: sled::Tree,
+    pub(super) idem: sled::Tree,
     syncer: Arc<Syncer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl SledJournal {
-    /// Open (or create) the journal in `dir` and start its sync thread.
+    /// Open (or create) the journal in `dir`, check it against its high-water mark, and start its
+    /// sync thread. Refuses a journal behind its mark, a missing journal folder whose mark exists and
+    /// a corrupt mark: starting on any of them would reuse trace numbers and idempotency keys.
     pub fn open(dir: &Path) -> Result<Arc<SledJournal>, JournalError> {
+        let mark_at = mark::mark_path(dir);
+        let found = mark::read(&mark_at)?;
+        if let Some(w) = found.as_ref().and_then(|f| f.warning.as_ref()) {
+            tracing::warn!("journal high-water mark: {w}");
+        }
+        if let Some(f) = &found {
+            if !dir.join("db").exists() {
+                return Err(JournalError::Behind(format!(
+                    "the journal {} is missing (no {}), but its high-water mark {} says it held records up to id {}{}. posgate does not start a new, empty journal in a used data directory: it would restart trace numbers at 000001 and forget which Idempotency-Keys were already approved. Restore the journal folder (with journal.key) from a backup, then check it with `posgate journal verify --data-dir {}`",
+                    dir.display(),
+                    dir.join("db").display(),
+                    mark_at.display(),
+                    f.mark.last_id,
+                    describe_profiles(&f.mark),
+                    data_dir_of(dir).display()
+                )));
+            }
+        }
+        let mut j = Self::open_db(dir)?;
+        let mut now = snapshot(&j.records, &j.profiles)?;
+        let markfile = match found {
+            Some(f) => {
+                let behind = behind(&f.mark, &now);
+                if !behind.is_empty() {
+                    return Err(JournalError::Behind(format!(
+                        "the journal {} is behind its high-water mark {}: {}. Records that were committed and synced are gone (damaged or replaced journal files); starting would hand out trace numbers again and treat already approved Idempotency-Keys as new sales. Stop here: restore the journal folder (with journal.key) from a backup taken at or after the mark, check it with `posgate journal verify --data-dir {}`, and start again. Without such a backup, reconcile the lost transactions with the vendor before anything else",
+                        dir.display(),
+                        mark_at.display(),
+                        behind.join("; "),
+                        data_dir_of(dir).display()
+                    )));
+                }
+                let mut m = mark::MarkFile::open(&mark_at, &f)?;
+                m.update(&now)?;
+                m
+            }
+            None => {
+                if now.last_id > 0 || !now.profiles.is_empty() {
+                    // A journal from before the mark existed (or whose mark was removed by hand).
+                    tracing::warn!(journal = %dir.display(), mark = %mark_at.display(), last_id = now.last_id, "journal has no high-water mark; adopting it as it is and starting one");
+                    j.recount_idempotency_keys()?;
+                    j.db.flush().map_err(store_err)?;
+                    File::open(dir.join("db")).and_then(|f| f.sync_data()).map_err(|e| JournalError::Sync(e.to_string()))?;
+                    now = snapshot(&j.records, &j.profiles)?;
+                }
+                mark::MarkFile::create(&mark_at, &now)?
+            }
+        };
+        j.start_sync(dir, Some(markfile))?;
+        Ok(Arc::new(j))
+    }
+
+    /// Open the sled store alone: no mark check and no sync thread (for `journal verify`, which
+    /// reads a copy and never syncs).
+    pub(super) fn open_db(dir: &Path) -> Result<SledJournal, JournalError> {
         std::fs::create_dir_all(dir).map_err(store_err)?;
         // No background flusher: every commit is flushed and synced by the group-commit thread below.
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
-        let j = SledJournal {
+        Ok(SledJournal {
             records: tree("records")?,
             pending: tree("pending")?,
             recovery: tree("recovery")?,
@@ -116,23 +181,67 @@ impl SledJournal {
             }),
             db,
             thread: Mutex::new(None),
-        };
+        })
+    }
+
+    fn start_sync(&mut self, dir: &Path, mark: Option<mark::MarkFile>) -> Result<(), JournalError> {
         // The log file sled writes; fdatasync on our own handle syncs the same inode.
         let log = File::open(dir.join("db")).map_err(|e| JournalError::Store(format!("{}: {e}", dir.join("db").display())))?;
         // The folder itself, so the log file created at first start is durable too. sled 0.34 keeps
         // one log file in `Mode::LowSpace`, so later commits only need the log's fdatasync.
         let folder = File::open(dir).map_err(store_err)?;
         folder.sync_all().map_err(|e| JournalError::Sync(e.to_string()))?;
-        let db = j.db.clone();
-        let syncer = j.syncer.clone();
+        let db = self.db.clone();
+        let syncer = self.syncer.clone();
+        let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
         let handle = std::thread::Builder::new()
             .name("journal-sync".into())
-            .spawn(move || sync_loop(db, log, syncer))
+            .spawn(move || sync_loop(db, log, syncer, guard))
             .map_err(store_err)?;
-        if let Ok(mut t) = j.thread.lock() {
+        if let Ok(mut t) = self.thread.lock() {
             *t = Some(handle);
         }
-        Ok(Arc::new(j))
+        Ok(())
+    }
+
+    /// Set every profile's idempotency-key count from the `idem` tree (adopting a journal that
+    /// predates the count).
+    fn recount_idempotency_keys(&self) -> Result<(), JournalError> {
+        let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for kv in self.idem.iter() {
+            let (k, _) = kv.map_err(store_err)?;
+            let profile = k.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+            *counts.entry(profile).or_insert(0) += 1;
+        }
+        for (profile, n) in counts {
+            let mut st: ProfileState = match self.profiles.get(&profile).map_err(store_err)? {
+                Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(&profile)), e.to_string()))?,
+                None => ProfileState::default(),
+            };
+            if st.idem_keys != n {
+                st.idem_keys = n;
+                st.seq += 1;
+                self.profiles.insert(profile, serde_json::to_vec(&st).map_err(store_err)?).map_err(store_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when any record holds a sealed field (so the data key that sealed it must exist).
+    pub fn has_sealed_records(&self) -> Result<bool, JournalError> {
+        const NEEDLE: &[u8] = b"\"sealed\":";
+        for kv in self.records.iter() {
+            let (_, v) = kv.map_err(store_err)?;
+            if v.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// What the high-water mark would say about this journal now.
+    pub fn mark_now(&self) -> Result<Mark, JournalError> {
+        snapshot(&self.records, &self.profiles)
     }
 
     fn read_state(t: &TransactionalTree, profile: &str) -> TxResult<ProfileState> {
@@ -167,8 +276,17 @@ impl Drop for SledJournal {
     }
 }
 
-fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>) {
+/// The sync thread's view of the high-water mark: the trees it reads and the file it writes.
+struct Guard {
+    records: sled::Tree,
+    profiles: sled::Tree,
+    mark: mark::MarkFile,
+}
+
+fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, mut guard: Option<Guard>) {
     let mut synced = 0u64;
+    // A mark update that failed: the next group commit reports it (the disk is failing).
+    let mut mark_err: Option<String> = None;
     loop {
         let target = {
             let Ok(mut st) = s.state.lock() else { return };
@@ -183,13 +301,119 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>) {
             }
             st.requested
         };
-        let result = db
-            .flush()
-            .map_err(|e| format!("sled flush: {e}"))
-            .and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
+        // Read the mark's values before the flush: everything read here was committed, so the flush
+        // below makes it durable, and the mark written after it never runs ahead of the journal.
+        let snap = guard.as_ref().map(|g| snapshot(&g.records, &g.profiles));
+        let mut result = db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
+        if let (Ok(()), Some(e)) = (&result, mark_err.take()) {
+            result = Err(format!("the journal's high-water mark could not be written: {e}"));
+        }
+        let durable = result.is_ok();
         synced = target;
         s.count.fetch_add(1, Ordering::Relaxed);
         let _ = s.done.send((target, result.err()));
+        // The writers are released as soon as their records are durable; the mark's own write and
+        // fdatasync follow here, overlapping their next step (a backend call) instead of adding to it.
+        if let (true, Some(g), Some(snap)) = (durable, guard.as_mut(), snap) {
+            if let Err(e) = snap.and_then(|m| g.mark.update(&m)) {
+                tracing::error!("journal high-water mark: {e}");
+                mark_err = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The high-water mark's values as the trees hold them now.
+fn snapshot(records: &sled::Tree, profiles: &sled::Tree) -> Result<Mark, JournalError> {
+    let last_id = match records.last().map_err(store_err)? {
+        Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| JournalError::Corrupt(hex::encode(&k), "record key is not 8 bytes".into()))?),
+        None => 0,
+    };
+    let mut out = Mark { last_id, profiles: BTreeMap::new() };
+    for kv in profiles.iter() {
+        let (k, v) = kv.map_err(store_err)?;
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let st: ProfileState = serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {name}"), e.to_string()))?;
+        out.profiles.insert(
+            name,
+            ProfileMark { seq: st.seq, last_trace: st.last_trace, last_batch: st.last_batch, batch: st.batch, batch_open: st.batch_open, idem_keys: st.idem_keys },
+        );
+    }
+    Ok(out)
+}
+
+/// True when counter `now` is behind `mark` on the 000001..999999 cycle (a wrap is not "behind":
+/// the mark is at most one group commit older than the journal).
+fn counter_behind(now: u32, mark: u32) -> bool {
+    if mark == 0 || now == mark {
+        return false;
+    }
+    if now == 0 {
+        return true;
+    }
+    let ahead = (i64::from(now) - i64::from(mark)).rem_euclid(999_999);
+    ahead > 499_999
+}
+
+/// How `now` falls short of `mark`, one line per finding; empty when it does not.
+pub(super) fn behind(mark: &Mark, now: &Mark) -> Vec<String> {
+    let mut out = Vec::new();
+    if now.last_id < mark.last_id {
+        out.push(format!("last record id {} < {} in the mark", now.last_id, mark.last_id));
+    }
+    for (name, m) in &mark.profiles {
+        let Some(n) = now.profiles.get(name) else {
+            out.push(format!("profile {name}: no state at all (the mark has trace {:06}, batch {}, {} idempotency keys)", m.last_trace, m.batch.as_deref().unwrap_or("-"), m.idem_keys));
+            continue;
+        };
+        let mut p = Vec::new();
+        if n.seq < m.seq {
+            p.push(format!("state version {} < {}", n.seq, m.seq));
+        }
+        if counter_behind(n.last_trace, m.last_trace) {
+            p.push(format!("trace {:06} < {:06}", n.last_trace, m.last_trace));
+        }
+        if counter_behind(n.last_batch, m.last_batch) {
+            p.push(format!("batch counter {:06} < {:06}", n.last_batch, m.last_batch));
+        }
+        if n.idem_keys < m.idem_keys {
+            p.push(format!("{} idempotency keys < {}", n.idem_keys, m.idem_keys));
+        }
+        if n.seq < m.seq && (n.batch != m.batch || n.batch_open != m.batch_open) {
+            p.push(format!("batch {} ({}) where the mark has {} ({})", n.batch.as_deref().unwrap_or("-"), open_word(n.batch_open), m.batch.as_deref().unwrap_or("-"), open_word(m.batch_open)));
+        }
+        if n.seq == m.seq && n != m {
+            p.push("state differs from the mark at the same version".into());
+        }
+        if !p.is_empty() {
+            out.push(format!("profile {name}: {}", p.join(", ")));
+        }
+    }
+    out
+}
+
+fn open_word(open: bool) -> &'static str {
+    if open {
+        "open"
+    } else {
+        "settled"
+    }
+}
+
+fn describe_profiles(m: &Mark) -> String {
+    let p: Vec<String> = m.profiles.iter().map(|(n, p)| format!("{n}: trace {:06}, batch {}, {} idempotency keys", p.last_trace, p.batch.as_deref().unwrap_or("-"), p.idem_keys)).collect();
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", p.join("; "))
+    }
+}
+
+/// The data directory a journal folder sits in (for the messages).
+fn data_dir_of(dir: &Path) -> &Path {
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -215,10 +439,16 @@ impl JournalStore for SledJournal {
                 }
                 let mut rec = new.record.clone();
                 rec.id = id;
-                if new.allocate_trace {
+                if new.allocate_trace || idem_key.is_some() {
                     let mut st = Self::read_state(profiles, &rec.profile)?;
-                    st.last_trace = next_trace(st.last_trace);
-                    rec.trace = format!("{:06}", st.last_trace);
+                    if new.allocate_trace {
+                        st.last_trace = next_trace(st.last_trace);
+                        rec.trace = format!("{:06}", st.last_trace);
+                    }
+                    if idem_key.is_some() {
+                        st.idem_keys += 1;
+                    }
+                    st.seq += 1;
                     let bytes = serde_json::to_vec(&st).map_err(|e| abort(store_err(e)))?;
                     profiles.insert(rec.profile.as_bytes(), bytes)?;
                 }
@@ -265,15 +495,24 @@ impl JournalStore for SledJournal {
                         None => BTreeMap::new(),
                     };
                     for (k, d) in deltas {
-                        *map.entry(k.to_string()).or_insert(0) += d;
+                        // Checked: a total that wrapped would settle a wrong batch without a word.
+                        let total = map.entry(k.to_string()).or_insert(0);
+                        *total = total.checked_add(d).ok_or_else(|| {
+                            let (profile, batch) = split_batch_key(&bk);
+                            abort(JournalError::Overflow { profile, batch, key: k.to_string(), current: *total, delta: d })
+                        })?;
                     }
                     totals.insert(bk, serde_json::to_vec(&map).map_err(|e| abort(store_err(e)))?)?;
                 }
                 for (p, st) in &change.profile_states {
-                    // Never move the trace counter backwards: concurrent begins may have advanced it.
+                    // The trace counter, the key count and the version are the journal's own: concurrent
+                    // begins may have advanced them since the caller read the state (and a `max` would
+                    // move a counter that just wrapped to 000001 back to 999999).
                     let cur = Self::read_state(profiles, p)?;
                     let mut st = st.clone();
-                    st.last_trace = st.last_trace.max(cur.last_trace);
+                    st.last_trace = cur.last_trace;
+                    st.idem_keys = cur.idem_keys;
+                    st.seq = cur.seq + 1;
                     profiles.insert(p.as_bytes(), serde_json::to_vec(&st).map_err(|e| abort(store_err(e)))?)?;
                 }
                 Ok(())
@@ -386,5 +625,23 @@ impl JournalStore for SledJournal {
 
     fn syncs(&self) -> u64 {
         self.syncer.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_behind_their_mark_across_the_wrap() {
+        assert!(counter_behind(14, 22));
+        assert!(!counter_behind(22, 22));
+        assert!(!counter_behind(23, 22));
+        assert!(!counter_behind(0, 0));
+        assert!(counter_behind(0, 5));
+        // 999999 → 000001 is ahead, not behind; 000001 seen against a mark of 000003 is behind.
+        assert!(!counter_behind(1, 999_999));
+        assert!(counter_behind(999_999, 1));
+        assert!(counter_behind(1, 3));
     }
 }

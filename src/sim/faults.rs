@@ -19,6 +19,9 @@ pub enum Fault {
     Http500,
     /// Apply the request, then answer 200 with a body that is not JSON.
     Garbage,
+    /// Apply the request, then answer 200 with this JSON body instead of the real answer (a hostile
+    /// host: wrong types, undefined codes, another request's answer).
+    AnswerWith(&'static str),
 }
 
 struct Queued {

@@ -10,3 +10,4 @@ mod strict;
 mod soak;
 mod schemathesis;
 mod support;
+mod journal_guard;

@@ -213,3 +213,61 @@ async fn under_a_slow_host_the_local_api_keeps_answering_status() {
     // SIGTERM is obeyed.
     d.stop().await;
 }
+
+/// Regression (money lost): a consume answered with a `status` of the wrong type (`0`, `true`, a list, an
+/// object), a code the document does not define, or no status, was booked "declined" with no reversal
+/// owed while the host had applied it. Each now ends unknown and is reversed; the host's books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_answer_is_never_a_decline_it_is_reversed() {
+    let world = World::new("hostile").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    let hostile = [
+        r#"{"status":0,"message":"x"}"#,
+        r#"{"status":true}"#,
+        r#"{"status":["00"]}"#,
+        r#"{"status":{"code":"51"}}"#,
+        r#"{"status":"Q7","message":"?"}"#,
+        r#"{"message":"no status"}"#,
+        r#"{"status":"00","traceNo":"999999","serialNo":"1"}"#,
+        r#"{"status":"51","batchNo":"999999"}"#,
+    ];
+    for (i, body) in hostile.iter().enumerate() {
+        world.sim.push_fault(Fault::AnswerWith(body));
+        let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(600 + i as i64, &format!("X{i}")), Some(&format!("x-{i}"))).await.expect("consume");
+        assert_ne!(v["status"], "declined", "{body} was booked as a decline: {v}");
+        assert_ne!(v["status"], "approved", "{body} was believed: {v}");
+        wait_recovered(c, Duration::from_secs(20)).await;
+        let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(600 + i as i64, &format!("X{i}")), Some(&format!("x-{i}"))).await.expect("again");
+        assert_eq!(v["status"], "reversed", "{body}: {v}");
+    }
+    assert!(world.sim.applied_sales().is_empty(), "every hostile-answered sale was reversed at the host: {:?}", world.sim.applied_sales());
+    d.stop().await;
+}
+
+/// Regression: an answer naming another trace was taken as the reversal's (counted reversed while the
+/// host still held the consume) and as the settlement's (batch closed here, open at the host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_requests_answer_is_not_a_reversal_or_a_settlement() {
+    let world = World::new("other-answer").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let _ = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    // The consume's answer is lost; its reversal is answered with another trace's "reversed".
+    world.sim.push_fault(Fault::DropAfterCommit);
+    world.sim.push_fault(Fault::AnswerWith(r#"{"status":"00","traceNo":"999998"}"#));
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(700, "Y1"), Some("y-1")).await.expect("consume");
+    assert_ne!(v["status"], "reversed", "another trace's answer was taken for the reversal: {v}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    assert!(world.sim.applied_sales().is_empty(), "the consume was really reversed at the host");
+    // A sale, then a settlement answered for another batch: not settled here.
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(710, "Y2"), None).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    world.sim.push_fault_on("jpos/trans/settle", Fault::AnswerWith(r#"{"status":"00","settleFlag":"ss","batchNo":"999999"}"#));
+    let (_, s) = c.post("/v1/profiles/loyalty/settle", json!({}), None).await.expect("settle");
+    assert_ne!(s["status"], "approved", "another batch's answer was taken for the settlement: {s}");
+    wait_recovered(c, Duration::from_secs(20)).await;
+    assert!(world.sim.unsettled_batches_with_applied().is_empty(), "the settlement's resend settled the batch at the host");
+    d.stop().await;
+}

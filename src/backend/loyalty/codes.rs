@@ -72,6 +72,13 @@ pub static CODES: &[(&str, &str, &str)] = &[
     ("A0", "校验错, 请重新签到", "MAC check error, sign on again"),
 ];
 
+/// Whether the document's table (附 1) defines `code`. Only those are answers; any other code says
+/// nothing about the request (unknown, never a decline).
+pub fn defined(code: &str) -> bool {
+    let c = code.trim();
+    CODES.iter().any(|(k, _, _)| k.eq_ignore_ascii_case(c))
+}
+
 /// The vendor's text for codes the table does not know ("--未知返回码").
 pub const UNKNOWN_ZH: &str = "未知返回码";
 pub const UNKNOWN_EN: &str = "unknown response code";

@@ -241,6 +241,16 @@ fn convert_field(key: &str, raw: &RawValue) -> Value {
 
 /// Turn an HTTP answer into a [`Reply`], or the stage of failure: 5xx and garbage are Unknown, 4xx Rejected.
 pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
+    parse_reply_to(reply, &[])
+}
+
+/// The identifiers an answer may echo; each one it does echo must equal what was sent.
+const ECHOED: &[&str] = &["storeNo", "terminalNo", "traceNo", "batchNo"];
+
+/// [`parse_reply`] for a request whose form was `sent`: an answer naming another trace, batch,
+/// terminal or store is another request's answer (a stale one on a kept-alive connection, a host
+/// fault) and says nothing about this one: unknown, never approved or declined.
+pub fn parse_reply_to(reply: &HttpReply, sent: &[(&str, &str)]) -> Result<Reply, BackendError> {
     let body = String::from_utf8_lossy(&reply.body);
     if reply.status >= 500 {
         return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
@@ -253,11 +263,27 @@ pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
     }
     let raw: std::collections::BTreeMap<String, Box<RawValue>> =
         serde_json::from_str(&body).map_err(|e| err(Stage::Unknown, format!("answer is not JSON ({e}): {}", scrub(&body))))?;
+    for name in ECHOED {
+        let (Some(theirs), Some((_, ours))) = (raw.get(*name), sent.iter().find(|(k, _)| k == name)) else { continue };
+        let theirs = raw_text(theirs).unwrap_or_default();
+        if theirs != *ours {
+            tracing::warn!(field = name, "loyalty host fault: the answer names another request");
+            return Err(err(Stage::Unknown, format!("the answer names {name} {} but the request was {ours}: another request's answer", scrub(&theirs))));
+        }
+    }
     let mut fields = Map::new();
     let (mut code, mut message, mut reference, mut trans_time) = (None, None, None, None);
     for (k, v) in &raw {
         match k.as_str() {
-            "status" => code = raw_text(v),
+            "status" => {
+                // The document's type is a two-character code string: anything else (0, true, a list,
+                // an object) says nothing a decline could be booked on.
+                let text = v.get().trim();
+                if !text.starts_with('"') {
+                    return Err(err(Stage::Unknown, format!("the answer's `status` is {} , not a code string", scrub(text))));
+                }
+                code = raw_text(v);
+            }
             "message" => message = raw_text(v),
             // Key material stays out of the journal-bound fields; sign_on reads it separately.
             "workingKey" => {}
@@ -273,6 +299,9 @@ pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
         }
     }
     let code = code.filter(|c| !c.is_empty()).ok_or_else(|| err(Stage::Unknown, format!("answer has no `status`: {}", scrub(&body))))?;
+    if !codes::defined(&code) {
+        return Err(err(Stage::Unknown, format!("the answer's `status` {} is not a code the document defines", scrub(&code))));
+    }
     let (zh, en) = codes::lookup(&code);
     let verdict = if code == "00" { Verdict::Approved } else { Verdict::Declined };
     let message = message.filter(|s| !s.is_empty()).unwrap_or_else(|| zh.to_string());
@@ -414,7 +443,8 @@ impl LoyaltyBackend {
     async fn post_form(&self, url: &str, pairs: &[(&'static str, String)], journal_id: u64) -> Result<Reply, BackendError> {
         let body = wire::encode_form(pairs);
         let reply = self.http.post(url, FORM, Bytes::from(body), journal_id).await.map_err(net_error)?;
-        parse_reply(&reply)
+        let sent: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        parse_reply_to(&reply, &sent)
     }
 }
 
@@ -687,7 +717,7 @@ impl Backend for LoyaltyBackend {
         let pairs: Vec<(&str, String)> = form.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let body = wire::encode_form(&pairs);
         let http = self.http.post(&self.url(w.path), FORM, Bytes::from(body), req.journal_id).await.map_err(net_error)?;
-        let reply = parse_reply(&http)?;
+        let reply = parse_reply_to(&http, &pairs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())?;
         if reply.verdict != Verdict::Approved {
             return Err(err(Stage::Rejected, format!("settle declined: {} {}", reply.code, reply.message)));
         }

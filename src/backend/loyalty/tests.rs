@@ -258,8 +258,19 @@ fn answers_parse_to_fen_and_failures_to_stages() {
 
     let d = parse_reply(&http(200, r#"{"status":"51"}"#)).unwrap();
     assert_eq!((d.verdict, d.message.as_str(), d.message_en.as_str()), (Verdict::Declined, "余额不足, 请查询", "insufficient balance, please query"));
-    let d = parse_reply(&http(200, r#"{"status":"Q7","message":""}"#)).unwrap();
-    assert_eq!(d.message, "未知返回码");
+    // A code the document does not define, or a status of the wrong type, is no decline: unknown.
+    assert_eq!(parse_reply(&http(200, r#"{"status":"Q7","message":""}"#)).unwrap_err().stage, Stage::Unknown);
+    for wrong in [r#"{"status":0}"#, r#"{"status":true}"#, r#"{"status":["00"]}"#, r#"{"status":{"c":"00"}}"#, r#"{"status":51}"#] {
+        let e = parse_reply(&http(200, wrong)).unwrap_err();
+        assert_eq!(e.stage, Stage::Unknown, "{wrong}: {e}");
+    }
+    // Another request's answer (another trace or batch) is unknown, never approved.
+    let sent = [("traceNo", "000007"), ("batchNo", "000002")];
+    let e = parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000008","batchNo":"000002"}"#), &sent).unwrap_err();
+    assert_eq!(e.stage, Stage::Unknown, "{e}");
+    let e = parse_reply_to(&http(200, r#"{"status":"00","batchNo":"000001"}"#), &sent).unwrap_err();
+    assert_eq!(e.stage, Stage::Unknown, "{e}");
+    assert_eq!(parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000007"}"#), &sent).unwrap().verdict, Verdict::Approved);
 
     let e = parse_reply(&http(200, "<html>oops 6222021234567890123</html>")).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown);
