@@ -92,13 +92,19 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Report { profile, operation, body, json, connect } => {
             let body: Value = serde_json::from_str(&body).context("--body is not JSON")?;
             let (s, v) = client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, None).await?;
+            let unbalanced = v["result"]["balanced"] == Value::Bool(false);
             match v["result"]["report_text"].as_str() {
-                Some(text) if !json && s < 400 => {
-                    println!("{text}");
-                    Ok(())
-                }
-                _ => finish(s, v),
+                Some(text) if !json && s < 400 => println!("{text}"),
+                _ => finish(s, v.clone())?,
             }
+            // A reconciliation that does not balance is a failure for scripts and cron.
+            if unbalanced {
+                bail!("{operation} of {profile}: not balanced ({} difference(s))", v["result"]["differences"]);
+            }
+            if s >= 400 || v["status"] == "failed" {
+                bail!("{operation} of {profile} failed: {}", v["error"].as_str().unwrap_or("see above"));
+            }
+            Ok(())
         }
         Command::Journal { action: Some(JournalAction::Verify { data_dir, config }), .. } => {
             let data_dir = match (data_dir, config) {

@@ -1134,7 +1134,7 @@ impl Engine {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": self.clock.now_ms() - self.started_ms,
             "journal": { "syncs": self.journal.syncs() },
-            "profiles": profiles,
+            "profiles": self.profiles_with_daily(profiles),
             "devices": self.devices.get().map(|h| h.devices()).unwrap_or_default(),
         })
     }

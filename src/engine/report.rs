@@ -1,4 +1,12 @@
 //! Day-scoped work: report operations over one local day's records, the daily job, and the recent-history cache.
+//!
+//! The daily job (a backend's `daily_job`, e.g. the lottery's 01:00 reconciliation) runs until it has a
+//! result: attempt 1 is journaled under the idempotency key `daily-<op>-<date>`, attempt n under
+//! `daily-<op>-<date>-<n>`. An attempt that failed (the host refused, a station stayed busy) or was
+//! interrupted (left `pending` by a crash, which start-up marks failed) is followed by the next one after a
+//! backoff (the profile's `backoff_initial_ms`, doubling, at most an hour), up to [`DAILY_MAX_ATTEMPTS`] a
+//! day; at start-up the failed days of the last week are taken up again. [`Engine::daily_status`] is what
+//! `GET /v1/status` shows of it.
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -6,11 +14,29 @@ use chrono::{DateTime, Local, NaiveDate, TimeZone};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use super::{jerr, Answer, Engine, EngineError, JournalQuery, Lane, Record, Status};
+use super::{jerr, Answer, Engine, EngineError, JournalQuery, Lane, ProfileStatus, Record, Status};
 use crate::backend::{DailyJob, HistoryItem, OpClass, ReportRequest};
 
 /// How far back `PrepareContext::recent` reaches.
 const RECENT_MS: i64 = 48 * 3600 * 1000;
+
+/// Attempts of one day's daily job at most (the backoff between them reaches an hour).
+pub const DAILY_MAX_ATTEMPTS: u32 = 48;
+
+/// Days before yesterday whose failed daily job is taken up again at start-up.
+const DAILY_LOOKBACK_DAYS: u64 = 7;
+
+/// The longest wait between two attempts of a daily job.
+const DAILY_BACKOFF_CAP_MS: u64 = 3_600_000;
+
+/// The idempotency key of attempt `n` (from 1) of a daily job.
+pub fn daily_key(operation: &str, date: NaiveDate, n: u32) -> String {
+    if n <= 1 {
+        format!("daily-{operation}-{date}")
+    } else {
+        format!("daily-{operation}-{date}-{n}")
+    }
+}
 
 fn created_ms(rec: &Record) -> i64 {
     DateTime::parse_from_rfc3339(&rec.created_at).map(|d| d.timestamp_millis()).unwrap_or(0)
@@ -122,7 +148,112 @@ impl Engine {
             }
         }
         self.finish_durable(&rec, false, None).await?;
+        if rec.result.get("balanced") == Some(&Value::Bool(false)) {
+            // An unbalanced day is for a person to look at.
+            self.emit(
+                "reconcile",
+                json!({"profile": rec.profile, "operation": rec.operation, "date": date.to_string(), "balanced": false,
+                       "differences": rec.result.get("differences").cloned().unwrap_or(Value::Null), "id": rec.id}),
+            );
+        }
         Ok(Answer::of(&rec))
+    }
+
+    /// The last attempt of a day's daily job: (its number, the record).
+    fn last_daily_attempt(&self, profile: &str, operation: &str, date: NaiveDate) -> Result<Option<(u32, Record)>, EngineError> {
+        let mut last = None;
+        for n in 1..=DAILY_MAX_ATTEMPTS {
+            match self.journal.by_idempotency_key(profile, &daily_key(operation, date, n)).map_err(jerr)? {
+                Some(r) => last = Some((n, r)),
+                None => break,
+            }
+        }
+        Ok(last)
+    }
+
+    /// A profile's daily job as `GET /v1/status` shows it: the latest day it ran for, and how it ended.
+    /// `None` when the backend has none or it never ran in the last week.
+    pub fn daily_status(&self, profile: &str) -> Option<Value> {
+        let lane = self.lanes.get(profile)?;
+        let job = lane.backend.daily_job()?;
+        let today = local_date(self.clock.now_ms());
+        for back in 0..=DAILY_LOOKBACK_DAYS + 1 {
+            let date = today - chrono::Days::new(back);
+            if let Ok(Some((n, r))) = self.last_daily_attempt(profile, job.operation, date) {
+                return Some(json!({
+                    "operation": job.operation,
+                    "date": date.to_string(),
+                    "status": r.status.pos_word(),
+                    "balanced": r.result.get("balanced").cloned().unwrap_or(Value::Null),
+                    "differences": r.result.get("differences").cloned().unwrap_or(Value::Null),
+                    "attempts": n,
+                    "id": r.id,
+                    "error": r.error,
+                }));
+            }
+        }
+        None
+    }
+
+    /// The profiles of `GET /v1/status`, each with its daily job's last result (`daily`).
+    pub(super) fn profiles_with_daily(&self, profiles: Vec<ProfileStatus>) -> Value {
+        let mut out = Vec::with_capacity(profiles.len());
+        for p in profiles {
+            let daily = self.daily_status(&p.name);
+            let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("daily".into(), daily.unwrap_or(Value::Null));
+            }
+            out.push(v);
+        }
+        Value::Array(out)
+    }
+}
+
+/// Backoff before daily attempt `n + 1`: the profile's initial backoff doubled per attempt, at most an hour.
+fn daily_backoff(initial_ms: u64, attempts: u32) -> Duration {
+    Duration::from_millis(initial_ms.max(1).saturating_mul(1u64 << attempts.min(30)).min(DAILY_BACKOFF_CAP_MS))
+}
+
+/// Run one day's daily job until an attempt has a result (or the day's attempts run out). False when
+/// the engine stops first.
+async fn daily_until_result(engine: &Weak<Engine>, lane: &Lane, job: DailyJob, date: NaiveDate, stop: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let Some(e) = engine.upgrade() else { return false };
+        let last = match e.last_daily_attempt(&lane.profile.name, job.operation, date) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!(profile = %lane.profile.name, operation = job.operation, %date, "daily job: {err}");
+                None
+            }
+        };
+        let n = match &last {
+            Some((_, r)) if r.status.is_final() && r.status != Status::Failed => return true,
+            Some((n, _)) if *n >= DAILY_MAX_ATTEMPTS => {
+                tracing::error!(profile = %lane.profile.name, operation = job.operation, %date, attempts = n, "daily job: every attempt of the day failed; run it by hand");
+                return true;
+            }
+            Some((n, _)) => *n,
+            None => 0,
+        };
+        let key = daily_key(job.operation, date, n + 1);
+        let body = json!({"date": date.to_string()});
+        match e.run(&lane.profile.name, job.operation, body, Some(&key)).await {
+            Ok(a) if a.body.get("status").and_then(Value::as_str) == Some("approved") => {
+                tracing::info!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job ran");
+                return true;
+            }
+            Ok(a) => {
+                let why = a.body.get("error").and_then(Value::as_str).unwrap_or("").to_string();
+                tracing::warn!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job failed: {why}; trying again later");
+            }
+            Err(err) => tracing::warn!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job failed: {err}; trying again later"),
+        }
+        drop(e);
+        tokio::select! {
+            _ = tokio::time::sleep(daily_backoff(lane.profile.recovery.backoff_initial_ms, n)) => {}
+            _ = stop.changed() => return false,
+        }
     }
 }
 
@@ -152,9 +283,22 @@ fn until_next(now_ms: i64, at: chrono::NaiveTime) -> i64 {
     24 * 3600 * 1000
 }
 
-/// Run a backend's daily job for the previous local day, once a day. The idempotency key
-/// `daily-<op>-<date>` makes a restart after the job time run it at most once for that day.
+/// Run a backend's daily job for the previous local day, once a day, until it has a result (see the
+/// module doc). The idempotency keys make a restart after the job time run it at most once per day
+/// once it has a result, and again when its last attempt failed or was interrupted.
 pub(super) async fn daily(engine: Weak<Engine>, lane: Arc<Lane>, job: DailyJob, mut stop: watch::Receiver<bool>) {
+    // Start-up: days of the last week whose last attempt failed or was cut short by a crash.
+    let today = match engine.upgrade() {
+        Some(e) => local_date(e.clock.now_ms()),
+        None => return,
+    };
+    for back in (2..=DAILY_LOOKBACK_DAYS + 1).rev() {
+        let date = today - chrono::Days::new(back);
+        let failed = engine.upgrade().and_then(|e| e.last_daily_attempt(&lane.profile.name, job.operation, date).ok().flatten()).is_some_and(|(_, r)| r.status == Status::Failed);
+        if failed && !daily_until_result(&engine, &lane, job, date, &mut stop).await {
+            return;
+        }
+    }
     let mut first = true;
     loop {
         let wait = {
@@ -162,7 +306,7 @@ pub(super) async fn daily(engine: Weak<Engine>, lane: Arc<Lane>, job: DailyJob, 
             let now = e.clock.now_ms();
             let today_at = Local.from_local_datetime(&local_date(now).and_time(job.at)).earliest().map(|t| t.timestamp_millis());
             if first && today_at.is_some_and(|t| t <= now) {
-                // Started after today's run time: catch up on yesterday (a no-op if it already ran).
+                // Started after today's run time: catch up on yesterday (a no-op if it already has a result).
                 0
             } else {
                 until_next(now, job.at)
@@ -175,11 +319,9 @@ pub(super) async fn daily(engine: Weak<Engine>, lane: Arc<Lane>, job: DailyJob, 
         }
         let Some(e) = engine.upgrade() else { return };
         let date = local_date(e.clock.now_ms()).pred_opt().unwrap_or_default();
-        let key = format!("daily-{}-{date}", job.operation);
-        let body = json!({"date": date.to_string()});
-        match e.run(&lane.profile.name, job.operation, body, Some(&key)).await {
-            Ok(a) => tracing::info!(profile = %lane.profile.name, operation = job.operation, %date, status = a.http_status, "daily job ran"),
-            Err(err) => tracing::error!(profile = %lane.profile.name, operation = job.operation, %date, "daily job failed: {err}"),
+        drop(e);
+        if !daily_until_result(&engine, &lane, job, date, &mut stop).await {
+            return;
         }
         // Never spin: at least a minute between runs even if the clock jumps.
         tokio::select! {

@@ -8,22 +8,30 @@
 //!   the same station **1021**
 //! - login: unknown station **1030**; wrong clerk **1006**; wrong password **1007**; a serial number other than
 //!   the one bound at the first login **1011**
-//! - one request at a time per station (section 7): a second concurrent request on a busy station answers
-//!   **1005** and is recorded in `violations`
+//! - one request at a time per station (section 7), a login included: a second concurrent request on a busy
+//!   station answers **1005**, counts in `overlaps` and is recorded in `violations`. A request keeps its
+//!   station busy until the simulator is done with it, even when the client gave up waiting (the work
+//!   runs in its own task, like a real host that does not notice a closed connection)
 //! - thirdAward: missing fields **1003**; type other than 1701 **1004**; unknown ticket **1303**; losing
 //!   ticket **1305** and over the redemption limit **1304** (both `success=false` with ticket data);
 //!   already paid **1307** with `transacIdOrg`, `awardStation`, `awardTime` (our own earlier payment when the
 //!   `transacId` is the same: that is how a resend learns it was paid); a `transacId` reused for another
-//!   ticket **10030** (and a violation); otherwise the ticket is paid once: **1301**
+//!   ticket **10030** (and a violation); otherwise the ticket is paid once: **1301**. With
+//!   [`LotterySim::answer_resends_with`], any `transacId` that reached the host before answers **15** or
+//!   **10030** instead (the strict reading: the resend learns nothing)
 //! - getPrize of a ticket never redeemed: **3202**; password with the wrong old one: **10008**
+//! - report/award (8.7.4) with `00000` for gameNo or batchNo: **13** (since v1.0 it cannot query all)
 //!
 //! awardSummary / awardDetail answer from the simulator's own payments of the asking station on the asked
-//! Beijing-time range; tests plant differences with [`LotterySim::plant_remote_award`],
-//! [`LotterySim::hide_from_reports`] and [`LotterySim::report_prize`].
+//! Beijing-time range. awardDetail rows are exactly the document's: gameNo, batchNo, packNo, ticketNo,
+//! transacId, time (no prize). awardSummary takes `00000`/`00000` (unless
+//! [`LotterySim::refuse_summary_for_all`], then **13**) or one game and batch. Tests plant differences with
+//! [`LotterySim::plant_remote_award`], [`LotterySim::hide_from_reports`] and [`LotterySim::report_prize`].
 //!
 //! Faults ([`Fault`]), on `proxy/validate/thirdAward` by [`LotterySim::push_fault`] or on any path by
 //! [`LotterySim::push_fault_on`]: `Http500` and `Reset` do not apply the request; `DropAfterCommit` and
-//! `Garbage` do; `Delay` holds the station busy for its duration.
+//! `Garbage` do; `Delay` holds the station busy for its duration and then applies the request.
+//! [`LotterySim::set_slow_redeems`] delays a random share of redeems (seeded).
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -171,9 +179,13 @@ pub struct SimSnapshot {
     /// Every payment, in order (planted ones flagged).
     pub payments: Vec<SimPayment>,
     pub violations: Vec<String>,
+    /// Requests that arrived on a station while it was still working on another (must stay 0).
+    pub overlaps: u64,
     /// Requests being handled at once, at most (all stations).
     pub max_in_flight: usize,
     pub requests: u64,
+    /// Requests per path that passed the envelope checks (signature, session).
+    pub paths: BTreeMap<String, u64>,
     pub logins: u64,
     /// thirdAward requests that reached processing.
     pub redeem_attempts: u64,
@@ -187,6 +199,17 @@ impl SimSnapshot {
     /// How many times a bar code was paid (0 or 1 when all is well).
     pub fn times_paid(&self, bar_code: &str) -> usize {
         self.payments.iter().filter(|p| p.bar_code == bar_code && !p.planted).count()
+    }
+
+    /// station -> (tickets, prize fen) of every payment (not planted), never reset.
+    pub fn paid_by_station(&self) -> BTreeMap<String, (i64, i64)> {
+        let mut m: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for p in self.payments.iter().filter(|p| !p.planted) {
+            let e = m.entry(p.station.clone()).or_default();
+            e.0 += 1;
+            e.1 += p.prize_fen;
+        }
+        m
     }
 }
 
@@ -207,6 +230,13 @@ struct State {
     counts: HashMap<String, (i64, i64)>,
     balances: HashMap<String, i64>,
     violations: Vec<String>,
+    overlaps: u64,
+    /// Every transacId a thirdAward carried that reached processing.
+    seen_transac: HashSet<String>,
+    /// `Some("15")` / `Some("10030")`: the answer to a thirdAward whose transacId was seen before.
+    resend_answer: Option<String>,
+    refuse_summary_all: bool,
+    paths: BTreeMap<String, u64>,
     requests: u64,
     logins: u64,
     redeem_attempts: u64,
@@ -220,7 +250,14 @@ pub struct LotterySim {
     tickets: HashMap<String, SimTicket>,
     state: Mutex<State>,
     faults: FaultPlan,
+    /// (per mille of redeems, delay, rng): answers slower than a client's timeout, at random.
+    slow: Mutex<Option<(u32, std::time::Duration, rand::rngs::StdRng)>>,
+    /// Faults for the redeems of one bar code, in order.
+    ticket_faults: Mutex<Vec<(String, Fault)>>,
 }
+
+/// The production batch (生产批次) of every simulated ticket.
+pub const SIM_BATCH: &str = "00001";
 
 fn beijing() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| chrono::Offset::fix(&chrono::Utc))
@@ -286,7 +323,7 @@ impl LotterySim {
             }
             st.balances.insert(s.id.clone(), 1_000_000);
         }
-        LotterySim { cfg, tickets, state: Mutex::new(st), faults: FaultPlan::default() }
+        LotterySim { cfg, tickets, state: Mutex::new(st), faults: FaultPlan::default(), slow: Mutex::new(None), ticket_faults: Mutex::new(Vec::new()) }
     }
 
     pub fn demo() -> Self {
@@ -315,6 +352,31 @@ impl LotterySim {
     }
     pub fn clear_faults(&self) {
         self.faults.clear();
+        self.set_slow_redeems(0, std::time::Duration::ZERO, 0);
+    }
+    /// Queue a fault for the next redeem of one bar code only (other tickets are not touched).
+    pub fn push_fault_for_ticket(&self, bar_code: &str, fault: Fault) {
+        self.ticket_faults.lock().unwrap_or_else(|p| p.into_inner()).push((bar_code.to_string(), fault));
+    }
+    /// Delay `per_mille` of redeems by `delay` (still applying them), reproducibly from `seed`; 0 turns it off.
+    pub fn set_slow_redeems(&self, per_mille: u32, delay: std::time::Duration, seed: u64) {
+        use rand::SeedableRng;
+        *self.slow.lock().unwrap_or_else(|p| p.into_inner()) = (per_mille > 0).then(|| (per_mille.min(1000), delay, rand::rngs::StdRng::seed_from_u64(seed)));
+    }
+    fn slow_draw(&self) -> Option<std::time::Duration> {
+        use rand::Rng;
+        let mut s = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, delay, rng) = s.as_mut()?;
+        (rng.gen_range(0..1000) < *rate).then_some(*delay)
+    }
+    /// Answer a thirdAward whose `transacId` reached the host before with `ret` (`"15"` or `"10030"`),
+    /// whatever became of it; `None`: the lenient default (1307 with `transacIdOrg`).
+    pub fn answer_resends_with(&self, ret: Option<&str>) {
+        self.lock().resend_answer = ret.map(str::to_string);
+    }
+    /// Refuse awardSummary for `00000`/`00000` with 13 (the v0.8 history line: one batch at a time).
+    pub fn refuse_summary_for_all(&self, refuse: bool) {
+        self.lock().refuse_summary_all = refuse;
     }
 
     /// Expire every current token (their next use answers 27).
@@ -355,7 +417,7 @@ impl LotterySim {
         self.lock().hidden.insert(transac_id.into());
     }
 
-    /// Report another prize for a payment in awardDetail / awardSummary (reconciliation: "prize differs").
+    /// Count another prize for a payment in awardSummary (reconciliation: the amounts differ).
     pub fn report_prize(&self, transac_id: &str, prize_fen: i64) {
         self.lock().reported_prize.insert(transac_id.into(), prize_fen);
     }
@@ -365,8 +427,10 @@ impl LotterySim {
         SimSnapshot {
             payments: st.payments.clone(),
             violations: st.violations.clone(),
+            overlaps: st.overlaps,
             max_in_flight: st.max_in_flight,
             requests: st.requests,
+            paths: st.paths.clone(),
             logins: st.logins,
             redeem_attempts: st.redeem_attempts,
             counts: st.counts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
@@ -392,7 +456,7 @@ impl LotterySim {
         Ok(Self::reply(200, "application/json; charset=UTF-8", a.to_json()))
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {
         if req.method() != hyper::Method::POST {
             return Ok(Self::reply(405, "text/plain", "only POST".into()));
         }
@@ -412,10 +476,18 @@ impl LotterySim {
             Ok(x) => x,
             Err(a) => return Self::json(&a),
         };
+        *self.lock().paths.entry(path.clone()).or_default() += 1;
+        // The host works on a request to its end whether or not the client still waits for the answer.
+        let sim = self.clone();
+        tokio::spawn(async move { sim.work(path, station, params).await }).await.unwrap_or(Err(DropConnection))
+    }
+
+    async fn work(&self, path: String, station: String, params: Map<String, Value>) -> Result<Response<Full<Bytes>>, DropConnection> {
         // Section 7: one request at a time per station.
         {
             let mut st = self.lock();
             if !st.busy.insert(station.clone()) {
+                st.overlaps += 1;
                 st.violations.push(format!("{path}: station {station} got a second request while busy"));
                 return Self::json(&Ans::fail("1005", "station busy: requests are serial per station"));
             }
@@ -423,11 +495,19 @@ impl LotterySim {
             st.max_in_flight = st.max_in_flight.max(st.in_flight);
         }
         let _busy = Busy { sim: self, station: station.clone() };
-        let fault = self.faults.take(&path, path == wire::REDEEM_PATH);
-        match fault {
-            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-            Some(Fault::Reset) => return Err(DropConnection),
-            Some(Fault::Http500) => return Ok(Self::reply(500, "text/plain", "simulated internal error".into())),
+        let for_ticket = (path == wire::REDEEM_PATH)
+            .then(|| {
+                let bar = text(&params, "barCode");
+                let mut q = self.ticket_faults.lock().unwrap_or_else(|p| p.into_inner());
+                q.iter().position(|(b, _)| *b == bar).map(|i| q.remove(i).1)
+            })
+            .flatten();
+        let fault = for_ticket.or_else(|| self.faults.take(&path, path == wire::REDEEM_PATH));
+        let slow = if path == wire::REDEEM_PATH && fault.is_none() { self.slow_draw() } else { None };
+        match (fault, slow) {
+            (Some(Fault::Delay(d)), _) | (None, Some(d)) => tokio::time::sleep(d).await,
+            (Some(Fault::Reset), _) => return Err(DropConnection),
+            (Some(Fault::Http500), _) => return Ok(Self::reply(500, "text/plain", "simulated internal error".into())),
             _ => {}
         }
         let answer = self.process(&path, &station, &params);
@@ -529,26 +609,35 @@ impl LotterySim {
                     _ => Ans::fail("3202", "no redemption record"),
                 }
             }
+            "migt/report/award" if text(p, "gameNo").is_empty() || text(p, "batchNo").is_empty() || text(p, "gameNo") == "00000" || text(p, "batchNo") == "00000" => {
+                Ans::fail("13", "report/award queries one game and batch (gameNo, batchNo required; no 00000 since v1.0)")
+            }
             "migt/report/sales" | "migt/report/balance" | "migt/report/trace" | "migt/report/award" => Ans::ok("10000", json!({"report": self.html_report(&st, path, station, p)})),
             wire::AWARD_SUMMARY | wire::AWARD_DETAIL => {
                 let (begin, end) = (text(p, "beginTime"), text(p, "endTime"));
                 if NaiveDateTime::parse_from_str(&begin, "%Y-%m-%d %H:%M:%S").is_err() || NaiveDateTime::parse_from_str(&end, "%Y-%m-%d %H:%M:%S").is_err() {
                     return Ans::fail(if path == wire::AWARD_SUMMARY { "10038" } else { "10039" }, "beginTime/endTime must be YYYY-MM-DD HH:MM:SS");
                 }
+                let (game, batch) = (text(p, "gameNo"), text(p, "batchNo"));
+                let all = game == "00000" && batch == "00000";
+                if path == wire::AWARD_SUMMARY && all && st.refuse_summary_all {
+                    return Ans::fail("13", "awardSummary queries one game and batch at a time");
+                }
+                // Every simulated ticket is of batch 00001.
                 let rows: Vec<(&SimPayment, i64)> = st
                     .payments
                     .iter()
                     .filter(|x| x.station == station && x.time >= begin && x.time <= end && !st.hidden.contains(&x.transac_id))
+                    .filter(|x| all || (x.game_no == game && batch == SIM_BATCH))
                     .map(|x| (x, st.reported_prize.get(&x.transac_id).copied().unwrap_or(x.prize_fen)))
                     .collect();
                 if path == wire::AWARD_SUMMARY {
                     let amount: i64 = rows.iter().map(|r| r.1).sum();
-                    Ans::ok("10000", json!({"gameNo": "00000", "batchNo": "00000", "tickets": rows.len().to_string(), "amount": money::fen_to_yuan(amount)}))
+                    Ans::ok("10000", json!({"gameNo": game, "batchNo": batch, "tickets": rows.len().to_string(), "amount": money::fen_to_yuan(amount)}))
                 } else {
-                    let list: Vec<Value> = rows
-                        .iter()
-                        .map(|(x, prize)| json!({"gameNo": x.game_no, "batchNo": "00001", "packNo": x.pack_no, "ticketNo": x.ticket_no, "transacId": x.transac_id, "time": x.time, "level": x.level, "prize": prize / 100}))
-                        .collect();
+                    // 8.8.2's fields exactly: no prize, no level.
+                    let list: Vec<Value> =
+                        rows.iter().map(|(x, _)| json!({"gameNo": x.game_no, "batchNo": SIM_BATCH, "packNo": x.pack_no, "ticketNo": x.ticket_no, "transacId": x.transac_id, "time": x.time})).collect();
                     Ans::ok("10000", Value::Array(list))
                 }
             }
@@ -591,8 +680,17 @@ impl LotterySim {
         if user.is_empty() || ip.is_empty() || transac.is_empty() || bar.is_empty() || transac.len() > 32 || user.len() > 32 {
             return Ans::fail("1003", "userId, userRealIp, transacId (at most 32) and barCode are required");
         }
+        if !user.bytes().all(|b| b.is_ascii_alphanumeric()) || !transac.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            st.violations.push(format!("userId {user:?} / transacId {transac:?}: letters and digits only (8.4)"));
+            return Ans::fail("1003", "userId and transacId are letters and digits only");
+        }
         if text(p, "type") != "1701" {
             return Ans::fail("1004", "only type 1701 (station machine-read) is supported");
+        }
+        if !st.seen_transac.insert(transac.clone()) {
+            if let Some(ret) = st.resend_answer.clone() {
+                return Ans::fail(&ret, "this transacId reached the host before");
+            }
         }
         let already = |pay: &SimPayment, t: &SimTicket| {
             Ans::ok(

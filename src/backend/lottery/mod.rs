@@ -8,21 +8,35 @@
 //! Exactly-once redemption: `transacId` = merchant (2) + `YYYYMMDDHHMMSS` of the record's creation time in
 //! the profile's timezone + the engine's 6-digit trace. Both ingredients are durable before the first send,
 //! so a resend after an unknown outcome carries the same `transacId`; the backend answers 1307 with
-//! `transacIdOrg` equal to ours when it had paid the first one.
+//! `transacIdOrg` equal to ours (and `awardStation` one of ours: the record is journaled under it) when it
+//! had paid the first one.
+//!
+//! Stations: the engine leases a station for each redeem before journaling it ([`Backend::lease`]), and
+//! keeps the lease while the outcome is unknown; the redeem and every resend go to that station
+//! (`TxRequest::slot`). A request whose answer timed out holds its station for `station_hold_ms` (see
+//! [`stations`]).
+//!
+//! Recovery of a redeem is a resend of the same `transacId` (the OpSpec says `Resend`), with a query as
+//! its fallback: when the resend is answered `15` (流水号已经存在) or `10030` (交易流水号重复), which say only
+//! that the `transacId` reached the host, or when resends keep failing ([`QUERY_AFTER`] in a row), the
+//! outcome is learnt from getPrize (8.9) and that day's awardDetail (which `transacId` won). `Recovery::Query`
+//! runs the query alone.
 pub mod codes;
 pub mod risk;
 pub mod sign;
 pub mod stations;
 pub mod wire;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{FixedOffset, NaiveTime};
 use serde_json::{json, Map, Value};
 
 use crate::backend::{
-    mask_card, Backend, BackendError, DailyJob, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRequest,
+    mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRequest,
     SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
 };
 use crate::config::{ConfigError, Profile};
@@ -48,6 +62,22 @@ pub const MONEY_FIELDS: &[&str] = &["price", "prize", "balance", "amountPrize", 
 /// unknown and the same `transacId` is sent again (server errors, "try later", database failures).
 pub const AMBIGUOUS: &[&str] = &["1", "32", "1001", "1002", "1005", "1023", "1024", "1025", "1026", "1043", "1044"];
 
+/// Answers to a resend that say only that this `transacId` reached the host before (15 流水号已经存在,
+/// 10030 交易流水号重复): the outcome is learnt by query.
+pub const SEEN_BEFORE: &[&str] = &["15", "10030"];
+
+/// Resends in a row that settle nothing before a recovery attempt also asks the host by query.
+pub const QUERY_AFTER: u32 = 3;
+
+/// How awardSummary is asked (profile option `summary_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryScope {
+    /// `00000`/`00000` (the table's "all"); where the host refuses that, once per (gameNo, batchNo).
+    All,
+    /// Once per (gameNo, batchNo) named by the day's awardDetail rows (the v0.8 history line).
+    PerBatch,
+}
+
 /// Ticket-level answers: a resend that gets one of these has learnt the ticket's fate.
 pub fn ticket_level(ret: &str) -> bool {
     let n: u32 = ret.trim().parse().unwrap_or(0);
@@ -71,6 +101,13 @@ pub struct LotteryBackend {
     pool: Arc<StationPool>,
     risk: RiskRules,
     reconcile_at: NaiveTime,
+    /// The profile's answer timeout: how long a per-station request waits for a taken station.
+    timeout: Duration,
+    /// How long a station stays held after a request on it got no answer (`station_hold_ms`).
+    hold: Duration,
+    summary_scope: SummaryScope,
+    /// Resends in a row that settled nothing, per journal id (memory only: a restart starts again).
+    resend_failures: Mutex<HashMap<u64, u32>>,
 }
 
 impl std::fmt::Debug for LotteryBackend {
@@ -175,8 +212,12 @@ fn plain_reply(a: &Answer, station: &str) -> Reply {
     }
 }
 
-/// The reply for a thirdAward answer (see the module doc for 1307). `Err(Unknown)` for ambiguous codes.
-pub fn redeem_reply(a: &Answer, transac: &str, station: &str) -> Result<Reply, BackendError> {
+/// The reply for a thirdAward answer sent on `station`. `Err(Unknown)` for ambiguous codes.
+///
+/// 1307 is our own earlier payment only when `transacIdOrg` equals ours AND `awardStation` is one of the
+/// profile's stations (`ours`); the reply then names `awardStation` as its `station`: the journal says
+/// where the host paid it, not where the resend went. Any other 1307 is "already redeemed".
+pub fn redeem_reply(a: &Answer, transac: &str, station: &str, ours: &dyn Fn(&str) -> bool) -> Result<Reply, BackendError> {
     if AMBIGUOUS.contains(&a.ret.trim()) {
         return Err(err(Stage::Unknown, format!("redeem {transac}: ret {} ({}) says nothing about the ticket", a.ret, scrub(&a.msg))));
     }
@@ -186,16 +227,22 @@ pub fn redeem_reply(a: &Answer, transac: &str, station: &str) -> Result<Reply, B
     r.trans_time = r.fields.get("awardTime").and_then(Value::as_str).map(str::to_string);
     let ret = a.ret.trim();
     if ret == "1307" {
-        let org = r.fields.get("transacIdOrg").and_then(Value::as_str).unwrap_or_default().to_string();
-        if org == transac {
+        let org = r.fields.get("transacIdOrg").and_then(wire::text_of).unwrap_or_default();
+        let st = r.fields.get("awardStation").and_then(wire::text_of).unwrap_or_default();
+        if org == transac && ours(&st) {
             r.verdict = Verdict::Approved;
-            r.message_en = "redeemed by this very request earlier (answer had been lost): paid once".into();
+            r.message_en = format!("redeemed by this very request earlier at station {st} (answer had been lost): paid once");
             r.fields.insert("recovered".into(), Value::Bool(true));
+            r.fields.insert("sent_on".into(), Value::String(station.to_string()));
+            r.fields.insert("station".into(), Value::String(st));
         } else {
             r.verdict = Verdict::Declined;
-            let st = r.fields.get("awardStation").and_then(wire::text_of).unwrap_or_default();
             let at = r.fields.get("awardTime").and_then(wire::text_of).unwrap_or_default();
-            r.message_en = format!("already redeemed at station {st} at {at}");
+            r.message_en = if org == transac {
+                format!("the host names our transacId but station {st}, which is not one of this profile's: treated as redeemed elsewhere at {at}")
+            } else {
+                format!("already redeemed at station {st} at {at} (transacId {org})")
+            };
         }
     } else {
         r.verdict = if a.success && codes::redeem_success(ret) { Verdict::Approved } else { Verdict::Declined };
@@ -239,6 +286,16 @@ impl LotteryBackend {
         let terminal_type = profile.option_str("terminal_type", "1")?;
         let version = profile.option_str("version", "24")?;
         let risk = RiskRules::from_table(profile.options.get("risk"), tz).map_err(|(f, why)| bad(&f, why))?;
+        let hold = match profile.options.get("station_hold_ms") {
+            None => profile.timeout.saturating_mul(2),
+            Some(toml::Value::Integer(ms)) if (1..=3_600_000).contains(ms) => Duration::from_millis(*ms as u64),
+            Some(_) => return Err(bad("options.station_hold_ms", "must be milliseconds, 1 to 3600000 (default: 2 × timeout_ms)".into())),
+        };
+        let summary_scope = match profile.option_str("summary_scope", "all")?.as_str() {
+            "all" => SummaryScope::All,
+            "per-batch" => SummaryScope::PerBatch,
+            _ => return Err(bad("options.summary_scope", "must be \"all\" or \"per-batch\"".into())),
+        };
         let list = profile.options.get("stations").and_then(toml::Value::as_array).ok_or_else(|| bad("options.stations", "required: a list of { id, clerk, serial, password } tables".into()))?;
         let mut stations = Vec::new();
         for (i, s) in list.iter().enumerate() {
@@ -277,12 +334,21 @@ impl LotteryBackend {
             pool: StationPool::new(stations),
             risk,
             reconcile_at,
+            timeout: profile.timeout,
+            hold,
+            summary_scope,
+            resend_failures: Mutex::new(HashMap::new()),
         })
     }
 
     /// The station pool (tests, `doctor`).
     pub fn pool(&self) -> &Arc<StationPool> {
         &self.pool
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn call_for_tests(&self, st: &Station, path: &str, params: &[(&str, Value)]) -> Result<Answer, BackendError> {
+        self.call(st, path, params, 0).await
     }
 
     #[cfg(test)]
@@ -318,7 +384,17 @@ impl LotteryBackend {
         let (ct, body) = wire::encode_body(&env.signed_pairs(secret), self.body);
         let url = format!("{}/{path}", self.base);
         tracing::debug!(station = %station.id, path, "lottery request");
-        let reply = self.http.post(&url, ct, Bytes::from(body), journal_id).await.map_err(net_error)?;
+        let reply = match self.http.post(&url, ct, Bytes::from(body), journal_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, NetError::Unknown(_)) {
+                    // No answer: the host may still be working on it, and it is serial per station.
+                    station.hold(self.hold);
+                    tracing::warn!(station = %station.id, path, hold_ms = self.hold.as_millis() as u64, "lottery request unanswered; station held");
+                }
+                return Err(net_error(e));
+            }
+        };
         let text = String::from_utf8_lossy(&reply.body);
         match reply.status {
             200..=299 => wire::parse_answer(&reply.body).map_err(|e| err(Stage::Unknown, format!("{path}: {e}: {}", scrub(&text)))),
@@ -354,8 +430,12 @@ impl LotteryBackend {
 
     /// Send with the station's session: log in when there is none; after 1021/27/28 log in again and
     /// retry once (the refused request was not processed, so the retry is safe even for a redeem).
-    async fn call(&self, g: &StationGuard, path: &str, params: &[(&str, Value)], journal_id: u64) -> Result<Answer, BackendError> {
-        let st = g.station();
+    /// The caller has the station (a guard, or the engine's lease); a held station is waited out first.
+    async fn call(&self, st: &Station, path: &str, params: &[(&str, Value)], journal_id: u64) -> Result<Answer, BackendError> {
+        if let Some(rest) = st.held_for() {
+            tracing::info!(station = %st.id, path, wait_ms = rest.as_millis() as u64, "station held: waiting before sending");
+            tokio::time::sleep(rest).await;
+        }
         if st.token().is_none() {
             self.login(st, journal_id).await?;
         }
@@ -373,15 +453,22 @@ impl LotteryBackend {
         Ok(again)
     }
 
+    /// The station a non-redeem request runs on: the one the POS named, else any; waiting for a busy or
+    /// held one no longer than the timeout, then refusing (not sent) with the busy station's name.
     async fn guard_for(&self, public: &Map<String, Value>) -> Result<StationGuard, BackendError> {
         let r = match str_of(public, wire::STATION_KEY) {
             Some(id) => {
                 let i = self.pool.index_of(id).ok_or_else(|| err(Stage::NotSent, format!("no station {id} in this profile")))?;
-                self.pool.acquire_station(i).await
+                self.pool.acquire_station(i, Some(self.timeout)).await
             }
-            None => self.pool.acquire().await,
+            None => self.pool.acquire(Some(self.timeout)).await,
         };
         r.map_err(|e| err(Stage::NotSent, e))
+    }
+
+    /// One named station for a per-station request, waited for no longer than the timeout.
+    async fn station_guard(&self, index: usize) -> Result<StationGuard, BackendError> {
+        self.pool.acquire_station(index, Some(self.timeout)).await.map_err(|e| err(Stage::NotSent, e))
     }
 
     /// The business parameters of one request, in the spec's order, for a given station.
@@ -416,14 +503,134 @@ impl LotteryBackend {
         Ok(out)
     }
 
+    /// Send a redeem on the station the engine leased for it (`tx.slot`, held by the caller: used without
+    /// taking it), or, without one, on any free station taken for this call.
     async fn redeem(&self, tx: &TxRequest<'_>) -> Result<Reply, BackendError> {
         let w = wire::op("redeem").ok_or_else(|| err(Stage::NotSent, "no redeem interface"))?;
         let transac = transac_id(&self.merchant, tx.created_at, tx.trace, self.tz).map_err(|e| err(Stage::NotSent, e))?;
-        let g = self.pool.acquire().await.map_err(|e| err(Stage::NotSent, e))?;
-        let params = self.params(w, tx, g.station(), Some(&transac)).map_err(|e| err(Stage::NotSent, e))?;
-        tracing::info!(station = %g.station().id, transac = %transac, "lottery redeem");
-        let a = self.call(&g, w.path, &params, tx.journal_id).await?;
-        redeem_reply(&a, &transac, &g.station().id)
+        let leased = tx.slot.and_then(|id| self.pool.index_of(id));
+        if let (Some(id), None) = (tx.slot, leased) {
+            tracing::warn!(slot = id, "redeem journaled on a station this profile no longer lists; using another");
+        }
+        let guard = match leased {
+            Some(_) => None,
+            None => Some(self.pool.acquire(Some(self.timeout)).await.map_err(|e| err(Stage::NotSent, e))?),
+        };
+        let station = match (leased, &guard) {
+            (Some(i), _) => &self.pool.stations()[i],
+            (None, Some(g)) => g.station(),
+            (None, None) => return Err(err(Stage::NotSent, "no station")),
+        };
+        let params = self.params(w, tx, station, Some(&transac)).map_err(|e| err(Stage::NotSent, e))?;
+        tracing::info!(station = %station.id, transac = %transac, "lottery redeem");
+        let a = self.call(station, w.path, &params, tx.journal_id).await?;
+        let pool = self.pool.clone();
+        redeem_reply(&a, &transac, &station.id, &move |id| pool.contains(id))
+    }
+
+    /// The station a recovery query runs on: the leased one, or any free one (bounded wait).
+    async fn query_station(&self, tx: &TxRequest<'_>) -> Result<(Option<StationGuard>, usize), BackendError> {
+        if let Some(i) = tx.slot.and_then(|id| self.pool.index_of(id)) {
+            return Ok((None, i));
+        }
+        let g = self.pool.acquire(Some(self.timeout)).await.map_err(|e| err(Stage::NotSent, e))?;
+        let i = g.index();
+        Ok((Some(g), i))
+    }
+
+    /// Learn a redeem's outcome from the host without resending it: getPrize for the bar code (a prize,
+    /// or 3202: no redemption record), then the paying station's awardDetail for that day: the row with
+    /// our `transacId` means ours won. `Again` while the host cannot say.
+    async fn query_outcome(&self, tx: &TxRequest<'_>, why: &str) -> Result<Recovered, BackendError> {
+        let transac = transac_id(&self.merchant, tx.created_at, tx.trace, self.tz).map_err(|e| err(Stage::NotSent, e))?;
+        let bar = tx.vault.get("barCode").and_then(Value::as_str).ok_or_else(|| err(Stage::NotSent, "the sealed bar code is missing: cannot query"))?;
+        let (guard, own) = self.query_station(tx).await?;
+        let own_station = &self.pool.stations()[own];
+        let a = self.call(own_station, "proxy/validate/getPrize", &[("barCode", Value::from(bar))], tx.journal_id).await?;
+        let base = |verdict: Verdict, code: &str, message_en: String, mut fields: Map<String, Value>| {
+            let (zh, _, _) = codes::lookup(code);
+            fields.insert("transacId".into(), Value::from(transac.as_str()));
+            fields.insert("resolved_by".into(), Value::from("query"));
+            fields.insert("query_reason".into(), Value::from(why));
+            Reply { verdict, code: code.into(), message: if a.msg.is_empty() { zh.to_string() } else { a.msg.clone() }, message_en, fields, reference: None, trans_time: None, amount_fen: None }
+        };
+        if a.ret.trim() == "3202" {
+            let mut f = Map::new();
+            f.insert("station".into(), Value::from(own_station.id.as_str()));
+            return Ok(Recovered::Settled(base(Verdict::Declined, "3202", "not redeemed: the host has no redemption record of this ticket (getPrize 3202)".into(), f)));
+        }
+        if !a.success {
+            return Ok(Recovered::Again(format!("getPrize answered ret {} ({}): cannot tell yet", a.ret, scrub(&a.msg))));
+        }
+        let prize = content_fields(&a.content);
+        let paid_at = prize.get("stationId").and_then(wire::text_of).unwrap_or_default();
+        let award_time = prize.get("awardTime").and_then(wire::text_of).unwrap_or_default();
+        let mut f = Map::new();
+        f.insert("awardStation".into(), Value::from(paid_at.as_str()));
+        f.insert("awardTime".into(), Value::from(award_time.as_str()));
+        for k in ["level", "prize"] {
+            if let Some(v) = prize.get(k) {
+                f.insert(k.into(), v.clone());
+            }
+        }
+        let Some(pi) = self.pool.index_of(&paid_at) else {
+            f.insert("station".into(), Value::from(own_station.id.as_str()));
+            f.remove("prize");
+            return Ok(Recovered::Settled(base(Verdict::Declined, "1307", format!("already redeemed at station {paid_at} at {award_time}, not one of this profile's stations: another transacId won"), f)));
+        };
+        // awardDetail answers for the asking station only: ask the station that paid it.
+        let day = award_time.get(..10).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).ok_or_else(|| err(Stage::Unknown, format!("getPrize awardTime {award_time:?} is not YYYY-MM-DD HH:MM:SS")))?;
+        let other;
+        let paid_station = if pi == own {
+            own_station
+        } else {
+            drop(guard);
+            other = self.station_guard(pi).await?;
+            other.station()
+        };
+        let d = self.call(paid_station, wire::AWARD_DETAIL, &day_params(day, "00000", "00000"), tx.journal_id).await?;
+        if !d.success {
+            return Ok(Recovered::Again(format!("awardDetail at station {paid_at} answered ret {} ({})", d.ret, scrub(&d.msg))));
+        }
+        let rows = detail_rows(&d.content);
+        f.insert("station".into(), Value::from(paid_at.as_str()));
+        if let Some(row) = rows.iter().find(|r| text(r.get("transacId")) == transac) {
+            let ticket = ticket_of(row);
+            f.insert("ticketNo".into(), Value::from(ticket.as_str()));
+            f.insert("gameNo".into(), Value::from(text(row.get("gameNo"))));
+            f.insert("batchNo".into(), Value::from(text(row.get("batchNo"))));
+            f.insert("recovered".into(), Value::Bool(true));
+            let amount = f.get("prize").and_then(Value::as_i64);
+            let mut r = base(Verdict::Approved, "10000", format!("redeemed by this very request at station {paid_at} at {award_time} (learnt by query): paid once"), f);
+            r.reference = Some(ticket);
+            r.trans_time = Some(award_time);
+            r.amount_fen = amount;
+            return Ok(Recovered::Settled(r));
+        }
+        let winners: Vec<String> = rows.iter().filter(|r| text(r.get("time")) == award_time).map(|r| text(r.get("transacId"))).filter(|t| !t.is_empty()).collect();
+        f.insert("winning_transacId".into(), json!(winners));
+        f.remove("prize");
+        Ok(Recovered::Settled(base(
+            Verdict::Declined,
+            "1307",
+            format!("already redeemed at station {paid_at} at {award_time} by another transacId ({}), not {transac}", if winners.is_empty() { "not listed".to_string() } else { winners.join(", ") }),
+            f,
+        )))
+    }
+
+    /// Count one more resend that settled nothing; true when it is time to ask by query as well.
+    fn resend_failed(&self, journal_id: u64) -> bool {
+        let mut m = self.resend_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        let n = m.entry(journal_id).or_insert(0);
+        *n += 1;
+        *n >= QUERY_AFTER
+    }
+
+    fn resend_settled(&self, journal_id: u64) {
+        self.resend_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&journal_id);
     }
 
     /// count / reset-count over one named station or every station.
@@ -435,8 +642,8 @@ impl LotteryBackend {
         let (mut rows, mut tickets, mut amount) = (Vec::new(), 0i64, 0i64);
         let mut last: Option<Reply> = None;
         for i in indices {
-            let g = self.pool.acquire_station(i).await.map_err(|e| err(Stage::NotSent, e))?;
-            let a = self.call(&g, w.path, &[], tx.journal_id).await?;
+            let g = self.station_guard(i).await?;
+            let a = self.call(g.station(), w.path, &[], tx.journal_id).await?;
             let r = plain_reply(&a, &g.station().id);
             if r.verdict != Verdict::Approved {
                 return Ok(r);
@@ -458,42 +665,46 @@ impl LotteryBackend {
         Ok(r)
     }
 
-    /// Call awardSummary and awardDetail for one day on every station (each answers for itself only).
+    /// awardDetail and awardSummary for one day on every station (each answers for itself only), per the
+    /// profile's `summary_scope`. A station that stays busy, or a host that refuses, fails the whole
+    /// reconciliation (it is tried again later).
     async fn remote_awards(&self, date: chrono::NaiveDate, journal_id: u64) -> Result<Remote, BackendError> {
-        let params = [
-            ("gameNo", Value::from("00000")),
-            ("batchNo", Value::from("00000")),
-            ("beginTime", Value::from(format!("{date} 00:00:00"))),
-            ("endTime", Value::from(format!("{date} 23:59:59"))),
-        ];
-        let (mut rows, mut count, mut amount, mut ids) = (Vec::new(), 0i64, 0i64, Vec::new());
+        let mut out = Remote::default();
         for i in 0..self.pool.len() {
-            let g = self.pool.acquire_station(i).await.map_err(|e| err(Stage::NotSent, e))?;
-            let id = g.station().id.clone();
-            let s = self.call(&g, wire::AWARD_SUMMARY, &params, journal_id).await?;
-            if !s.success {
-                return Err(err(Stage::Rejected, format!("awardSummary at station {id}: ret {} {}", s.ret, scrub(&s.msg))));
-            }
-            let summaries: Vec<&Value> = match &s.content {
-                Value::Array(a) => a.iter().collect(),
-                v => vec![v],
-            };
-            for x in summaries {
-                count += x.get("tickets").and_then(wire::text_of).and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
-                amount += x.get("amount").and_then(|v| money::json_yuan_to_fen(v).ok()).unwrap_or(0);
-            }
-            let d = self.call(&g, wire::AWARD_DETAIL, &params, journal_id).await?;
+            let g = self.station_guard(i).await?;
+            let st = g.station();
+            let d = self.call(st, wire::AWARD_DETAIL, &day_params(date, "00000", "00000"), journal_id).await?;
             if !d.success {
-                return Err(err(Stage::Rejected, format!("awardDetail at station {id}: ret {} {}", d.ret, scrub(&d.msg))));
+                return Err(err(Stage::Rejected, format!("awardDetail at station {}: ret {} {}", st.id, d.ret, scrub(&d.msg))));
             }
-            for row in detail_rows(&d.content) {
-                let mut row = row.clone();
-                row.entry("station").or_insert_with(|| Value::from(id.as_str()));
-                rows.push(row);
+            let rows: Vec<Map<String, Value>> = detail_rows(&d.content).into_iter().cloned().collect();
+            let mut per_batch = self.summary_scope == SummaryScope::PerBatch;
+            if !per_batch {
+                let s = self.call(st, wire::AWARD_SUMMARY, &day_params(date, "00000", "00000"), journal_id).await?;
+                if s.success {
+                    out.summaries.extend(summary_rows(&s.content, &st.id, ("00000", "00000")));
+                } else {
+                    out.notes.push(format!("station {}: awardSummary for all games refused (ret {} {}): asked once per game and batch", st.id, s.ret, scrub(&s.msg)));
+                    per_batch = true;
+                }
             }
-            ids.push(id);
+            if per_batch {
+                let keys: std::collections::BTreeSet<(String, String)> = rows.iter().map(|r| (text(r.get("gameNo")), text(r.get("batchNo")))).collect();
+                for (game, batch) in keys {
+                    let s = self.call(st, wire::AWARD_SUMMARY, &day_params(date, &game, &batch), journal_id).await?;
+                    if !s.success {
+                        return Err(err(Stage::Rejected, format!("awardSummary {game}/{batch} at station {}: ret {} {}", st.id, s.ret, scrub(&s.msg))));
+                    }
+                    out.summaries.extend(summary_rows(&s.content, &st.id, (&game, &batch)));
+                }
+            }
+            for mut row in rows {
+                row.insert("station".into(), Value::from(st.id.as_str()));
+                out.rows.push(row);
+            }
+            out.stations.push(st.id.clone());
         }
-        Ok(Remote { rows, summary_count: count, summary_amount_fen: amount, stations: ids })
+        Ok(out)
     }
 
     async fn reconcile(&self, req: &ReportRequest<'_>) -> Result<Reply, BackendError> {
@@ -517,6 +728,16 @@ impl LotteryBackend {
     }
 }
 
+/// awardSummary / awardDetail parameters for one Beijing-time day.
+fn day_params(date: chrono::NaiveDate, game: &str, batch: &str) -> [(&'static str, Value); 4] {
+    [
+        ("gameNo", Value::from(game)),
+        ("batchNo", Value::from(batch)),
+        ("beginTime", Value::from(format!("{date} 00:00:00"))),
+        ("endTime", Value::from(format!("{date} 23:59:59"))),
+    ]
+}
+
 /// awardDetail `content`: a list of rows, a single row object, or an object holding the list.
 fn detail_rows(content: &Value) -> Vec<&Map<String, Value>> {
     match content {
@@ -527,26 +748,69 @@ fn detail_rows(content: &Value) -> Vec<&Map<String, Value>> {
     }
 }
 
+/// awardSummary `content` (one object or a list), with the asked game and batch where a row names none.
+fn summary_rows(content: &Value, station: &str, asked: (&str, &str)) -> Vec<Summary> {
+    let list: Vec<&Map<String, Value>> = match content {
+        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
+        Value::Object(m) if m.contains_key("tickets") || m.contains_key("amount") => vec![m],
+        Value::Object(m) => m.values().find_map(Value::as_array).map(|a| a.iter().filter_map(Value::as_object).collect()).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .map(|x| {
+            let or = |k: &str, d: &str| Some(text(x.get(k))).filter(|s| !s.is_empty()).unwrap_or_else(|| d.to_string());
+            Summary {
+                station: station.to_string(),
+                game_no: or("gameNo", asked.0),
+                batch_no: or("batchNo", asked.1),
+                tickets: x.get("tickets").and_then(wire::text_of).and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0),
+                amount_fen: x.get("amount").and_then(|v| money::json_yuan_to_fen(v).ok()).unwrap_or(0),
+            }
+        })
+        .collect()
+}
+
 fn text(v: Option<&Value>) -> String {
     v.and_then(wire::text_of).unwrap_or_default()
+}
+
+/// An awardDetail row's ticket as thirdAward shows `ticketNo`: `gameNo-packNo-ticketNo`.
+fn ticket_of(row: &Map<String, Value>) -> String {
+    let parts: Vec<String> = ["gameNo", "packNo", "ticketNo"].iter().map(|k| text(row.get(*k))).filter(|s| !s.is_empty()).collect();
+    parts.join("-")
+}
+
+/// One awardSummary row of one station.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub station: String,
+    /// `00000` with `batch_no` `00000`: every game and batch of the station.
+    pub game_no: String,
+    pub batch_no: String,
+    pub tickets: i64,
+    pub amount_fen: i64,
 }
 
 /// The backend's side of one day, over every station.
 #[derive(Debug, Clone, Default)]
 pub struct Remote {
-    /// awardDetail rows (each with `station` added when the backend did not name it).
+    /// awardDetail rows as the host sent them (no prize), each with `station` set to the station asked.
     pub rows: Vec<Map<String, Value>>,
-    /// awardSummary totals.
-    pub summary_count: i64,
-    pub summary_amount_fen: i64,
+    pub summaries: Vec<Summary>,
     pub stations: Vec<String>,
+    /// How the host was asked, where that differed from the profile (a refused `00000` summary).
+    pub notes: Vec<String>,
 }
 
-/// Compare one day's journal records (engine views) with the backend's award rows, by `transacId`.
-/// A record's `transacId` is read from its result, or rebuilt from its trace and creation time (records
-/// whose answer never came).
+/// Compare one day's journal records (engine views) with the backend's award rows.
+///
+/// Rows match records by `transacId` (the document's "important marker" of which request won); a row
+/// and a record for the same ticket under different `transacId`s are one difference ("another
+/// transacId won"). Amounts exist only on our side (thirdAward's `prize`) and in awardSummary: they
+/// are compared per station and (gameNo, batchNo), a record taking its game and batch from its row.
+/// A record's `transacId` is read from its result, or rebuilt from its trace and creation time
+/// (records whose answer never came).
 pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merchant: &str, tz: FixedOffset) -> Map<String, Value> {
-    let (rows, summary_count, summary_amount, stations) = (&remote.rows, remote.summary_count, remote.summary_amount_fen, &remote.stations);
     use std::collections::BTreeMap;
     struct Local {
         id: Value,
@@ -554,6 +818,7 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
         ticket: String,
         prize: i64,
         bar: String,
+        station: String,
     }
     let mut local: BTreeMap<String, Local> = BTreeMap::new();
     // The engine sends a day either side; keep the redeems of this business day in the backend's zone.
@@ -568,85 +833,155 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
             transac_id(merchant, created, trace, tz).ok()
         });
         let Some(transac) = transac else { continue };
+        let prize = result.and_then(|x| x.get("prize")).and_then(Value::as_i64).or_else(|| r.get("amount_fen").and_then(Value::as_i64)).unwrap_or(0);
         local.insert(
             transac,
             Local {
                 id: r.get("id").cloned().unwrap_or(Value::Null),
                 status: text(r.get("status")),
                 ticket: text(result.and_then(|x| x.get("ticketNo"))),
-                prize: result.and_then(|x| x.get("prize")).and_then(Value::as_i64).unwrap_or(0),
+                prize,
                 bar: text(r.get("request").and_then(|x| x.get("barCode"))),
+                station: text(result.and_then(|x| x.get("station"))),
             },
         );
     }
-    let mut remote: BTreeMap<String, &Map<String, Value>> = BTreeMap::new();
-    for row in rows {
-        remote.insert(text(row.get("transacId")), row);
+    let approved = |l: &Local| l.status == "approved";
+    let mut by_transac: BTreeMap<String, &Map<String, Value>> = BTreeMap::new();
+    for row in &remote.rows {
+        by_transac.insert(text(row.get("transacId")), row);
     }
-    let remote_prize = |row: &Map<String, Value>| row.get("prize").and_then(|v| money::json_yuan_to_fen(v).ok()).unwrap_or(0);
-    let ticket_of = |row: &Map<String, Value>| {
-        let parts: Vec<String> = ["gameNo", "packNo", "ticketNo"].iter().map(|k| text(row.get(*k))).filter(|s| !s.is_empty()).collect();
-        parts.join("-")
-    };
-    let (mut missing_locally, mut missing_remotely, mut mismatch, mut unresolved) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut local_count, mut local_amount, mut remote_count, mut remote_amount) = (0i64, 0i64, 0i64, 0i64);
+    let (mut only_remote, mut only_local, mut station_mismatch, mut unresolved) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // (station, gameNo, batchNo) -> (tickets, fen) of our approved records, keyed by their rows.
+    let mut ours: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+    let mut ours_by_station: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let (mut local_count, mut local_amount) = (0i64, 0i64);
     for (t, l) in &local {
-        if l.status == "approved" {
+        if approved(l) {
             local_count += 1;
             local_amount += l.prize;
         } else if l.status == "pending" {
             unresolved.push(json!({"transacId": t, "journal_id": l.id, "barCode": l.bar}));
         }
     }
-    for (t, row) in &remote {
-        remote_count += 1;
-        let p = remote_prize(row);
-        remote_amount += p;
+    for (t, row) in &by_transac {
+        let st = text(row.get("station"));
         match local.get(t) {
-            Some(l) if l.status == "approved" => {
-                if l.prize != p {
-                    mismatch.push(json!({"transacId": t, "ticketNo": l.ticket, "remote_ticket": ticket_of(row), "journal_id": l.id, "local_prize_fen": l.prize, "remote_prize_fen": p}));
+            Some(l) if approved(l) => {
+                if !l.station.is_empty() && l.station != st {
+                    station_mismatch.push(json!({"transacId": t, "ticketNo": l.ticket, "journal_id": l.id, "local_station": l.station, "remote_station": st}));
                 }
+                let e = ours.entry((st.clone(), text(row.get("gameNo")), text(row.get("batchNo")))).or_default();
+                e.0 += 1;
+                e.1 += l.prize;
             }
-            other => missing_locally.push(json!({
-                "transacId": t,
-                "ticketNo": ticket_of(row),
-                "remote_prize_fen": p,
-                "awardTime": text(row.get("time")),
-                "station": text(row.get("station")),
-                "local_status": other.map(|l| Value::from(l.status.as_str())).unwrap_or(Value::Null),
-                "journal_id": other.map(|l| l.id.clone()).unwrap_or(Value::Null),
-            })),
+            other => only_remote.push((t.clone(), *row, other)),
         }
     }
-    for (t, l) in local.iter().filter(|(t, l)| l.status == "approved" && !remote.contains_key(*t)) {
-        missing_remotely.push(json!({"transacId": t, "ticketNo": l.ticket, "barCode": l.bar, "journal_id": l.id, "local_prize_fen": l.prize}));
+    for (t, l) in local.iter().filter(|(t, l)| approved(l) && !by_transac.contains_key(*t)) {
+        only_local.push((t.clone(), l));
     }
-    let differences = missing_locally.len() + missing_remotely.len() + mismatch.len();
-    let balanced = differences == 0 && local_count == summary_count && local_amount == summary_amount && remote_count == summary_count && remote_amount == summary_amount;
+    for l in local.values().filter(|l| approved(l)) {
+        let e = ours_by_station.entry(l.station.clone()).or_default();
+        e.0 += 1;
+        e.1 += l.prize;
+    }
+    // The same ticket on both sides under different transacIds: another request won it.
+    let mut different_winner = Vec::new();
+    only_local.retain(|(t, l)| {
+        let Some(k) = only_remote.iter().position(|(_, row, _)| !l.ticket.is_empty() && ticket_of(row) == l.ticket) else { return true };
+        let (winner, row, _) = only_remote.remove(k);
+        different_winner.push(json!({
+            "transacId": t, "ticketNo": l.ticket, "journal_id": l.id, "local_prize_fen": l.prize,
+            "winning_transacId": winner, "remote_station": text(row.get("station")), "awardTime": text(row.get("time")),
+        }));
+        false
+    });
+    let missing_locally: Vec<Value> = only_remote
+        .iter()
+        .map(|(t, row, l)| {
+            json!({
+                "transacId": t, "ticketNo": ticket_of(row), "gameNo": text(row.get("gameNo")), "batchNo": text(row.get("batchNo")),
+                "awardTime": text(row.get("time")), "station": text(row.get("station")),
+                "local_status": l.map(|l| Value::from(l.status.as_str())).unwrap_or(Value::Null),
+                "journal_id": l.map(|l| l.id.clone()).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    let missing_remotely: Vec<Value> =
+        only_local.iter().map(|(t, l)| json!({"transacId": t, "ticketNo": l.ticket, "barCode": l.bar, "journal_id": l.id, "local_prize_fen": l.prize, "station": l.station})).collect();
+    // Amounts: each summary row against our approved records of that station (and game and batch).
+    let mut amount_mismatch = Vec::new();
+    let (mut summary_count, mut summary_amount) = (0i64, 0i64);
+    let mut covered: std::collections::BTreeSet<(String, String, String)> = Default::default();
+    let mut all_scope: std::collections::BTreeSet<String> = Default::default();
+    for s in &remote.summaries {
+        summary_count += s.tickets;
+        summary_amount += s.amount_fen;
+        let all = s.game_no == "00000" && s.batch_no == "00000";
+        let mine = if all {
+            all_scope.insert(s.station.clone());
+            ours_by_station.get(&s.station).copied().unwrap_or_default()
+        } else {
+            covered.insert((s.station.clone(), s.game_no.clone(), s.batch_no.clone()));
+            ours.get(&(s.station.clone(), s.game_no.clone(), s.batch_no.clone())).copied().unwrap_or_default()
+        };
+        if mine != (s.tickets, s.amount_fen) {
+            amount_mismatch.push(json!({
+                "station": s.station, "gameNo": s.game_no, "batchNo": s.batch_no,
+                "local_tickets": mine.0, "local_amount_fen": mine.1, "summary_tickets": s.tickets, "summary_amount_fen": s.amount_fen,
+            }));
+        }
+    }
+    // Batches we paid on a station whose summary came per batch but did not name them.
+    for ((st, g, b), mine) in &ours {
+        if !all_scope.contains(st) && !covered.contains(&(st.clone(), g.clone(), b.clone())) {
+            amount_mismatch.push(json!({"station": st, "gameNo": g, "batchNo": b, "local_tickets": mine.0, "local_amount_fen": mine.1, "summary_tickets": 0, "summary_amount_fen": 0}));
+        }
+    }
+    let differences = missing_locally.len() + missing_remotely.len() + different_winner.len() + station_mismatch.len() + amount_mismatch.len();
+    let balanced = differences == 0;
     let mut text_lines = vec![
-        format!("Lottery reconciliation {date} (stations {})", stations.join(", ")),
+        format!("Lottery reconciliation {date} (stations {})", remote.stations.join(", ")),
         format!("journal: {local_count} tickets, {} yuan", money::fen_to_yuan(local_amount)),
-        format!("backend detail: {remote_count} tickets, {} yuan; summary: {summary_count} tickets, {} yuan", money::fen_to_yuan(remote_amount), money::fen_to_yuan(summary_amount)),
+        format!("backend: {} detail rows; summary {summary_count} tickets, {} yuan", remote.rows.len(), money::fen_to_yuan(summary_amount)),
     ];
-    for (title, list) in [("missing locally", &missing_locally), ("missing remotely", &missing_remotely), ("prize differs", &mismatch)] {
-        for x in list.iter() {
-            text_lines.push(format!("{title}: {} {} local {} remote {}", text(x.get("transacId")), text(x.get("ticketNo")), text(x.get("local_prize_fen")), text(x.get("remote_prize_fen"))));
-        }
+    text_lines.extend(remote.notes.iter().cloned());
+    for x in &missing_locally {
+        text_lines.push(format!("paid by the host, not approved here: ticket {} transacId {} station {} at {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("station")), text(x.get("awardTime"))));
+    }
+    for x in &missing_remotely {
+        text_lines.push(format!("approved here, unknown to the host: ticket {} transacId {} journal {} ({} yuan)", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("journal_id")), money::fen_to_yuan(x.get("local_prize_fen").and_then(Value::as_i64).unwrap_or(0))));
+    }
+    for x in &different_winner {
+        text_lines.push(format!("ticket {}: ours was transacId {}, the host paid transacId {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("winning_transacId"))));
+    }
+    for x in &station_mismatch {
+        text_lines.push(format!("ticket {} transacId {}: journaled at station {}, paid at station {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("local_station")), text(x.get("remote_station"))));
+    }
+    for x in &amount_mismatch {
+        text_lines.push(format!(
+            "station {} game {} batch {}: journal {} tickets {} yuan, summary {} tickets {} yuan",
+            text(x.get("station")), text(x.get("gameNo")), text(x.get("batchNo")), text(x.get("local_tickets")),
+            money::fen_to_yuan(x.get("local_amount_fen").and_then(Value::as_i64).unwrap_or(0)), text(x.get("summary_tickets")),
+            money::fen_to_yuan(x.get("summary_amount_fen").and_then(Value::as_i64).unwrap_or(0))
+        ));
     }
     text_lines.push(if balanced { "balanced".into() } else { format!("NOT balanced: {differences} difference(s)") });
     let mut m = Map::new();
     m.insert("date".into(), Value::from(date.to_string()));
-    m.insert("stations".into(), json!(stations));
+    m.insert("stations".into(), json!(remote.stations));
     m.insert("missing_locally".into(), Value::Array(missing_locally));
     m.insert("missing_remotely".into(), Value::Array(missing_remotely));
-    m.insert("prize_mismatch".into(), Value::Array(mismatch));
+    m.insert("different_winner".into(), Value::Array(different_winner));
+    m.insert("station_mismatch".into(), Value::Array(station_mismatch));
+    m.insert("amount_mismatch".into(), Value::Array(amount_mismatch));
     m.insert("unresolved_locally".into(), Value::Array(unresolved));
     m.insert(
         "totals".into(),
         json!({
             "local_count": local_count, "local_amount_fen": local_amount,
-            "remote_count": remote_count, "remote_amount_fen": remote_amount,
+            "remote_count": remote.rows.len(),
             "summary_count": summary_count, "summary_amount_fen": summary_amount,
         }),
     );
@@ -720,8 +1055,9 @@ impl Backend for LotteryBackend {
             };
             match f.kind {
                 Kind::Text => {
-                    if f.name == "userId" && (v.len() > 32 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')) {
-                        return Err(invalid(f.name, "must be at most 32 letters or digits"));
+                    // 8.4: "包含字母和数字的字符串,最大32个字节长度": letters and digits only, nothing sent otherwise.
+                    if f.name == "userId" && (v.len() > 32 || !v.bytes().all(|b| b.is_ascii_alphanumeric())) {
+                        return Err(invalid(f.name, "must be letters and digits only (A-Z, a-z, 0-9), at most 32"));
                     }
                     p.public.insert(f.name.into(), Value::String(v));
                 }
@@ -759,16 +1095,25 @@ impl Backend for LotteryBackend {
             let user = str_of(&p.public, "userId").unwrap_or_default().to_string();
             self.risk.check(&user, ctx.now_ms, ctx.recent)?;
             p.pos_reference = str_of(&p.public, "barCode").map(str::to_string);
+            // An unknown outcome holds back this ticket only: other tickets go on meanwhile.
+            if let Some(Value::String(bar)) = p.vault.get("barCode") {
+                p.unit = Some(format!("ticket:{bar}"));
+            }
         }
         Ok(p)
     }
 
-    /// Logs in every station of the pool. The tokens stay in memory: the session given to the engine (and
-    /// journaled) names the stations only.
+    /// Logs in every station of the pool that is free right now. A station held by a request whose
+    /// outcome is unknown (or whose answer never came) is skipped and named in `held`: a login is a request
+    /// too, and it would end the session the pending request was sent under; it logs in lazily later.
+    /// The tokens stay in memory: the session given to the engine (and journaled) names the stations only.
     async fn sign_on(&self, _identity: &TerminalIdentity, journal_id: u64, _trace: &str) -> Result<SignOn, BackendError> {
-        let (mut ok, mut failed, mut last) = (Vec::new(), Vec::new(), None);
+        let (mut ok, mut failed, mut held, mut last) = (Vec::new(), Vec::new(), Vec::new(), None);
         for i in 0..self.pool.len() {
-            let g = self.pool.acquire_station(i).await.map_err(|e| err(Stage::NotSent, e))?;
+            let Some(g) = self.pool.try_station(i) else {
+                held.push(self.pool.stations()[i].id.clone());
+                continue;
+            };
             match self.login(g.station(), journal_id).await {
                 Ok(a) => {
                     ok.push(g.station().id.clone());
@@ -780,15 +1125,55 @@ impl Backend for LotteryBackend {
                 }
             }
         }
-        let Some(a) = last else {
-            let why = failed.iter().map(|f| text(f.get("error"))).collect::<Vec<_>>().join("; ");
-            return Err(err(Stage::Rejected, format!("no station could log in: {why}")));
+        if !held.is_empty() {
+            tracing::info!(stations = ?held, "lottery sign-on skipped held stations; they log in when next used");
+        }
+        let reply = match last {
+            Some(a) => {
+                let mut r = plain_reply(&a, ok.last().map(String::as_str).unwrap_or_default());
+                r.fields.remove("station");
+                r
+            }
+            None if failed.is_empty() => Reply {
+                verdict: Verdict::Approved,
+                code: "10000".into(),
+                message: "所有站点忙".into(),
+                message_en: "every station is held by a pending request; each logs in when next used".into(),
+                fields: Map::new(),
+                reference: None,
+                trans_time: None,
+                amount_fen: None,
+            },
+            None => {
+                let why = failed.iter().map(|f| text(f.get("error"))).collect::<Vec<_>>().join("; ");
+                return Err(err(Stage::Rejected, format!("no station could log in: {why}")));
+            }
         };
-        let mut reply = plain_reply(&a, ok.last().map(String::as_str).unwrap_or_default());
-        reply.fields.remove("station");
+        let mut reply = reply;
         reply.fields.insert("stations".into(), json!(ok));
+        reply.fields.insert("held".into(), json!(held));
         reply.fields.insert("failed".into(), Value::Array(failed.clone()));
-        Ok(SignOn { batch: None, session: json!({ "stations": ok, "failed": failed.len() }), reply })
+        Ok(SignOn { batch: None, session: json!({ "stations": ok, "held": held, "failed": failed.len() }), reply })
+    }
+
+    /// A station for a redeem, taken before it is journaled: any free one that is not held, waiting at
+    /// most `wait`. Other operations take their station per call.
+    async fn lease(&self, operation: &str, _public: &Map<String, Value>, wait: Duration) -> Result<Option<Lease>, BackendError> {
+        if operation != "redeem" {
+            return Ok(None);
+        }
+        let g = self.pool.acquire(Some(wait)).await.map_err(|e| err(Stage::NotSent, e))?;
+        Ok(Some(Lease { slot: g.station().id.clone(), guard: Box::new(g) }))
+    }
+
+    /// The station a record was journaled on, at start-up. The last run may have died with a request
+    /// on it unanswered, which the host may still be working on: the station is held for the hold
+    /// period, so the first resend waits that out.
+    async fn lease_slot(&self, slot: &str) -> Result<Option<Lease>, BackendError> {
+        let Some(i) = self.pool.index_of(slot) else { return Ok(None) };
+        let g = self.pool.acquire_station(i, Some(self.hold + self.timeout)).await.map_err(|e| err(Stage::NotSent, e))?;
+        g.station().hold(self.hold);
+        Ok(Some(Lease { slot: g.station().id.clone(), guard: Box::new(g) }))
     }
 
     async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError> {
@@ -800,7 +1185,7 @@ impl Backend for LotteryBackend {
             _ => {
                 let g = self.guard_for(tx.public).await?;
                 let params = self.params(w, &tx, g.station(), None).map_err(|e| err(Stage::NotSent, e))?;
-                let a = self.call(&g, w.path, &params, tx.journal_id).await?;
+                let a = self.call(g.station(), w.path, &params, tx.journal_id).await?;
                 let mut r = plain_reply(&a, &g.station().id);
                 if w.spec.name == "password" && a.success {
                     if let Some(Value::String(new)) = tx.transient.get("new") {
@@ -813,17 +1198,41 @@ impl Backend for LotteryBackend {
         }
     }
 
-    /// Resend the same `transacId`. Only an answer about the ticket settles it; anything else (errors,
-    /// protocol refusals of the resend itself) says nothing about the first send, so it is tried again.
+    /// Resend the same `transacId` on the record's station. Only an answer about the ticket settles it;
+    /// 15 / 10030 (the `transacId` reached the host before) and [`QUERY_AFTER`] resends in a row that
+    /// settle nothing are followed by a query (getPrize + awardDetail). `Recovery::Query`: the query only.
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError> {
-        if how != Recovery::Resend || tx.operation != "redeem" {
+        if tx.operation != "redeem" || !matches!(how, Recovery::Resend | Recovery::Query) {
             return Ok(Recovered::Again(format!("{how:?} is not supported for `{}`", tx.operation)));
         }
-        match self.redeem(&tx).await {
-            Ok(r) if ticket_level(&r.code) => Ok(Recovered::Settled(r)),
-            Ok(r) => Ok(Recovered::Again(format!("resend answered ret {} ({}), which says nothing about the ticket", r.code, r.message_en))),
-            Err(e) => Ok(Recovered::Again(e.detail)),
+        let query = |why: String| async move {
+            match self.query_outcome(&tx, &why).await {
+                Ok(Recovered::Settled(r)) => {
+                    self.resend_settled(tx.journal_id);
+                    Ok(Recovered::Settled(r))
+                }
+                Ok(other) => Ok(other),
+                Err(e) => Ok(Recovered::Again(format!("{why}; the query failed too: {}", e.detail))),
+            }
+        };
+        if how == Recovery::Query {
+            return query("query".into()).await;
         }
+        let why = match self.redeem(&tx).await {
+            Ok(r) if SEEN_BEFORE.contains(&r.code.trim()) => {
+                return query(format!("resend answered ret {} ({}): the transacId reached the host before", r.code, r.message_en)).await;
+            }
+            Ok(r) if ticket_level(&r.code) => {
+                self.resend_settled(tx.journal_id);
+                return Ok(Recovered::Settled(r));
+            }
+            Ok(r) => format!("resend answered ret {} ({}), which says nothing about the ticket", r.code, r.message_en),
+            Err(e) => e.detail,
+        };
+        if self.resend_failed(tx.journal_id) {
+            return query(why).await;
+        }
+        Ok(Recovered::Again(why))
     }
 
     async fn settle(&self, _req: SettleRequest<'_>) -> Result<Settled, BackendError> {

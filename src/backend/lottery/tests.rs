@@ -15,13 +15,18 @@ pub(crate) fn temp_dir(tag: &str) -> PathBuf {
 /// A profile on disk (TOML + secrets + test CA) with `stations` stations `2101000n` and extra `[options]`
 /// lines, and the backend built from it.
 pub(crate) fn backend_for(base_url: &str, dir: &Path, app_secret: &str, password: &str, stations: u32, extra_options: &str) -> LotteryBackend {
+    backend_with_timeout(base_url, dir, app_secret, password, stations, 3000, extra_options)
+}
+
+/// [`backend_for`] with another `timeout_ms`.
+pub(crate) fn backend_with_timeout(base_url: &str, dir: &Path, app_secret: &str, password: &str, stations: u32, timeout_ms: u64, extra_options: &str) -> LotteryBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
     std::fs::write(dir.join("app-secret.txt"), format!("{app_secret}\n")).unwrap();
     std::fs::write(dir.join("station.txt"), format!("{password}\n")).unwrap();
     let list: Vec<String> = (1..=stations).map(|n| format!("{{ id = \"2101{n:04}\", clerk = \"0\", serial = \"X1P4H1110200020{n}\" }}")).collect();
     let toml = format!(
-        "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"2101\"\nterminal = \"t1\"\noperator = \"0\"\ntimeout_ms = 3000\n[secrets]\napp_secret = \"app-secret.txt\"\nstation_password = \"station.txt\"\n[options]\napp_key = \"aa75c0f6a4bf462ea006b2920034cf5b\"\nstations = [{}]\n{extra_options}\n",
-        list.join(", ")
+        "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"2101\"\nterminal = \"t1\"\noperator = \"0\"\ntimeout_ms = {timeout_ms}\n[secrets]\napp_secret = \"app-secret.txt\"\nstation_password = \"station.txt\"\n[options]\napp_key = \"aa75c0f6a4bf462ea006b2920034cf5b\"\nstations = [{}]\n{extra_options}\n",
+        list.join(", "),
     );
     let path = dir.join("lot.toml");
     std::fs::write(&path, toml).unwrap();
@@ -133,49 +138,125 @@ fn answer(success: bool, ret: &str, content: Value) -> Answer {
     Answer { success, ret: ret.into(), msg: String::new(), content }
 }
 
+fn ours(id: &str) -> bool {
+    id.starts_with("210100")
+}
+
 #[test]
 fn redeem_answers_map_to_verdicts() {
     let me = "0120260310100304000042";
-    let paid = redeem_reply(&answer(true, "1301", json!({"transacId": me, "ticketNo": "00101-00001-GW001", "gameName": "好运十倍", "price": 10, "level": 3, "prize": 50, "balance": 10050.5, "amountPrize": 150})), me, "21010001").unwrap();
+    let paid = redeem_reply(&answer(true, "1301", json!({"transacId": me, "ticketNo": "00101-00001-GW001", "gameName": "好运十倍", "price": 10, "level": 3, "prize": 50, "balance": 10050.5, "amountPrize": 150})), me, "21010001", &ours).unwrap();
     assert_eq!(paid.verdict, Verdict::Approved);
     assert_eq!((paid.fields["prize"].clone(), paid.fields["price"].clone(), paid.fields["balance"].clone(), paid.fields["amountPrize"].clone()), (json!(5000), json!(1000), json!(1005050), json!(15000)));
     assert_eq!(paid.fields["transacId"], json!(me));
+    assert_eq!(paid.fields["station"], json!("21010001"));
     assert_eq!(paid.reference.as_deref(), Some("00101-00001-GW001"));
-    let ours = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": me, "prize": 50, "awardStation": "21010002", "awardTime": "2026-03-10 10:03:05"})), me, "21010001").unwrap();
-    assert_eq!((ours.verdict.clone(), ours.code.as_str()), (Verdict::Approved, "1307"));
-    let theirs = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": "99x", "awardStation": "21019999", "awardTime": "2026-01-01 10:00:00"})), me, "21010001").unwrap();
+    let theirs = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": "99x", "awardStation": "21019999", "awardTime": "2026-01-01 10:00:00"})), me, "21010001", &ours).unwrap();
     assert_eq!(theirs.verdict, Verdict::Declined);
     assert!(theirs.message_en.contains("21019999") && theirs.message_en.contains("2026-01-01 10:00:00"), "{}", theirs.message_en);
-    let losing = redeem_reply(&answer(false, "1305", json!({"transacId": me, "ticketNo": "T", "gameName": "G", "price": 10})), me, "21010001").unwrap();
+    let losing = redeem_reply(&answer(false, "1305", json!({"transacId": me, "ticketNo": "T", "gameName": "G", "price": 10})), me, "21010001", &ours).unwrap();
     assert_eq!((losing.verdict.clone(), losing.fields["ticketNo"].clone(), losing.message.as_str()), (Verdict::Declined, json!("T"), "兑奖失败, 此票未中奖"));
-    assert_eq!(redeem_reply(&answer(false, "1005", json!({})), me, "s").unwrap_err().stage, Stage::Unknown);
-    assert!(ticket_level("1305") && ticket_level("1307") && !ticket_level("12") && !ticket_level("1005"));
+    assert_eq!(redeem_reply(&answer(false, "1005", json!({})), me, "s", &ours).unwrap_err().stage, Stage::Unknown);
+    assert!(ticket_level("1305") && ticket_level("1307") && !ticket_level("12") && !ticket_level("1005") && !ticket_level("15") && !ticket_level("10030"));
     // Tokens in a login answer never reach the journal-bound fields.
     assert!(plain_reply(&answer(true, "10000", json!({"token": "t0k3n", "serverTime": "x"})), "s").fields.get("token").is_none());
 }
 
+/// Finding 3: a redeem settled by a resend was journaled under the resending station; the host paid it
+/// at `awardStation`. And a 1307 naming our transacId at a station not ours is not our payment.
 #[test]
-fn comparison_names_every_difference() {
+fn a_1307_of_ours_is_journaled_under_award_station_and_needs_one_of_our_stations() {
+    let me = "0120260310100304000042";
+    let ours_elsewhere = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": me, "prize": 50, "awardStation": "21010002", "awardTime": "2026-03-10 10:03:05"})), me, "21010001", &ours).unwrap();
+    assert_eq!((ours_elsewhere.verdict.clone(), ours_elsewhere.code.as_str()), (Verdict::Approved, "1307"));
+    assert_eq!(ours_elsewhere.fields["station"], json!("21010002"), "journaled where the host paid it");
+    assert_eq!(ours_elsewhere.fields["sent_on"], json!("21010001"));
+    assert_eq!(ours_elsewhere.amount_fen, Some(5000));
+    let foreign = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": me, "prize": 50, "awardStation": "31019999", "awardTime": "2026-03-10 10:03:05"})), me, "21010001", &ours).unwrap();
+    assert_eq!(foreign.verdict, Verdict::Declined);
+    assert!(foreign.message_en.contains("31019999"), "{}", foreign.message_en);
+    assert_eq!(foreign.amount_fen, None);
+}
+
+/// Findings 7 and 8: `u_1`, `u-2` were sent although 8.4 allows letters and digits only; report-award
+/// sent `00000` for a left-out game and batch, which the host refuses since v1.0.
+#[test]
+fn user_id_is_letters_and_digits_and_report_award_needs_game_and_batch() {
+    let b = backend();
+    let redeem = |user: &str| b.prepare("redeem", &body(json!({"userId": user, "userRealIp": "10.0.0.8", "barCode": "GW00000001"})), None, &ctx());
+    for bad in ["u_1", "u-2", "wx 1", "用户1", &"a".repeat(33)] {
+        assert!(matches!(redeem(bad), Err(PrepareError::Invalid { ref field, .. }) if field == "userId"), "{bad}");
+    }
+    for good in ["u1", "WX0001abc", &"a".repeat(32)] {
+        assert!(redeem(good).is_ok(), "{good}");
+    }
+    // The unit an unknown outcome holds back is the ticket.
+    assert_eq!(redeem("u1").unwrap().unit.as_deref(), Some("ticket:GW00000001"));
+    let award = |v: Value| b.prepare("report-award", &body(v), None, &ctx());
+    assert_eq!(award(json!({"beginTime": "2026/03/10", "endTime": "2026/03/10"})).unwrap_err(), PrepareError::Missing("gameNo".into()));
+    assert_eq!(award(json!({"gameNo": "00101", "beginTime": "2026/03/10", "endTime": "2026/03/10"})).unwrap_err(), PrepareError::Missing("batchNo".into()));
+    let ok = award(json!({"gameNo": "00101", "batchNo": "00001", "beginTime": "2026/03/10", "endTime": "2026/03/10"})).unwrap();
+    assert_eq!((ok.public["gameNo"].clone(), ok.public["batchNo"].clone()), (json!("00101"), json!("00001")));
+}
+
+fn detail_row(t: &str, station: &str, ticket: &str, batch: &str) -> Map<String, Value> {
+    // Exactly the document's 8.8.2 fields: no prize.
+    let mut m = json!({"gameNo": "00101", "batchNo": batch, "packNo": "00001", "ticketNo": ticket, "transacId": t, "time": "2026-03-10 10:00:00"}).as_object().cloned().unwrap();
+    m.insert("station".into(), json!(station));
+    m
+}
+
+fn summary(station: &str, game: &str, batch: &str, tickets: i64, fen: i64) -> Summary {
+    Summary { station: station.into(), game_no: game.into(), batch_no: batch.into(), tickets, amount_fen: fen }
+}
+
+/// Finding 4: awardDetail rows carry no prize, and the comparison read a per-row prize: a day could not
+/// balance. Amounts now come from awardSummary per (gameNo, batchNo).
+#[test]
+fn comparison_without_row_prizes_names_every_difference() {
     let tz = FixedOffset::east_opt(8 * 3600).unwrap();
-    let rec = |id: u64, t: &str, status: &str, prize: i64| json!({"id": id, "operation": "redeem", "status": status, "trace": "000001", "created_at": "2026-03-10T02:00:00Z", "request": {"barCode": "GW0000****0001"}, "result": {"transacId": t, "ticketNo": format!("T{id}"), "prize": prize}});
-    let mut records = vec![rec(1, "A", "approved", 500), rec(2, "B", "approved", 1000), rec(3, "C", "approved", 2000), rec(4, "D", "declined", 0)];
+    let rec = |id: u64, t: &str, status: &str, prize: i64, station: &str| {
+        json!({"id": id, "operation": "redeem", "status": status, "trace": "000001", "created_at": "2026-03-10T02:00:00Z", "request": {"barCode": "GW0000****0001"},
+               "result": {"transacId": t, "ticketNo": format!("00101-00001-T{id}"), "prize": prize, "station": station}})
+    };
+    let mut records = vec![rec(1, "A", "approved", 500, "S1"), rec(2, "B", "approved", 1000, "S1"), rec(3, "C", "approved", 2000, "S2"), rec(4, "D", "declined", 0, "S1")];
     // The engine hands over a day either side: 23:59 and 00:00 Beijing of the neighbouring days are not this day.
-    let mut before = rec(5, "E", "approved", 700);
+    let mut before = rec(5, "E", "approved", 700, "S1");
     before["created_at"] = json!("2026-03-09T15:59:59Z");
-    let mut after = rec(6, "F", "approved", 700);
+    let mut after = rec(6, "F", "approved", 700, "S1");
     after["created_at"] = json!("2026-03-10T16:00:00Z");
     records.extend([before, after]);
-    let row = |t: &str, prize: i64| json!({"gameNo": "00101", "packNo": "00001", "ticketNo": format!("N{t}"), "transacId": t, "time": "2026-03-10 10:00:00", "prize": prize}).as_object().cloned().unwrap();
-    let rows = vec![row("A", 5), row("C", 30), row("X", 100)];
     let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
-    let remote = Remote { rows, summary_count: 3, summary_amount_fen: 13_500, stations: vec!["21010001".into()] };
-    let m = compare(date, &records, &remote, "01", tz);
-    let ids = |k: &str| m[k].as_array().unwrap().iter().map(|x| x["transacId"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+
+    // Both sides agree: balanced, with the summary per station for all games, or per batch.
+    let rows = vec![detail_row("A", "S1", "T1", "00001"), detail_row("B", "S1", "T2", "00002"), detail_row("C", "S2", "T3", "00001")];
+    let all = Remote { rows: rows.clone(), summaries: vec![summary("S1", "00000", "00000", 2, 1500), summary("S2", "00000", "00000", 1, 2000)], stations: vec!["S1".into(), "S2".into()], notes: vec![] };
+    let m = compare(date, &records, &all, "01", tz);
+    assert_eq!(m["balanced"], json!(true), "{}", m["report_text"]);
+    let per = Remote { summaries: vec![summary("S1", "00101", "00001", 1, 500), summary("S1", "00101", "00002", 1, 1000), summary("S2", "00101", "00001", 1, 2000)], ..all.clone() };
+    assert_eq!(compare(date, &records, &per, "01", tz)["balanced"], json!(true));
+
+    // One ticket removed from the host's rows: named, with its ticket.
+    let gone = Remote { rows: vec![rows[0].clone(), rows[2].clone()], ..all.clone() };
+    let m = compare(date, &records, &gone, "01", tz);
+    assert_eq!(m["balanced"], json!(false));
+    assert_eq!(m["missing_remotely"][0]["transacId"], json!("B"));
+    assert_eq!(m["missing_remotely"][0]["ticketNo"], json!("00101-00001-T2"));
+    assert!(m["report_text"].as_str().unwrap().contains("00101-00001-T2"));
+
+    // A ticket only the host paid, another transacId winning ours, a station mismatch, a summary off.
+    let mut rows2 = vec![detail_row("A", "S2", "T1", "00001"), detail_row("X", "S1", "T9", "00001"), detail_row("Z", "S1", "T2", "00002"), detail_row("C", "S2", "T3", "00001")];
+    rows2[0].insert("station".into(), json!("S2"));
+    let odd = Remote { rows: rows2, summaries: vec![summary("S1", "00000", "00000", 2, 1500), summary("S2", "00000", "00000", 2, 2000)], ..all.clone() };
+    let m = compare(date, &records, &odd, "01", tz);
+    let ids = |k: &str| m[k].as_array().unwrap().iter().map(|x| x["transacId"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
     assert_eq!(ids("missing_locally"), ["X"]);
-    assert_eq!(ids("missing_remotely"), ["B"]);
-    assert_eq!(ids("prize_mismatch"), ["C"]);
-    assert_eq!(m["prize_mismatch"][0]["local_prize_fen"], json!(2000));
-    assert_eq!(m["prize_mismatch"][0]["remote_prize_fen"], json!(3000));
-    assert_eq!(m["totals"], json!({"local_count": 3, "local_amount_fen": 3500, "remote_count": 3, "remote_amount_fen": 13500, "summary_count": 3, "summary_amount_fen": 13500}));
-    assert_eq!((m["balanced"].clone(), m["differences"].clone()), (json!(false), json!(3)));
+    assert!(ids("missing_remotely").is_empty());
+    assert_eq!(ids("different_winner"), ["B"]);
+    assert_eq!(m["different_winner"][0]["winning_transacId"], json!("Z"));
+    assert_eq!(ids("station_mismatch"), ["A"]);
+    let stations: Vec<&str> = m["amount_mismatch"].as_array().unwrap().iter().map(|x| x["station"].as_str().unwrap()).collect();
+    assert_eq!(stations, ["S2"], "{}", m["report_text"]);
+    assert_eq!((m["balanced"].clone(), m["differences"].clone()), (json!(false), json!(4)));
+    assert_eq!(m["totals"], json!({"local_count": 3, "local_amount_fen": 3500, "remote_count": 4, "summary_count": 4, "summary_amount_fen": 3500}));
 }

@@ -75,7 +75,8 @@ const PRIZE: &[Field] = &[p("barCode", true, Kind::BarCode)];
 const SALES: &[Field] = &[pd("gameNo", "00000"), pd("batchNo", "00000"), p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
 const BALANCE: &[Field] = &[p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date)];
 const TRACE: &[Field] = &[p("barCode", true, Kind::Text)];
-const AWARD: &[Field] = &[pd("gameNo", "00000"), pd("batchNo", "00000"), p("beginTime", true, Kind::Date), p("endTime", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
+/// 8.7.4: since v1.0 it cannot query all batches, so game and batch come from the caller (no `00000`).
+const AWARD: &[Field] = &[p("gameNo", true, Kind::Text), p("batchNo", true, Kind::Text), p("beginTime", true, Kind::Date), p("endTime", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
 /// awardSummary / awardDetail: filled by the daemon for the reconciled day.
 pub const ACCOUNT: &[Field] = &[d("gameNo"), d("batchNo"), d("beginTime"), d("endTime")];
 

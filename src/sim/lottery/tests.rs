@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::*;
-use crate::backend::lottery::tests::{backend_for, noon_ms, temp_dir};
+use crate::backend::lottery::tests::{backend_with_timeout, noon_ms, temp_dir};
 use crate::backend::lottery::LotteryBackend;
-use crate::backend::{Backend, BackendError, PrepareContext, Prepared, Recovered, Recovery, Reply, ReportRequest, Stage, TerminalIdentity, TxRequest, Verdict};
+use crate::backend::{Backend, BackendError, Lease, PrepareContext, Prepared, Recovered, Recovery, Reply, ReportRequest, Stage, TerminalIdentity, TxRequest, Verdict};
 use crate::net::client::HttpsClient;
 
 /// A stand-in for the engine: journal ids, trace numbers, creation times.
@@ -20,6 +20,8 @@ struct Lane {
 }
 
 struct Done {
+    /// The leased station, when the redeem ran the engine's way.
+    slot: Option<String>,
     prepared: Prepared,
     trace: String,
     created_at: String,
@@ -44,7 +46,7 @@ impl Done {
 impl Lane {
     fn tx<'a>(&'a self, op: &'a str, d: &'a Done, transient: &'a Map<String, Value>) -> TxRequest<'a> {
         TxRequest {
-            slot: None,
+            slot: d.slot.as_deref(),
             journal_id: d.journal_id,
             operation: op,
             identity: &self.id,
@@ -60,9 +62,20 @@ impl Lane {
     }
 
     async fn run(&self, op: &str, body: Value) -> Done {
+        self.run_on(None, op, body).await
+    }
+
+    async fn run_on(&self, slot: Option<&str>, op: &str, body: Value) -> Done {
         let prepared = self.b.prepare(op, body.as_object().unwrap(), None, &PrepareContext { now_ms: noon_ms(), recent: &[], card: None }).unwrap();
         let n = self.trace.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let mut d = Done { prepared, trace: format!("{n:06}"), created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true), journal_id: u64::from(n), reply: Err(BackendError::new("lottery", Stage::NotSent, "not run")) };
+        let mut d = Done {
+            slot: slot.map(str::to_string),
+            prepared,
+            trace: format!("{n:06}"),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            journal_id: u64::from(n),
+            reply: Err(BackendError::new("lottery", Stage::NotSent, "not run")),
+        };
         let transient = d.prepared.transient.clone();
         d.reply = self.b.execute(self.tx(op, &d, &transient)).await;
         d
@@ -70,6 +83,13 @@ impl Lane {
 
     async fn redeem(&self, user: &str, bar: &str) -> Done {
         self.run("redeem", json!({"userId": user, "userRealIp": "10.0.0.8", "barCode": bar})).await
+    }
+
+    /// The engine's way: lease a station first, redeem on it; the lease comes back with the result.
+    async fn redeem_leased(&self, user: &str, bar: &str) -> (Lease, Done) {
+        let lease = self.b.lease("redeem", &Map::new(), Duration::from_secs(5)).await.unwrap().expect("redeem leases a station");
+        let d = self.run_on(Some(&lease.slot), "redeem", json!({"userId": user, "userRealIp": "10.0.0.8", "barCode": bar})).await;
+        (lease, d)
     }
 
     /// One recovery attempt, replayed from the journal (no transient fields).
@@ -80,6 +100,10 @@ impl Lane {
 }
 
 async fn start_with(stations: u32, extra: &str) -> (Arc<LotterySim>, Lane, tokio::sync::oneshot::Sender<()>) {
+    start_timed(stations, 3000, extra).await
+}
+
+async fn start_timed(stations: u32, timeout_ms: u64, extra: &str) -> (Arc<LotterySim>, Lane, tokio::sync::oneshot::Sender<()>) {
     let dir = temp_dir("sim");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -89,14 +113,15 @@ async fn start_with(stations: u32, extra: &str) -> (Arc<LotterySim>, Lane, tokio
     tokio::spawn(sim.clone().serve(listener, pki.acceptor().unwrap(), async move {
         let _ = stopped.await;
     }));
-    let b = backend_for(&format!("https://127.0.0.1:{port}"), &dir, DEMO_APP_SECRET, DEMO_PASSWORD, stations, extra);
+    let b = backend_with_timeout(&format!("https://127.0.0.1:{port}"), &dir, DEMO_APP_SECRET, DEMO_PASSWORD, stations, timeout_ms, extra);
     let lane = Lane { b: Arc::new(b), id: TerminalIdentity { store: "2101".into(), terminal: "t1".into(), operator: "0".into() }, trace: Default::default() };
     (sim, lane, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeem_end_to_end_with_a_dropped_answer_paid_once() {
-    let (sim, lane, _stop) = start_with(2, "").await;
+    // A broken connection holds its station: keep that short here.
+    let (sim, lane, _stop) = start_with(2, "station_hold_ms = 50").await;
     let on = lane.b.sign_on(&lane.id, 1, "").await.unwrap();
     assert_eq!(on.session["stations"], json!(["21010001", "21010002"]));
     assert!(!on.session.to_string().contains("token"));
@@ -245,6 +270,7 @@ async fn the_simulator_refuses_a_second_request_on_a_busy_station() {
     let a2 = crate::backend::lottery::wire::parse_answer(&r2.unwrap().body).unwrap();
     assert_eq!((a1.ret.as_str(), a2.ret.as_str()), ("10000", "1005"));
     assert_eq!(sim.state_snapshot().violations.len(), 1);
+    assert_eq!(sim.state_snapshot().overlaps, 1);
     // A forged signature is refused with 12.
     let (ct, body) = raw();
     let forged = body.replace("sign=", "sign=0");
@@ -276,7 +302,7 @@ async fn counts_prizes_and_html_reports() {
         ("report-sales", json!({"beginDate": "2026/03/01", "endDate": "2026/03/10"})),
         ("report-balance", json!({"beginDate": "2026/03/01", "endDate": "2026/03/10"})),
         ("report-trace", json!({"barCode": "GW00000001"})),
-        ("report-award", json!({"beginTime": "2026/03/10", "endTime": "2026/03/10", "stationId": "21010001"})),
+        ("report-award", json!({"gameNo": "00101", "batchNo": "00001", "beginTime": "2026/03/10", "endTime": "2026/03/10", "stationId": "21010001"})),
     ] {
         let r = lane.run(op, body).await;
         let f = &r.ok().fields;
@@ -285,13 +311,23 @@ async fn counts_prizes_and_html_reports() {
     }
 }
 
+fn today_beijing() -> chrono::NaiveDate {
+    chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).date_naive()
+}
+
+async fn reconcile(lane: &Lane, records: &[Value]) -> Result<Reply, BackendError> {
+    let empty = Map::new();
+    let req = ReportRequest { journal_id: 99, operation: "reconcile", identity: &lane.id, trace: "000099", created_at: "2026-03-11T17:00:00Z", date: today_beijing(), records, public: &empty };
+    lane.b.report(req).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_names_each_planted_difference() {
     let (sim, lane, _stop) = start_with(2, "").await;
     lane.b.sign_on(&lane.id, 1, "").await.unwrap();
     let a = lane.redeem("u", "GW00000001").await; // 10 yuan, agrees
     let b = lane.redeem("u", "GW00000002").await; // 20 yuan, hidden from the backend's reports
-    let c = lane.redeem("u", "GW00000003").await; // 50 yuan, reported as 60
+    let c = lane.redeem("u", "GW00000003").await; // 50 yuan, counted as 60 in the summary
     let lose = lane.redeem("u", "GL00000005").await; // declined: on neither side
     let t = |d: &Done| d.ok().fields["transacId"].as_str().unwrap().to_string();
     sim.hide_from_reports(&t(&b));
@@ -299,33 +335,168 @@ async fn reconciliation_names_each_planted_difference() {
     sim.plant_remote_award("21010002", "0120260310999999999999", "PLANTED", 10_000);
 
     let records = vec![a.view("approved"), b.view("approved"), c.view("approved"), lose.view("declined")];
-    let date = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).date_naive();
-    let empty = Map::new();
-    let req = ReportRequest { journal_id: 99, operation: "reconcile", identity: &lane.id, trace: "000099", created_at: "2026-03-11T17:00:00Z", date, records: &records, public: &empty };
-    let r = lane.b.report(req).await.unwrap();
+    let r = reconcile(&lane, &records).await.unwrap();
     let f = &r.fields;
     let ids = |k: &str| f[k].as_array().unwrap().iter().map(|x| x["transacId"].as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(ids("missing_locally"), ["0120260310999999999999"]);
-    assert_eq!(f["missing_locally"][0]["remote_prize_fen"], json!(10_000));
     assert_eq!(f["missing_locally"][0]["station"], json!("21010002"));
+    assert_eq!(f["missing_locally"][0]["ticketNo"], json!("00101-99999-PLANTED"));
     assert_eq!(ids("missing_remotely"), [t(&b)]);
     assert_eq!(f["missing_remotely"][0]["ticketNo"], b.ok().fields["ticketNo"]);
-    assert_eq!(ids("prize_mismatch"), [t(&c)]);
-    assert_eq!((f["prize_mismatch"][0]["local_prize_fen"].clone(), f["prize_mismatch"][0]["remote_prize_fen"].clone()), (json!(5_000), json!(6_000)));
-    assert_eq!(
-        f["totals"],
-        json!({"local_count": 3, "local_amount_fen": 8_000, "remote_count": 3, "remote_amount_fen": 1_000 + 6_000 + 10_000, "summary_count": 3, "summary_amount_fen": 17_000})
-    );
-    assert_eq!((f["balanced"].clone(), f["differences"].clone()), (json!(false), json!(3)));
+    // The amounts differ where c was paid (60 counted, 50 paid), where b is missing and where X was planted.
+    let mut off: Vec<String> = f["amount_mismatch"].as_array().unwrap().iter().map(|x| x["station"].as_str().unwrap().to_string()).collect();
+    let mut want = vec![c.ok().fields["station"].as_str().unwrap().to_string(), b.ok().fields["station"].as_str().unwrap().to_string(), "21010002".to_string()];
+    off.sort();
+    want.sort();
+    want.dedup();
+    assert_eq!(off, want, "{}", f["report_text"]);
+    assert_eq!(f["totals"]["local_amount_fen"], json!(8_000));
+    assert_eq!(f["totals"]["summary_amount_fen"], json!(1_000 + 6_000 + 10_000));
+    assert_eq!(f["balanced"], json!(false));
     assert_eq!(r.verdict, Verdict::Approved);
-    assert!(f["report_text"].as_str().unwrap().contains("NOT balanced: 3"));
+    assert!(f["report_text"].as_str().unwrap().contains("NOT balanced"));
+}
 
-    // Without the planted differences the same day balances.
-    let (sim2, lane2, _stop2) = start_with(2, "").await;
-    let x = lane2.redeem("u", "GW00000004").await;
-    let recs = vec![x.view("approved")];
-    let req = ReportRequest { journal_id: 1, operation: "reconcile", identity: &lane2.id, trace: "000001", created_at: "2026-03-11T17:00:00Z", date, records: &recs, public: &empty };
-    let r = lane2.b.report(req).await.unwrap();
+/// Finding 4: the host's awardDetail rows have no prize (8.8.2), and the day could never balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn award_detail_rows_without_prize_balance_and_a_missing_row_is_named() {
+    for scope in ["all", "per-batch"] {
+        let (sim, lane, _stop) = start_with(2, &format!("summary_scope = \"{scope}\"")).await;
+        let mut recs = Vec::new();
+        for n in 4..8u32 {
+            recs.push(lane.redeem("u", &format!("GW{n:08}")).await);
+        }
+        // What the host sends is exactly the document's row.
+        let station = recs[0].ok().fields["station"].as_str().unwrap().to_string();
+        let g = lane.b.pool().acquire_station(lane.b.pool().index_of(&station).unwrap(), None).await.unwrap();
+        let params = [("gameNo", json!("00000")), ("batchNo", json!("00000")), ("beginTime", json!(format!("{} 00:00:00", today_beijing()))), ("endTime", json!(format!("{} 23:59:59", today_beijing())))];
+        let d = lane.b.call_for_tests(g.station(), crate::backend::lottery::wire::AWARD_DETAIL, &params).await.unwrap();
+        drop(g);
+        let row = d.content.as_array().unwrap()[0].as_object().unwrap();
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["batchNo", "gameNo", "packNo", "ticketNo", "time", "transacId"]);
+
+        let views: Vec<Value> = recs.iter().map(|d| d.view("approved")).collect();
+        let r = reconcile(&lane, &views).await.unwrap();
+        assert_eq!(r.fields["balanced"], json!(true), "{scope}: {}", r.fields["report_text"]);
+        // One ticket removed from the host's rows (and its summary): named.
+        let gone = &recs[2];
+        sim.hide_from_reports(gone.ok().fields["transacId"].as_str().unwrap());
+        let r = reconcile(&lane, &views).await.unwrap();
+        assert_eq!(r.fields["balanced"], json!(false));
+        assert_eq!(r.fields["missing_remotely"][0]["ticketNo"], gone.ok().fields["ticketNo"], "{scope}");
+        assert!(r.fields["report_text"].as_str().unwrap().contains(gone.ok().fields["ticketNo"].as_str().unwrap()));
+    }
+    // A host that refuses the 00000 summary: asked once per game and batch, still balanced.
+    let (sim, lane, _stop) = start_with(2, "").await;
+    sim.refuse_summary_for_all(true);
+    let x = lane.redeem("u", "GW00000009").await;
+    let r = reconcile(&lane, &[x.view("approved")]).await.unwrap();
     assert_eq!(r.fields["balanced"], json!(true), "{}", r.fields["report_text"]);
-    assert_eq!(sim2.state_snapshot().payments.len(), 1);
+    assert!(r.fields["report_text"].as_str().unwrap().contains("once per game and batch"));
+}
+
+/// Finding 1: a station whose answer timed out was given to the next request (and to the resend) while
+/// the host was still working on the first; a timed-out awardDetail freed its station the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_station_gets_no_second_request_until_the_host_is_done() {
+    let (sim, lane, _stop) = start_timed(2, 300, "station_hold_ms = 900").await;
+    let on = lane.b.sign_on(&lane.id, 1, "").await.unwrap();
+    assert_eq!(on.reply.fields["held"], json!([]));
+    // The host answers after the client's timeout (and pays).
+    sim.push_fault(Fault::Delay(Duration::from_millis(700)));
+    let (lease, slow) = lane.redeem_leased("u1", "GW00000030").await;
+    assert_eq!(slow.reply.as_ref().unwrap_err().stage, Stage::Unknown);
+    let held = lease.slot.clone();
+    // Meanwhile: sign-on does not log the held station in; other tickets go on the other station.
+    let on = lane.b.sign_on(&lane.id, 2, "").await.unwrap();
+    assert_eq!(on.reply.fields["held"], json!([held.clone()]));
+    for n in 31..34u32 {
+        let (l, d) = lane.redeem_leased("u2", &format!("GW{n:08}")).await;
+        assert_ne!(l.slot, held);
+        assert_eq!(d.ok().verdict, Verdict::Approved);
+    }
+    // A per-station request on the held station waits (bounded by the timeout) and names it.
+    let c = lane.run("count", json!({"stationId": held})).await;
+    let e = c.reply.unwrap_err();
+    assert_eq!(e.stage, Stage::NotSent);
+    assert!(e.detail.contains(&held), "{}", e.detail);
+    // The resend on the leased station waits out the hold, then learns it was ours.
+    match lane.resend(&slow).await {
+        Recovered::Settled(r) => {
+            assert_eq!((r.verdict, r.code.as_str()), (Verdict::Approved, "1307"));
+            assert_eq!(r.fields["station"], json!(held));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(lease);
+    // A timed-out awardDetail (no lease) holds its station too: the next count there must not overlap it.
+    sim.push_fault_on(crate::backend::lottery::wire::AWARD_DETAIL, Fault::Delay(Duration::from_millis(700)));
+    assert_eq!(reconcile(&lane, &[]).await.unwrap_err().stage, Stage::Unknown);
+    let _ = lane.run("count", json!({})).await;
+    let _ = lane.run("count", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(lane.run("count", json!({})).await.ok().verdict, Verdict::Approved);
+    let snap = sim.state_snapshot();
+    assert_eq!(snap.overlaps, 0, "{:?}", snap.violations);
+    assert_eq!(snap.times_paid("GW00000030"), 1);
+}
+
+/// Finding 6: a host answering a resent transacId with 15 or 10030 left tickets without a final answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_answered_15_or_10030_is_settled_by_query() {
+    let (sim, lane, _stop) = start_with(2, "station_hold_ms = 50").await;
+    lane.b.sign_on(&lane.id, 1, "").await.unwrap();
+    let settle = |r: Recovered| match r {
+        Recovered::Settled(r) => r,
+        other => panic!("{other:?}"),
+    };
+    for ret in ["15", "10030"] {
+        sim.answer_resends_with(Some(ret));
+        // Paid, answer lost: the resend learns nothing; the query finds our transacId in awardDetail.
+        sim.push_fault(Fault::DropAfterCommit);
+        let n = if ret == "15" { 40 } else { 41 };
+        let (lease, paid) = lane.redeem_leased("u1", &format!("GW{n:08}")).await;
+        assert_eq!(paid.reply.as_ref().unwrap_err().stage, Stage::Unknown);
+        let r = settle(lane.resend(&paid).await);
+        assert_eq!(r.verdict, Verdict::Approved, "{ret}: {r:?}");
+        assert_eq!((r.fields["station"].clone(), r.fields["resolved_by"].clone()), (json!(lease.slot), json!("query")));
+        assert_eq!(r.amount_fen, Some([5, 10, 20, 50, 100, 500, 1000][(n % 7) as usize] * 100));
+        drop(lease);
+        // A losing ticket whose answer was lost: getPrize says 3202, declined.
+        sim.push_fault(Fault::DropAfterCommit);
+        let lost = lane.redeem("u2", &format!("GL{n:08}")).await;
+        assert_eq!(lost.reply.as_ref().unwrap_err().stage, Stage::Unknown);
+        let r = settle(lane.resend(&lost).await);
+        assert_eq!((r.verdict, r.code.as_str()), (Verdict::Declined, "3202"), "{ret}");
+        // Paid earlier under another transacId of ours: declined, naming the winner.
+        let first = lane.redeem("u3", &format!("GW{:08}", n + 10)).await;
+        sim.push_fault(Fault::DropAfterCommit);
+        let second = lane.redeem("u3", &format!("GW{:08}", n + 10)).await;
+        let r = settle(lane.resend(&second).await);
+        assert_eq!(r.verdict, Verdict::Declined, "{ret}");
+        // The candidates are the rows paid at that second on that station (awardDetail has no bar code).
+        assert!(r.fields["winning_transacId"].as_array().unwrap().contains(&first.ok().fields["transacId"]), "{r:?}");
+        // Paid at a station not ours before: declined, naming it.
+        sim.push_fault(Fault::DropAfterCommit);
+        let elsewhere = lane.redeem("u4", &format!("GE{:08}", n - 30)).await;
+        let r = settle(lane.resend(&elsewhere).await);
+        assert_eq!(r.verdict, Verdict::Declined);
+        assert!(r.message_en.contains("21019999"), "{}", r.message_en);
+    }
+    // Resends that keep failing are followed by the query, which settles it.
+    sim.answer_resends_with(None);
+    sim.push_fault(Fault::DropAfterCommit);
+    let lost = lane.redeem("u5", "GW00000060").await;
+    for _ in 0..3 {
+        sim.push_fault(Fault::Http500);
+    }
+    assert!(matches!(lane.resend(&lost).await, Recovered::Again(_)));
+    assert!(matches!(lane.resend(&lost).await, Recovered::Again(_)));
+    let r = settle(lane.resend(&lost).await);
+    assert_eq!((r.verdict, r.fields["resolved_by"].clone()), (Verdict::Approved, json!("query")));
+    let snap = sim.state_snapshot();
+    assert_eq!(snap.times_paid("GW00000040") + snap.times_paid("GW00000041") + snap.times_paid("GW00000060"), 3);
+    assert_eq!(snap.overlaps, 0);
 }
