@@ -271,3 +271,43 @@ async fn another_requests_answer_is_not_a_reversal_or_a_settlement() {
     assert!(world.sim.unsettled_batches_with_applied().is_empty(), "the settlement's resend settled the batch at the host");
     d.stop().await;
 }
+
+/// No batch is abandoned: a batch holding approved sales is settled before a check-in opens a new one;
+/// where the host refuses, it is listed as unsettled in status until `settle --batch N` settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_host_refused_to_settle_is_listed_and_settled_by_number_later() {
+    let world = World::new("unsettled").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(800, "U1"), None).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    let first = v["batch"].as_str().unwrap_or_default().to_string();
+    // The host refuses the settlement the check-in starts with (95: reconciliation error).
+    world.sim.push_refusal_on("jpos/trans/settle", "95");
+    let (s, v) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
+    assert_ne!(v["batch"].as_str(), Some(first.as_str()), "{v}");
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["unsettled_batches"], json!([first]), "{st}");
+    assert_eq!(world.sim.unsettled_batches_with_applied(), vec![("10000001".to_string(), first.clone())]);
+    // New sales go into the new batch meanwhile.
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(810, "U2"), None).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    // The technician settles the old batch by number (the CLI, through the real binary).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"))
+        .args(["settle", "loyalty", "--batch", &first, "--socket"])
+        .arg(&world.socket)
+        .output()
+        .await
+        .expect("posgate settle");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["unsettled_batches"], json!([]), "{st}");
+    let ledger = world.sim.unsettled_batches_with_applied();
+    assert!(ledger.iter().all(|(_, b)| *b != first), "batch {first} settled at the host: {ledger:?}");
+    assert!(world.sim.state_snapshot().settlements.iter().any(|s| s.batch == first && s.flag == "ss"));
+    // A batch that is neither open nor listed cannot be named.
+    let (s, v) = c.post("/v1/profiles/loyalty/settle", json!({"batch": "123456"}), None).await.expect("settle");
+    assert_eq!(s, 400, "{v}");
+    d.stop().await;
+}
