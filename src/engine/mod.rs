@@ -426,9 +426,23 @@ impl Engine {
     /// Journal a new record and make it durable. `Err(Answer)` when the idempotency key was used
     /// before (by a request that raced this one past the check in `run`): the first result, or 422
     /// when the first was another body.
+    /// `JournalStore::begin` on the blocking pool: a sled transaction (encoding, tree updates) never
+    /// runs on the async runtime's threads, so `GET /v1/status` and the other requests keep answering
+    /// however large or slow one commit is.
+    async fn journal_begin(&self, new: NewRecord) -> Result<Begun, EngineError> {
+        let j = self.journal.clone();
+        tokio::task::spawn_blocking(move || j.begin(new)).await.map_err(|e| EngineError::Journal(format!("journal task: {e}")))?.map_err(jerr)
+    }
+
+    /// `JournalStore::commit` on the blocking pool (see [`Engine::journal_begin`]).
+    async fn journal_commit(&self, change: Change) -> Result<(), EngineError> {
+        let j = self.journal.clone();
+        tokio::task::spawn_blocking(move || j.commit(change)).await.map_err(|e| EngineError::Journal(format!("journal task: {e}")))?.map_err(jerr)
+    }
+
     async fn begin_durable(&self, rec: Record, allocate_trace: bool) -> Result<Result<Record, Answer>, EngineError> {
         let fingerprint = rec.request_fingerprint.clone();
-        match self.journal.begin(NewRecord { record: rec, allocate_trace }).map_err(jerr)? {
+        match self.journal_begin(NewRecord { record: rec, allocate_trace }).await? {
             Begun::Existing(first) => {
                 check_same_request(&first, fingerprint.as_deref())?;
                 Ok(Err(Answer::of(&first)))
@@ -453,7 +467,7 @@ impl Engine {
         if let Some(st) = state {
             change.profile_states.push((rec.profile.clone(), st));
         }
-        self.journal.commit(change).map_err(jerr)?;
+        self.journal_commit(change).await?;
         self.journal.sync().await.map_err(jerr)?;
         self.remember(rec);
         self.emit("transaction", rec.view());
@@ -1026,7 +1040,7 @@ impl Engine {
         st.batch_open = false;
         let mut change = Change::default();
         change.profile_states.push((lane.profile.name.clone(), st));
-        self.journal.commit(change).map_err(jerr)?;
+        self.journal_commit(change).await?;
         self.journal.sync().await.map_err(jerr)?;
         Ok(())
     }
