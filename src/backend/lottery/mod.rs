@@ -272,7 +272,7 @@ pub fn redeem_reply(a: &Answer, transac: &str, station: &str, ours: &dyn Fn(&str
     if let Some(theirs) = content.get("transacId") {
         if theirs.as_str() != Some(transac) {
             tracing::warn!(station, field = "transacId", "lottery host fault: a redeem answer names another request");
-            let shown = theirs.as_str().map(|t| scrub(t)).unwrap_or_else(|| wire::json_kind(theirs).to_string());
+            let shown = theirs.as_str().map(scrub).unwrap_or_else(|| wire::json_kind(theirs).to_string());
             return unknown(format!("the answer names transacId {shown}: another request's answer"));
         }
     }
