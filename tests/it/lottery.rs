@@ -587,3 +587,46 @@ async fn soak_slow_host_8_lanes_sigkill_no_station_overlap_and_station_counts_ma
     d.stop().await;
 }
 
+
+/// Issue 16: a redeem answered with a wrong-typed `success`, a `ret` the document does not define, or
+/// another ticket's answer was booked as a decline (the host had paid) or as the other ticket's payment.
+/// Now each is an unknown outcome, settled by the resend of the same transacId: paid once, told so,
+/// nothing parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_redeem_answers_end_settled_by_the_resend_never_declined() {
+    let w = world_with("lottery-hostile", OPEN_RISK, &tuned(2000, "station_hold_ms = 300")).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let c = &d.client;
+    let hostile: [(&str, &'static str); 4] = [
+        ("GW00000401", r#"{"success":"false","ret":"1305","msg":"兑奖失败, 此票未中奖","content":{}}"#),
+        ("GW00000402", r#"{"success":false,"ret":"1399","msg":"兑奖失败","content":{}}"#),
+        ("GW00000403", r#"{"success":false,"ret":"1305","msg":"兑奖失败, 此票未中奖","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GL009","gameName":"好运十倍","price":10}}"#),
+        (
+            "GW00000404",
+            r#"{"success":true,"ret":"1301","msg":"ok","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GW009","gameName":"好运十倍","price":10,"level":1,"prize":9000,"balance":1.0,"soldCity":"北京","amountTicket":1,"amountPrize":9000}}"#,
+        ),
+    ];
+    for (bar, body) in hostile {
+        w.sim.push_fault_for_ticket(bar, Fault::AnswerWith(body));
+        let (_, first) = c.post("/v1/profiles/lottery/redeem", redeem_body("u1", bar), Some(&format!("k-{bar}"))).await.expect("redeem");
+        assert_ne!(first["status"], json!("declined"), "{body} was booked as a decline: {first}");
+        // The engine may settle it by the resend before it answers: then it says so.
+        if first["status"] == json!("approved") {
+            assert_eq!((first["code"].clone(), first["result"]["recovered"].clone()), (json!("1307"), json!(true)), "{body} was believed: {first}");
+        }
+        wait_recovered(c, Duration::from_secs(30)).await;
+        let (_, v) = c.get(&format!("/v1/journal/{}", first["id"])).await.expect("journal");
+        assert_eq!((v["status"].clone(), v["code"].clone(), v["result"]["recovered"].clone()), (json!("approved"), json!("1307"), json!(true)), "{body}: {v}");
+        assert_eq!(v["amount_fen"], v["result"]["prize"], "{v}");
+        assert_ne!(v["amount_fen"], json!(900_000), "the other ticket's prize: {v}");
+        // The POS asking again (same key) is told the final answer.
+        let (_, again) = c.post("/v1/profiles/lottery/redeem", redeem_body("u1", bar), Some(&format!("k-{bar}"))).await.expect("again");
+        assert_eq!(again["status"], json!("approved"), "{again}");
+        assert_eq!(w.sim.state_snapshot().times_paid(bar), 1, "{bar}");
+    }
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["needs_attention"], json!(0), "{st}");
+    let snap = w.sim.state_snapshot();
+    assert_eq!(snap.overlaps, 0, "{:?}", snap.violations);
+    d.stop().await;
+}

@@ -162,6 +162,39 @@ pub fn lookup(ret: &str) -> (&'static str, &'static str, Table) {
     (UNKNOWN_ZH, UNKNOWN_EN, Table::Unknown)
 }
 
+/// Whether one of the document's tables (section 5, and 3202 of 8.9) defines `ret`, exactly as written.
+/// Only those are answers; any other code says nothing about the request (unknown, never a decline).
+pub fn defined(ret: &str) -> bool {
+    LOTTERY.iter().chain(SYSTEM).chain(BUSINESS).any(|(c, _, _)| *c == ret)
+}
+
+/// The codes that decline a redeem (`success=false`): the ticket's own fate, or a refusal of the request
+/// that the host did not carry out. Every other code the document defines is no decline of a redeem:
+/// success (10000 / 1301 / 1302), already redeemed (1307, matched by `transacIdOrg`), the ambiguous ones
+/// (server errors, "try later", database failures: 1, 32, 1001, 1002, 1005, 1023..1026, 1043, 1044), the
+/// session codes (1021, 27, 28: logged in again and retried), and the answers of other interfaces
+/// (10008, 10038, 10039, 3202).
+pub static REDEEM_DECLINES: &[&str] = &[
+    // 5.1 即开票: request and terminal refusals.
+    "1003", "1004", "1006", "1007", "1008", "1009", "1010", "1011", "1012", "1013", "1014", "1015", "1016", "1017", "1018",
+    "1019", "1020", "1022",
+    // 5.1 即开票: the ticket's fate.
+    "1027", "1028", "1029", "1030", "1031", "1032", "1033", "1034", "1035", "1036", "1037", "1038", "1039", "1040", "1041",
+    "1042", "1104", "1303", "1304", "1305", "1306", "1308", "1309", "1310", "1311", "1312", "1313", "1314", "1315", "1316",
+    "8001", "8002", "8003", "8004", "8005", "8006", "8007",
+    // 5.2 系统: protocol refusals (15 on a resend: the transacId reached the host before, settled by query).
+    "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20", "21", "22", "23",
+    "24", "25", "26", "29", "30", "31",
+    // 5.3 业务: manual-redemption, transacId and risk refusals (10030 on a resend: as 15).
+    "10023", "10024", "10025", "10026", "10027", "10028", "10029", "10030", "10031", "10032", "10033", "10034", "10035",
+    "10036", "10037",
+];
+
+/// Whether `ret` (exactly as written) declines a redeem; see [`REDEEM_DECLINES`].
+pub fn redeem_declined(ret: &str) -> bool {
+    REDEEM_DECLINES.contains(&ret)
+}
+
 /// The codes after which the session is gone and the station must log in again (section 8: 1021, 27, 28).
 pub fn session_lost(ret: &str) -> bool {
     matches!(ret.trim(), "1021" | "27" | "28")
@@ -204,8 +237,26 @@ mod tests {
         assert_eq!(lookup("9999"), (UNKNOWN_ZH, UNKNOWN_EN, Table::Unknown));
         assert!(session_lost("1021") && session_lost("27") && session_lost("28") && !session_lost("12"));
         assert!(redeem_success("1301") && redeem_success("1302") && redeem_success("10000") && !redeem_success("1307"));
+        assert!(defined("1305") && defined("3202") && defined("27") && !defined("9999") && !defined(" 1305") && !defined(""));
         for c in [risk::SERVICE_OFF, risk::HOURS, risk::INTERVAL, risk::ABNORMAL, risk::DAILY_TICKETS, risk::DAILY_AMOUNT, risk::BLACKLIST] {
             assert_eq!(lookup(c).2, Table::Business, "{c}");
+        }
+    }
+
+    #[test]
+    fn the_redeem_declines_are_defined_and_never_success_ambiguous_or_session_codes() {
+        let mut seen = std::collections::HashSet::new();
+        for c in REDEEM_DECLINES {
+            assert!(seen.insert(*c), "duplicate {c}");
+            assert!(defined(c), "{c} is not in the document");
+            assert!(!redeem_success(c) && !session_lost(c) && *c != "1307", "{c}");
+            assert!(!super::super::AMBIGUOUS.contains(c), "{c} is ambiguous");
+        }
+        for c in ["1303", "1304", "1305", "15", "10030", "12", "10035"] {
+            assert!(redeem_declined(c), "{c}");
+        }
+        for c in ["1301", "1307", "1005", "1021", "27", "3202", "10038", "9999", " 1305"] {
+            assert!(!redeem_declined(c), "{c}");
         }
     }
 }

@@ -161,26 +161,40 @@ pub fn transac_id(merchant: &str, created_at: &str, trace: &str, tz: FixedOffset
     Ok(format!("{merchant}{}{trace}", t.with_timezone(&tz).format("%Y%m%d%H%M%S")))
 }
 
-/// Answer content converted for the journal: whole-yuan and decimal-yuan amounts to fen, tokens dropped.
-pub fn content_fields(content: &Value) -> Map<String, Value> {
+/// Answer content converted for the journal: only the fields the answer table of the interface at
+/// `path` defines ([`wire::answer_fields`]), text bounded ([`wire::FIELD_MAX_CHARS`], a report
+/// [`wire::REPORT_MAX_CHARS`]), whole-yuan and decimal-yuan amounts to fen, tokens dropped.
+pub fn content_fields(content: &Value, path: &str) -> Map<String, Value> {
     let mut out = Map::new();
     let Value::Object(m) = content else {
-        if !content.is_null() {
-            out.insert("content".into(), content.clone());
+        match content {
+            Value::Null => {}
+            Value::String(s) => {
+                out.insert("content".into(), Value::String(wire::bound(s, wire::FIELD_MAX_CHARS)));
+            }
+            other => {
+                out.insert("content".into(), Value::String(wire::bound(&other.to_string(), wire::FIELD_MAX_CHARS)));
+            }
         }
         return out;
     };
+    let known = wire::answer_fields(path);
     for (k, v) in m {
-        if k == "token" || k == "access_token" {
+        if k == "token" || k == "access_token" || !known.contains(&k.as_str()) {
             continue;
         }
+        let max = if k == "report" { wire::REPORT_MAX_CHARS } else { wire::FIELD_MAX_CHARS };
         let v = if MONEY_FIELDS.contains(&k.as_str()) {
             match money::json_yuan_to_fen(v) {
                 Ok(f) => Value::from(f),
                 Err(_) => Value::Null,
             }
         } else {
-            v.clone()
+            match v {
+                Value::String(s) => Value::String(wire::bound(s, max)),
+                Value::Number(_) | Value::Bool(_) | Value::Null => v.clone(),
+                other => Value::String(wire::bound(&other.to_string(), max)),
+            }
         };
         out.insert(k.clone(), v);
     }
@@ -191,12 +205,12 @@ fn str_of<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     m.get(k).and_then(Value::as_str)
 }
 
-/// The reply for a non-redeem answer: `success=true` is approved.
-fn plain_reply(a: &Answer, station: &str) -> Reply {
+/// The reply for a non-redeem answer from the interface at `path`: `success=true` is approved.
+fn plain_reply(a: &Answer, path: &str, station: &str) -> Reply {
     let (zh, en, _) = codes::lookup(&a.ret);
-    let mut fields = content_fields(&a.content);
+    let mut fields = content_fields(&a.content, path);
     if let Some(Value::String(html)) = fields.get("report") {
-        let text = wire::html_to_text(html);
+        let text = wire::bound(&wire::html_to_text(html), wire::REPORT_MAX_CHARS);
         fields.insert("report_text".into(), Value::String(text));
     }
     fields.insert("station".into(), Value::String(station.to_string()));
@@ -212,20 +226,60 @@ fn plain_reply(a: &Answer, station: &str) -> Reply {
     }
 }
 
-/// The reply for a thirdAward answer sent on `station`. `Err(Unknown)` for ambiguous codes.
+/// The reply for a thirdAward answer sent on `station`. `Err(Unknown)` for every answer that is not one
+/// the document gives to a redeem: an ambiguous code, a code no decline table names
+/// ([`codes::REDEEM_DECLINES`]), a `success` that contradicts the code, a required `content` field missing
+/// or of the wrong type ([`wire::redeem_required`]), or a `transacId` that is not ours (another request's
+/// answer). The resend or query settles those.
 ///
 /// 1307 is our own earlier payment only when `transacIdOrg` equals ours AND `awardStation` is one of the
 /// profile's stations (`ours`); the reply then names `awardStation` as its `station`: the journal says
 /// where the host paid it, not where the resend went. Any other 1307 is "already redeemed".
 pub fn redeem_reply(a: &Answer, transac: &str, station: &str, ours: &dyn Fn(&str) -> bool) -> Result<Reply, BackendError> {
-    if AMBIGUOUS.contains(&a.ret.trim()) {
-        return Err(err(Stage::Unknown, format!("redeem {transac}: ret {} ({}) says nothing about the ticket", a.ret, scrub(&a.msg))));
+    let ret = a.ret.as_str();
+    let unknown = |why: String| Err(err(Stage::Unknown, format!("redeem {transac}: {why}: the outcome is unknown")));
+    if !codes::defined(ret) {
+        return unknown(format!("ret {} is not a code the document defines", scrub(ret)));
     }
-    let mut r = plain_reply(a, station);
+    if AMBIGUOUS.contains(&ret) {
+        return unknown(format!("ret {ret} ({}) says nothing about the ticket", scrub(&a.msg)));
+    }
+    let expected = if codes::redeem_success(ret) || ret == "1307" {
+        true
+    } else if codes::redeem_declined(ret) {
+        false
+    } else {
+        return unknown(format!("ret {ret} is not an answer the document gives to a redeem"));
+    };
+    if a.success != expected {
+        return unknown(format!("success={} contradicts ret {ret}", a.success));
+    }
+    let required = wire::redeem_required(ret);
+    let content = a.content.as_object();
+    if content.is_none() && (!required.is_empty() || !a.content.is_null()) {
+        return unknown(format!("ret {ret} came with content that is {}, not an object", wire::json_kind(&a.content)));
+    }
+    let empty = Map::new();
+    let content = content.unwrap_or(&empty);
+    for (name, ty) in required {
+        match content.get(*name) {
+            None | Some(Value::Null) => return unknown(format!("ret {ret} without `{name}`, which the document requires")),
+            Some(v) if !ty.admits(v) => return unknown(format!("ret {ret} with `{name}` {}, not the document's {ty:?}", wire::json_kind(v))),
+            Some(_) => {}
+        }
+    }
+    // The echo: an answer naming another transacId answers another request.
+    if let Some(theirs) = content.get("transacId") {
+        if theirs.as_str() != Some(transac) {
+            tracing::warn!(station, field = "transacId", "lottery host fault: a redeem answer names another request");
+            let shown = theirs.as_str().map(scrub).unwrap_or_else(|| wire::json_kind(theirs).to_string());
+            return unknown(format!("the answer names transacId {shown}: another request's answer"));
+        }
+    }
+    let mut r = plain_reply(a, wire::REDEEM_PATH, station);
     r.fields.insert("transacId".into(), Value::String(transac.to_string()));
     r.reference = r.fields.get("ticketNo").and_then(Value::as_str).map(str::to_string);
     r.trans_time = r.fields.get("awardTime").and_then(Value::as_str).map(str::to_string);
-    let ret = a.ret.trim();
     if ret == "1307" {
         let org = r.fields.get("transacIdOrg").and_then(wire::text_of).unwrap_or_default();
         let st = r.fields.get("awardStation").and_then(wire::text_of).unwrap_or_default();
@@ -245,7 +299,7 @@ pub fn redeem_reply(a: &Answer, transac: &str, station: &str, ours: &dyn Fn(&str
             };
         }
     } else {
-        r.verdict = if a.success && codes::redeem_success(ret) { Verdict::Approved } else { Verdict::Declined };
+        r.verdict = if codes::redeem_success(ret) { Verdict::Approved } else { Verdict::Declined };
     }
     if r.verdict == Verdict::Approved {
         // The prize is known only now; the journal record's amount is what was paid.
@@ -562,7 +616,7 @@ impl LotteryBackend {
         if !a.success {
             return Ok(Recovered::Again(format!("getPrize answered ret {} ({}): cannot tell yet", a.ret, scrub(&a.msg))));
         }
-        let prize = content_fields(&a.content);
+        let prize = content_fields(&a.content, "proxy/validate/getPrize");
         let paid_at = prize.get("stationId").and_then(wire::text_of).unwrap_or_default();
         let award_time = prize.get("awardTime").and_then(wire::text_of).unwrap_or_default();
         let mut f = Map::new();
@@ -644,7 +698,7 @@ impl LotteryBackend {
         for i in indices {
             let g = self.station_guard(i).await?;
             let a = self.call(g.station(), w.path, &[], tx.journal_id).await?;
-            let r = plain_reply(&a, &g.station().id);
+            let r = plain_reply(&a, w.path, &g.station().id);
             if r.verdict != Verdict::Approved {
                 return Ok(r);
             }
@@ -1130,7 +1184,7 @@ impl Backend for LotteryBackend {
         }
         let reply = match last {
             Some(a) => {
-                let mut r = plain_reply(&a, ok.last().map(String::as_str).unwrap_or_default());
+                let mut r = plain_reply(&a, wire::LOGIN_PATH, ok.last().map(String::as_str).unwrap_or_default());
                 r.fields.remove("station");
                 r
             }
@@ -1186,7 +1240,7 @@ impl Backend for LotteryBackend {
                 let g = self.guard_for(tx.public).await?;
                 let params = self.params(w, &tx, g.station(), None).map_err(|e| err(Stage::NotSent, e))?;
                 let a = self.call(g.station(), w.path, &params, tx.journal_id).await?;
-                let mut r = plain_reply(&a, &g.station().id);
+                let mut r = plain_reply(&a, w.path, &g.station().id);
                 if w.spec.name == "password" && a.success {
                     if let Some(Value::String(new)) = tx.transient.get("new") {
                         g.station().set_password(Secret::new(new.as_bytes().to_vec()));

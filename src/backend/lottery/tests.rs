@@ -142,16 +142,27 @@ fn ours(id: &str) -> bool {
     id.starts_with("210100")
 }
 
+/// A complete 8.4 兑奖成功 content for transacId `me`.
+fn paid_content(me: &str) -> Value {
+    json!({"transacId": me, "ticketNo": "00101-00001-GW001", "gameName": "好运十倍", "price": 10, "level": 3, "prize": 50, "balance": 10050.5, "soldCity": "北京", "amountTicket": 3, "amountPrize": 150})
+}
+
+/// A complete 8.4 重复兑奖 content: `org` paid it at `station`.
+fn again_content(me: &str, org: &str, station: &str, at: &str) -> Value {
+    json!({"transacId": me, "transacIdOrg": org, "ticketNo": "00101-00001-GW001", "gameName": "好运十倍", "price": 10, "level": 3, "prize": 50, "balance": 0,
+           "awardStation": station, "awardTime": at, "soldCity": "北京", "Amoutticket": 0, "AmountPrize": 0})
+}
+
 #[test]
 fn redeem_answers_map_to_verdicts() {
     let me = "0120260310100304000042";
-    let paid = redeem_reply(&answer(true, "1301", json!({"transacId": me, "ticketNo": "00101-00001-GW001", "gameName": "好运十倍", "price": 10, "level": 3, "prize": 50, "balance": 10050.5, "amountPrize": 150})), me, "21010001", &ours).unwrap();
+    let paid = redeem_reply(&answer(true, "1301", paid_content(me)), me, "21010001", &ours).unwrap();
     assert_eq!(paid.verdict, Verdict::Approved);
     assert_eq!((paid.fields["prize"].clone(), paid.fields["price"].clone(), paid.fields["balance"].clone(), paid.fields["amountPrize"].clone()), (json!(5000), json!(1000), json!(1005050), json!(15000)));
     assert_eq!(paid.fields["transacId"], json!(me));
     assert_eq!(paid.fields["station"], json!("21010001"));
     assert_eq!(paid.reference.as_deref(), Some("00101-00001-GW001"));
-    let theirs = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": "99x", "awardStation": "21019999", "awardTime": "2026-01-01 10:00:00"})), me, "21010001", &ours).unwrap();
+    let theirs = redeem_reply(&answer(true, "1307", again_content(me, "99x", "21019999", "2026-01-01 10:00:00")), me, "21010001", &ours).unwrap();
     assert_eq!(theirs.verdict, Verdict::Declined);
     assert!(theirs.message_en.contains("21019999") && theirs.message_en.contains("2026-01-01 10:00:00"), "{}", theirs.message_en);
     let losing = redeem_reply(&answer(false, "1305", json!({"transacId": me, "ticketNo": "T", "gameName": "G", "price": 10})), me, "21010001", &ours).unwrap();
@@ -159,7 +170,7 @@ fn redeem_answers_map_to_verdicts() {
     assert_eq!(redeem_reply(&answer(false, "1005", json!({})), me, "s", &ours).unwrap_err().stage, Stage::Unknown);
     assert!(ticket_level("1305") && ticket_level("1307") && !ticket_level("12") && !ticket_level("1005") && !ticket_level("15") && !ticket_level("10030"));
     // Tokens in a login answer never reach the journal-bound fields.
-    assert!(plain_reply(&answer(true, "10000", json!({"token": "t0k3n", "serverTime": "x"})), "s").fields.get("token").is_none());
+    assert!(plain_reply(&answer(true, "10000", json!({"token": "t0k3n", "serverTime": "x"})), wire::LOGIN_PATH, "s").fields.get("token").is_none());
 }
 
 /// Finding 3: a redeem settled by a resend was journaled under the resending station; the host paid it
@@ -167,12 +178,12 @@ fn redeem_answers_map_to_verdicts() {
 #[test]
 fn a_1307_of_ours_is_journaled_under_award_station_and_needs_one_of_our_stations() {
     let me = "0120260310100304000042";
-    let ours_elsewhere = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": me, "prize": 50, "awardStation": "21010002", "awardTime": "2026-03-10 10:03:05"})), me, "21010001", &ours).unwrap();
+    let ours_elsewhere = redeem_reply(&answer(true, "1307", again_content(me, me, "21010002", "2026-03-10 10:03:05")), me, "21010001", &ours).unwrap();
     assert_eq!((ours_elsewhere.verdict.clone(), ours_elsewhere.code.as_str()), (Verdict::Approved, "1307"));
     assert_eq!(ours_elsewhere.fields["station"], json!("21010002"), "journaled where the host paid it");
     assert_eq!(ours_elsewhere.fields["sent_on"], json!("21010001"));
     assert_eq!(ours_elsewhere.amount_fen, Some(5000));
-    let foreign = redeem_reply(&answer(true, "1307", json!({"transacIdOrg": me, "prize": 50, "awardStation": "31019999", "awardTime": "2026-03-10 10:03:05"})), me, "21010001", &ours).unwrap();
+    let foreign = redeem_reply(&answer(true, "1307", again_content(me, me, "31019999", "2026-03-10 10:03:05")), me, "21010001", &ours).unwrap();
     assert_eq!(foreign.verdict, Verdict::Declined);
     assert!(foreign.message_en.contains("31019999"), "{}", foreign.message_en);
     assert_eq!(foreign.amount_fen, None);
@@ -259,4 +270,96 @@ fn comparison_without_row_prizes_names_every_difference() {
     assert_eq!(stations, ["S2"], "{}", m["report_text"]);
     assert_eq!((m["balanced"].clone(), m["differences"].clone()), (json!(false), json!(4)));
     assert_eq!(m["totals"], json!({"local_count": 3, "local_amount_fen": 3500, "remote_count": 4, "summary_count": 4, "summary_amount_fen": 3500}));
+}
+
+/// Issue 16: a redeem answer whose `success` contradicts its code, whose code no table defines or no
+/// decline table names, or that lacks a field the document requires (or has it of another type) was booked
+/// as a decline (or a payment). Each is an unknown outcome now.
+#[test]
+fn redeem_answers_the_document_does_not_give_are_unknown_never_declined() {
+    let me = "0120260310100304000042";
+    let unknown = |a: Answer| match redeem_reply(&a, me, "21010001", &ours) {
+        Err(e) => assert_eq!(e.stage, Stage::Unknown, "{a:?}: {e}"),
+        Ok(r) => panic!("{a:?} was booked {:?}", r.verdict),
+    };
+    let refused = json!({"transacId": me, "ticketNo": "T", "gameName": "G", "price": 10});
+    // success contradicting the code.
+    unknown(answer(true, "1305", refused.clone()));
+    unknown(answer(false, "1301", paid_content(me)));
+    unknown(answer(false, "10000", paid_content(me)));
+    unknown(answer(false, "1307", again_content(me, me, "21010001", "2026-03-10 10:03:05")));
+    unknown(answer(true, "1303", json!({})));
+    // Codes no table defines, and defined codes that are no answer to a redeem.
+    for ret in ["1399", "9999", "", " 1305", "1305 ", "10038", "3202", "10008"] {
+        unknown(answer(false, ret, json!({})));
+    }
+    // Required fields missing or of another type.
+    for (ret, success, full) in [("1301", true, paid_content(me)), ("1307", true, again_content(me, me, "21010001", "t")), ("1305", false, refused.clone()), ("1304", false, refused.clone())] {
+        for name in full.as_object().unwrap().keys() {
+            let mut c = full.clone();
+            c.as_object_mut().unwrap().remove(name);
+            unknown(answer(success, ret, c.clone()));
+            c[name.as_str()] = json!(["x"]);
+            unknown(answer(success, ret, c));
+        }
+    }
+    let mut c = paid_content(me);
+    c["prize"] = json!("50");
+    unknown(answer(true, "1301", c));
+    let mut c = paid_content(me);
+    c["prize"] = json!(50.5);
+    unknown(answer(true, "1301", c));
+    unknown(answer(true, "1301", json!("not an object")));
+    unknown(answer(false, "1303", json!("not an object")));
+    // The complete answers are still answers.
+    assert_eq!(redeem_reply(&answer(false, "1305", refused), me, "s", &ours).unwrap().verdict, Verdict::Declined);
+    assert_eq!(redeem_reply(&answer(false, "1303", json!({})), me, "s", &ours).unwrap().verdict, Verdict::Declined);
+    assert_eq!(redeem_reply(&answer(false, "10035", json!({})), me, "s", &ours).unwrap().verdict, Verdict::Declined);
+}
+
+/// Issue 16: an answer naming another transacId (another request's answer) was believed: approved with
+/// the other ticket's prize, or declined.
+#[test]
+fn a_redeem_answer_naming_another_transac_id_is_unknown() {
+    let me = "0120260310100304000042";
+    let other = "0120260310100304000043";
+    for a in [
+        answer(true, "1301", paid_content(other)),
+        answer(true, "10000", paid_content(other)),
+        answer(true, "1307", again_content(other, me, "21010001", "2026-03-10 10:03:05")),
+        answer(true, "1307", again_content(other, other, "21019999", "2026-03-10 10:03:05")),
+        answer(false, "1305", json!({"transacId": other, "ticketNo": "T", "gameName": "G", "price": 10})),
+        answer(false, "1303", json!({"transacId": other})),
+        answer(false, "1303", json!({"transacId": 42})),
+    ] {
+        let e = redeem_reply(&a, me, "21010001", &ours).unwrap_err();
+        assert_eq!(e.stage, Stage::Unknown, "{a:?}");
+        assert!(e.detail.contains("another request"), "{}", e.detail);
+    }
+}
+
+/// Issue 16: every field of the answer went into the journal, unbounded; now only the fields the
+/// document's answer table defines, text bounded with a marker (a report keeps a larger bound).
+#[test]
+fn only_the_documents_answer_fields_are_journaled_and_bounded() {
+    let me = "0120260310100304000042";
+    let mut c = paid_content(me);
+    c["gameName"] = json!("好".repeat(10_000));
+    c["injected"] = json!("x".repeat(100));
+    c["cardNo"] = json!("6222020200112233445");
+    let r = redeem_reply(&answer(true, "1301", c), me, "21010001", &ours).unwrap();
+    assert!(r.fields.get("injected").is_none() && r.fields.get("cardNo").is_none(), "{:?}", r.fields);
+    let name = r.fields["gameName"].as_str().unwrap();
+    assert_eq!(name.chars().count(), wire::FIELD_MAX_CHARS);
+    assert!(name.ends_with(wire::TRUNCATED));
+    // Another interface's fields are not a redeem's, and a count keeps its own only.
+    let count = plain_reply(&answer(true, "10000", json!({"tickets": 3, "amount": 20, "report": "<html>", "secret": "s"})), "proxy/validate/getCount", "s");
+    assert_eq!(count.fields.keys().cloned().collect::<Vec<_>>(), ["amount", "station", "tickets"]);
+    let html = format!("<html><body>{}</body></html>", "<tr><td>行</td></tr>".repeat(20_000));
+    let rep = plain_reply(&answer(true, "10000", json!({"report": html})), "migt/report/sales", "s");
+    let kept = rep.fields["report"].as_str().unwrap();
+    assert!(kept.chars().count() > wire::FIELD_MAX_CHARS && kept.chars().count() <= wire::REPORT_MAX_CHARS, "{}", kept.len());
+    assert!(rep.fields["report_text"].as_str().unwrap().chars().count() <= wire::REPORT_MAX_CHARS);
+    let small = plain_reply(&answer(true, "10000", json!({"report": "<p>a</p>"})), "migt/report/sales", "s");
+    assert_eq!(small.fields["report"], json!("<p>a</p>"));
 }

@@ -236,23 +236,136 @@ pub struct Answer {
     pub content: Value,
 }
 
-/// Parse an answer body. `Err` carries a short reason (the caller scrubs and stages it).
+/// The longest text kept of one answer field (and of `msg`) in [`crate::backend::Reply`] (so the journal).
+pub const FIELD_MAX_CHARS: usize = 256;
+/// The longest report HTML (and its text) kept: the reports of 8.7 are whole pages, already bounded by the
+/// profile's `max_answer_bytes`.
+pub const REPORT_MAX_CHARS: usize = 256 * 1024;
+/// What replaces the cut-off end of a text longer than its bound.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `text` cut to at most `max` characters, the cut marked with [`TRUNCATED`].
+pub fn bound(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => {
+            let keep = text[..at].char_indices().nth(max.saturating_sub(TRUNCATED.chars().count())).map_or(at, |(i, _)| i);
+            format!("{}{TRUNCATED}", &text[..keep])
+        }
+    }
+}
+
+/// Parse an answer body against the document's types (3.1): `success` a boolean, `ret` a code string one
+/// of the code tables defines, `msg` text, `content` an object, JSON text, or (awardDetail) a list. Anything
+/// else is `Err` with a short reason: the answer says nothing the caller may act on (for a redeem: the
+/// outcome is unknown, never a decline). `msg` is bounded to [`FIELD_MAX_CHARS`].
 pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
     let m: Map<String, Value> = serde_json::from_slice(body).map_err(|e| format!("answer is not a JSON object ({e})"))?;
     let success = match m.get("success") {
         Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => return Err("answer has no boolean `success`".into()),
+        Some(other) => return Err(format!("answer's `success` is {}, not a boolean", json_kind(other))),
+        None => return Err("answer has no `success`".into()),
     };
-    let ret = m.get("ret").and_then(text_of).filter(|s| !s.is_empty()).ok_or("answer has no `ret`")?;
-    let msg = m.get("msg").and_then(text_of).unwrap_or_default();
+    let ret = match m.get("ret") {
+        Some(Value::String(s)) if super::codes::defined(s) => s.clone(),
+        Some(Value::String(s)) => return Err(format!("answer's `ret` {:?} is not a code the document defines", bound(s, 32))),
+        Some(other) => return Err(format!("answer's `ret` is {}, not a code string", json_kind(other))),
+        None => return Err("answer has no `ret`".into()),
+    };
+    let msg = match m.get("msg") {
+        Some(Value::String(s)) => bound(s, FIELD_MAX_CHARS),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => return Err(format!("answer's `msg` is {}, not text", json_kind(other))),
+    };
     let content = match m.get("content") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
         Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
-        Some(v) => v.clone(),
+        Some(v @ (Value::Object(_) | Value::Array(_))) => v.clone(),
+        Some(other) => return Err(format!("answer's `content` is {}, not an object", json_kind(other))),
     };
+    if matches!(content, Value::Bool(_) | Value::Number(_)) {
+        return Err(format!("answer's `content` is {}, not an object", json_kind(&content)));
+    }
     Ok(Answer { success, ret, msg, content })
+}
+
+/// The JSON type of a value, for an error detail (never the value itself).
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The type of an answer field in the document's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ty {
+    /// `String`.
+    Str,
+    /// `int`.
+    Int,
+    /// `double`.
+    Num,
+}
+
+impl Ty {
+    pub fn admits(self, v: &Value) -> bool {
+        match self {
+            Ty::Str => v.is_string(),
+            Ty::Int => v.is_i64() || v.is_u64(),
+            Ty::Num => v.is_number(),
+        }
+    }
+}
+
+/// A required field of an answer's `content` (every field of 8.4's answer tables is 必须).
+pub type AnswerField = (&'static str, Ty);
+
+/// 8.4 兑奖成功 (success=true, ret 10000 / 1301 / 1302).
+pub const REDEEM_PAID: &[AnswerField] = &[
+    ("transacId", Ty::Str), ("ticketNo", Ty::Str), ("gameName", Ty::Str), ("price", Ty::Int), ("level", Ty::Int), ("prize", Ty::Int),
+    ("balance", Ty::Num), ("soldCity", Ty::Str), ("amountTicket", Ty::Int), ("amountPrize", Ty::Int),
+];
+/// 8.4 重复兑奖 (success=true, ret 1307), the document's spelling (`Amoutticket`, `AmountPrize`).
+pub const REDEEM_AGAIN: &[AnswerField] = &[
+    ("transacId", Ty::Str), ("transacIdOrg", Ty::Str), ("ticketNo", Ty::Str), ("gameName", Ty::Str), ("price", Ty::Int), ("level", Ty::Int),
+    ("prize", Ty::Int), ("balance", Ty::Num), ("awardStation", Ty::Str), ("awardTime", Ty::Str), ("soldCity", Ty::Str), ("Amoutticket", Ty::Int),
+    ("AmountPrize", Ty::Int),
+];
+/// 8.4 未中奖 / 超过兑奖上限 (success=false, ret 1304 / 1305).
+pub const REDEEM_REFUSED: &[AnswerField] = &[("transacId", Ty::Str), ("ticketNo", Ty::Str), ("gameName", Ty::Str), ("price", Ty::Int)];
+
+/// The required `content` fields of a redeem answer with this `ret` (none for the other codes).
+pub fn redeem_required(ret: &str) -> &'static [AnswerField] {
+    match ret {
+        "10000" | "1301" | "1302" => REDEEM_PAID,
+        "1307" => REDEEM_AGAIN,
+        "1304" | "1305" => REDEEM_REFUSED,
+        _ => &[],
+    }
+}
+
+/// The `content` fields the document's answer table of the interface at `path` defines: the only ones
+/// kept in a reply (and so the journal). `token` is in login's, and dropped separately.
+pub fn answer_fields(path: &str) -> &'static [&'static str] {
+    match path {
+        LOGIN_PATH => &["token", "serverTime"],
+        REDEEM_PATH => &[
+            "transacId", "transacIdOrg", "ticketNo", "gameName", "price", "level", "prize", "balance", "awardStation", "awardTime", "soldCity",
+            "amountTicket", "amountPrize", "Amoutticket", "AmountPrize",
+        ],
+        "proxy/validate/getCount" => &["tickets", "amount"],
+        "migt/report/sales" | "migt/report/balance" | "migt/report/trace" | "migt/report/award" => &["report"],
+        AWARD_SUMMARY => &["gameNo", "batchNo", "tickets", "amount"],
+        AWARD_DETAIL => &["gameNo", "batchNo", "packNo", "ticketNo", "transacId", "time"],
+        "proxy/validate/getPrize" => &["level", "prize", "stationId", "awardTime"],
+        _ => &[],
+    }
 }
 
 /// The HTML of a report as plain text for the CLI: rows on lines, cells separated by tabs, entities decoded.
@@ -324,10 +437,49 @@ mod tests {
     fn answers_accept_content_as_object_or_text() {
         let a = parse_answer(br#"{"success":true,"ret":"10000","msg":"ok","content":"{\"token\":\"t\"}"}"#).unwrap();
         assert_eq!(a.content["token"], "t");
-        let a = parse_answer(br#"{"success":false,"ret":1305,"msg":"x","content":{"ticketNo":"1"}}"#).unwrap();
+        let a = parse_answer(br#"{"success":false,"ret":"1305","msg":"x","content":{"ticketNo":"1"}}"#).unwrap();
         assert_eq!((a.success, a.ret.as_str()), (false, "1305"));
+        let a = parse_answer(br#"{"success":true,"ret":"10000","msg":"ok","content":[{"transacId":"t"}]}"#).unwrap();
+        assert_eq!(a.content[0]["transacId"], "t");
         assert!(parse_answer(b"<html>").is_err());
         assert!(parse_answer(br#"{"ret":"1"}"#).is_err());
+    }
+
+    /// Issue 16: `"success":"true"`, `"ret":1305` and the like were read as answers (a string `true` as
+    /// success, a number as a code): only the document's types are.
+    #[test]
+    fn answers_of_the_wrong_type_or_an_undefined_code_are_refused() {
+        for body in [
+            r#"{"success":"true","ret":"1305","msg":"x"}"#,
+            r#"{"success":"false","ret":"1305","msg":"x"}"#,
+            r#"{"success":1,"ret":"1305","msg":"x"}"#,
+            r#"{"success":null,"ret":"1305","msg":"x"}"#,
+            r#"{"ret":"1305","msg":"x"}"#,
+            r#"{"success":false,"ret":1305,"msg":"x"}"#,
+            r#"{"success":false,"ret":["1305"],"msg":"x"}"#,
+            r#"{"success":false,"ret":null,"msg":"x"}"#,
+            r#"{"success":false,"ret":"","msg":"x"}"#,
+            r#"{"success":false,"ret":"1399","msg":"x"}"#,
+            r#"{"success":false,"ret":" 1305","msg":"x"}"#,
+            r#"{"success":false,"ret":"1305","msg":{"zh":"x"}}"#,
+            r#"{"success":false,"ret":"1305","msg":"x","content":5}"#,
+            r#"{"success":false,"ret":"1305","msg":"x","content":true}"#,
+            r#"{"success":false,"ret":"1305","msg":"x","content":"7"}"#,
+            r#"["success",true]"#,
+        ] {
+            assert!(parse_answer(body.as_bytes()).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn msg_and_fields_are_bounded_with_a_marker() {
+        let long = "兑".repeat(5000);
+        let a = parse_answer(format!(r#"{{"success":false,"ret":"1305","msg":"{long}"}}"#).as_bytes()).unwrap();
+        assert_eq!(a.msg.chars().count(), FIELD_MAX_CHARS);
+        assert!(a.msg.ends_with(TRUNCATED) && a.msg.starts_with("兑兑"));
+        assert_eq!(bound("short", 256), "short");
+        assert_eq!(bound(&"x".repeat(256), 256), "x".repeat(256));
+        assert_eq!(bound(&"x".repeat(257), 256).chars().count(), 256);
     }
 
     #[test]

@@ -500,3 +500,34 @@ async fn a_resend_answered_15_or_10030_is_settled_by_query() {
     assert_eq!(snap.times_paid("GW00000040") + snap.times_paid("GW00000041") + snap.times_paid("GW00000060"), 3);
     assert_eq!(snap.overlaps, 0);
 }
+
+/// Issue 16: a hostile host's answer (wrong-typed `success`, a `ret` the document does not define, a
+/// required field missing, another request's `transacId`) was booked: as a decline, or as a payment of the
+/// wrong ticket. Each is now an unknown outcome, and the resend (same transacId) settles it: paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_redeem_answers_are_unknown_and_the_resend_settles_them() {
+    let (sim, lane, _stop) = start_with(1, "").await;
+    lane.b.sign_on(&lane.id, 1, "").await.unwrap();
+    let hostile: [&'static str; 5] = [
+        r#"{"success":"false","ret":"1305","msg":"此票未中奖","content":{}}"#,
+        r#"{"success":false,"ret":"1399","msg":"兑奖失败","content":{}}"#,
+        r#"{"success":false,"ret":1305,"msg":"此票未中奖","content":{}}"#,
+        r#"{"success":false,"ret":"1305","msg":"此票未中奖","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GL009"}}"#,
+        r#"{"success":true,"ret":"1301","msg":"ok","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GW009","gameName":"好运十倍","price":10,"level":1,"prize":9000,"balance":1.0,"soldCity":"北京","amountTicket":1,"amountPrize":9000}}"#,
+    ];
+    for (i, body) in hostile.into_iter().enumerate() {
+        let bar = format!("GW{:08}", 20 + i);
+        sim.push_fault_for_ticket(&bar, Fault::AnswerWith(body));
+        let d = lane.redeem("wx0001", &bar).await;
+        assert_eq!(d.reply.as_ref().map(|r| r.verdict.clone()).map_err(|e| e.stage), Err(Stage::Unknown), "{body}");
+        assert_eq!(sim.state_snapshot().times_paid(&bar), 1, "the host applied it");
+        match lane.resend(&d).await {
+            Recovered::Settled(r) => {
+                assert_eq!((r.verdict, r.code.as_str(), r.fields["recovered"].clone()), (Verdict::Approved, "1307", json!(true)), "{body}");
+                assert_ne!(r.amount_fen, Some(900_000), "{body}");
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+        assert_eq!(sim.state_snapshot().times_paid(&bar), 1);
+    }
+}
