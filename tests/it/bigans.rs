@@ -2,7 +2,8 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use posgate::sim::faults::Fault;
 use serde_json::{json, Value};
@@ -148,5 +149,34 @@ async fn ten_megabyte_answers_leave_memory_journal_and_status_bounded_and_every_
         assert_eq!(v["status"], "reversed", "{key}: {v}");
     }
     assert_eq!(world.sim.applied_sales().len(), applied_before, "no hostile-answered sale left applied: {:?}", world.sim.applied_sales());
+    d.stop().await;
+}
+
+/// Regression (issue 16): with a limit that lets a 10 MB answer be read (`max_answer_bytes` raised),
+/// its 10 MB `advertisement` went into the journal record whole. Now the sale is approved, the POS and
+/// the journal get the advertisement cut with a marker, and each record stays a few KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_megabyte_advertisement_read_under_a_raised_limit_is_journaled_truncated() {
+    let world = World::with_profile_extra("bigans-read", "max_answer_bytes = 16777216").await;
+    let d = world.start(&[]).await;
+    let pid = d.pid().expect("daemon pid");
+    let c = d.client.clone();
+    let (_, v) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
+    assert_eq!(v["status"], "approved", "{v}");
+    let data = world.dir.join("data");
+    let (journal_before, idle) = (dir_bytes(&data), rss_kib(pid));
+    let n = 12;
+    for i in 0..n {
+        world.sim.push_fault_on("jpos/trans/consume", Fault::Huge(HUGE));
+        let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(500 + i, &format!("A{i}")), Some(&format!("ad-{i}"))).await.expect("consume");
+        assert_eq!(v["status"], "approved", "{v}");
+        let ad = v["result"]["advertisement"].as_str().unwrap_or_default();
+        assert!(ad.ends_with("…[truncated]") && ad.len() < 1024, "advertisement of {} bytes: {}", ad.len(), &ad[..ad.len().min(80)]);
+    }
+    let per_answer = dir_bytes(&data).saturating_sub(journal_before) / n as u64;
+    eprintln!("bigans-read: {n} answers of {} MiB read; RSS idle {idle} KiB, after {} KiB; journal {per_answer} B/answer", HUGE >> 20, rss_kib(pid));
+    assert!(per_answer < 16 * 1024, "the journal grew {per_answer} bytes an answer");
+    let (_, j) = c.get("/v1/journal").await.expect("journal");
+    assert!(!j.to_string().contains(&"x".repeat(1024)), "the journal holds the advertisement whole");
     d.stop().await;
 }
