@@ -22,6 +22,9 @@ pub enum Fault {
     /// Apply the request, then answer 200 with this JSON body instead of the real answer (a hostile
     /// host: wrong types, undefined codes, another request's answer).
     AnswerWith(&'static str),
+    /// Apply the request, then answer its real answer with an `advertisement` of this many bytes (a
+    /// hostile host sending bodies far beyond any limit: the client must neither hold nor journal them).
+    Huge(usize),
 }
 
 struct Queued {

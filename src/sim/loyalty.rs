@@ -750,7 +750,12 @@ impl LoyaltySim {
             }
             _ => {}
         }
-        let answer = process();
+        let mut answer = process();
+        if let Some(Fault::Huge(n)) = fault {
+            answer.fields.retain(|(k, _)| *k != "advertisement");
+            // Plain ASCII, which needs no escaping: the simulator spends no time making it.
+            answer.fields.push(("advertisement", format!("\"{}\"", "x".repeat(n))));
+        }
         match fault {
             Some(Fault::DropAfterCommit) => Err(DropConnection),
             Some(Fault::Garbage) => Ok(Self::reply(200, "text/html", "<html><body>502 Bad Gateway (simulated garbage)</body></html>".into())),

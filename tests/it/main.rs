@@ -1,5 +1,6 @@
 //! The one integration-test binary: the real daemon binary, real sled on disk, real TLS, real sockets.
 mod api;
+mod bigans;
 mod crash;
 mod devices;
 mod lottery;

@@ -149,6 +149,11 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 
+    /// The daemon's process id (for reading `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Drain stderr lines seen so far.
     pub fn drain(&mut self) -> Vec<String> {
         let mut v = Vec::new();

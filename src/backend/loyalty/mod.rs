@@ -30,22 +30,6 @@ const FORM: &str = "application/x-www-form-urlencoded; charset=UTF-8";
 /// Body keys that belong to the engine's envelope rather than the vendor request; ignored if present.
 const ENVELOPE_KEYS: &[&str] = &["original", "scan", "scanId", "scan_id"];
 
-/// Answer fields that are yuan amounts and become integer fen in [`Reply::fields`].
-pub const AMOUNT_FIELDS: &[&str] = &[
-    "pointBalance",
-    "avaiablePointBalance",
-    "availablePointBalance",
-    "usePoint",
-    "persentPoint",
-    "returnPoint",
-    "returnPersentPoint",
-    "returnCash",
-    "supplyCash",
-    "cancelAmount",
-    "cashAmount",
-    "pointAmount",
-];
-
 /// The loyalty backend of one profile.
 pub struct LoyaltyBackend {
     http: HttpsClient,
@@ -199,49 +183,104 @@ fn raw_text(raw: &RawValue) -> Option<String> {
     }
 }
 
-/// One answer field converted for the journal: amounts to fen, lists' amounts to fen, personal ids masked.
-fn convert_field(key: &str, raw: &RawValue) -> Value {
-    if AMOUNT_FIELDS.contains(&key) {
-        return match raw_amount_to_fen(raw) {
-            Ok(fen) => Value::from(fen),
-            Err(_) => {
-                tracing::warn!(field = key, "loyalty answer: amount field is not a yuan amount; kept as null");
-                Value::Null
-            }
-        };
-    }
-    match key {
-        // Items are read with raw values so nested amounts keep their exact text.
-        "vaucher" | "ticket" => match serde_json::from_str::<Vec<std::collections::BTreeMap<String, Box<RawValue>>>>(raw.get()) {
-            Ok(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|o| {
-                        let item = o.iter().map(|(k, v)| {
-                            let val = if k == "amount" {
-                                raw_amount_to_fen(v).map(Value::from).unwrap_or(Value::Null)
-                            } else {
-                                serde_json::from_str(v.get()).unwrap_or(Value::Null)
-                            };
-                            (k.clone(), val)
-                        });
-                        Value::Object(item.collect())
-                    })
-                    .collect(),
-            ),
-            Err(_) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
-        },
-        "cardNo" | "idNo" => match raw_text(raw) {
-            Some(s) => Value::String(mask_card(&s)),
-            None => Value::Null,
-        },
-        _ => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+/// Longest amount text read (`-12345678901234.56` is far beyond any limit already).
+const MAX_AMOUNT_CHARS: usize = 32;
+
+/// Free text cut to [`wire::MAX_TEXT_CHARS`] characters, with [`wire::TRUNCATED`] when cut.
+fn truncate_text(s: &str) -> String {
+    match s.char_indices().nth(wire::MAX_TEXT_CHARS) {
+        Some((at, _)) => format!("{}{}", &s[..at], wire::TRUNCATED),
+        None => s.to_string(),
     }
 }
 
-/// Turn an HTTP answer into a [`Reply`], or the stage of failure: 5xx and garbage are Unknown, 4xx Rejected.
-pub fn parse_reply(reply: &HttpReply) -> Result<Reply, BackendError> {
-    parse_reply_to(reply, &[])
+/// A scalar (text or number, as written) of at most `max` characters; anything else is dropped.
+fn bounded_scalar(key: &str, raw: &RawValue, max: usize) -> Option<Value> {
+    let text = raw.get().trim();
+    // The JSON text bounds the decoded text from above (at most 12 bytes per character, a surrogate
+    // pair escaped), so a huge value is
+    // refused before it is decoded; a short one is measured exactly below.
+    if text.len() > 12 * max + 2 {
+        tracing::warn!(field = key, len = text.len(), "loyalty answer: field longer than its bound; dropped");
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    let len = match &v {
+        Value::String(s) => s.chars().count(),
+        Value::Number(n) => n.to_string().len(),
+        Value::Null => return None,
+        _ => {
+            tracing::warn!(field = key, "loyalty answer: field is not text or a number; dropped");
+            return None;
+        }
+    };
+    if len > max {
+        tracing::warn!(field = key, len, "loyalty answer: field longer than its bound; dropped");
+        return None;
+    }
+    Some(v)
+}
+
+/// One answer field as the answer table types it, converted and bounded for the journal: amounts to
+/// fen, lists cut to [`wire::MAX_LIST_ITEMS`] items of their own fields, free text cut, personal ids
+/// masked. `None`: not journaled (key material, the wrong shape, over its bound).
+fn convert_field(f: &wire::AnswerField, raw: &RawValue) -> Option<Value> {
+    use wire::AnswerKind as K;
+    let key = f.name;
+    match f.kind {
+        K::Secret => None,
+        K::Amount => {
+            if raw.get().trim().len() > MAX_AMOUNT_CHARS {
+                tracing::warn!(field = key, "loyalty answer: amount field too long; kept as null");
+                return Some(Value::Null);
+            }
+            Some(match raw_amount_to_fen(raw) {
+                Ok(fen) => Value::from(fen),
+                Err(_) => {
+                    tracing::warn!(field = key, "loyalty answer: amount field is not a yuan amount; kept as null");
+                    Value::Null
+                }
+            })
+        }
+        K::Code | K::Time => {
+            let v = bounded_scalar(key, raw, wire::MAX_CODE_CHARS)?;
+            if matches!(key, "cardNo" | "idNo") {
+                return text_of(&v).map(|s| Value::String(mask_card(&s)));
+            }
+            Some(v)
+        }
+        K::Name => bounded_scalar(key, raw, wire::MAX_NAME_CHARS),
+        K::Text => match serde_json::from_str::<Value>(raw.get()).ok()? {
+            Value::String(s) => Some(Value::String(truncate_text(&s))),
+            Value::Number(n) => Some(Value::String(truncate_text(&n.to_string()))),
+            _ => None,
+        },
+        // Items are read with raw values so nested amounts keep their exact text.
+        K::List(item_fields) => {
+            let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get()) else {
+                tracing::warn!(field = key, "loyalty answer: list field is not a list; dropped");
+                return None;
+            };
+            if items.len() > wire::MAX_LIST_ITEMS {
+                tracing::warn!(field = key, items = items.len(), "loyalty answer: list longer than its bound; cut");
+            }
+            let kept = items.iter().take(wire::MAX_LIST_ITEMS).filter_map(|item| {
+                let o = serde_json::from_str::<std::collections::BTreeMap<String, Box<RawValue>>>(item.get()).ok()?;
+                let fields = item_fields.iter().filter_map(|itf| {
+                    let v = o.get(itf.name)?;
+                    Some((itf.name.to_string(), convert_field(itf, v).unwrap_or(Value::Null)))
+                });
+                Some(Value::Object(fields.collect()))
+            });
+            Some(Value::Array(kept.collect()))
+        }
+    }
+}
+
+/// Turn an HTTP answer into a [`Reply`], or the stage of failure: 5xx and garbage are Unknown, 4xx
+/// Rejected. Only the fields of `answer` (the operation's answer table) are kept, each bounded.
+pub fn parse_reply(reply: &HttpReply, answer: &[wire::AnswerField]) -> Result<Reply, BackendError> {
+    parse_reply_to(reply, answer, &[])
 }
 
 /// The identifiers an answer may echo; each one it does echo must equal what was sent.
@@ -250,7 +289,11 @@ const ECHOED: &[&str] = &["storeNo", "terminalNo", "traceNo", "batchNo"];
 /// [`parse_reply`] for a request whose form was `sent`: an answer naming another trace, batch,
 /// terminal or store is another request's answer (a stale one on a kept-alive connection, a host
 /// fault) and says nothing about this one: unknown, never approved or declined.
-pub fn parse_reply_to(reply: &HttpReply, sent: &[(&str, &str)]) -> Result<Reply, BackendError> {
+///
+/// Of the answer, only what `answer` (the operation's 响应 table, or [`wire::REVERSAL_ANSWER`]) defines
+/// is kept, each field within its bound: whatever else a host sends (a megabyte of an undefined field)
+/// never reaches the journal.
+pub fn parse_reply_to(reply: &HttpReply, answer: &[wire::AnswerField], sent: &[(&str, &str)]) -> Result<Reply, BackendError> {
     let body = String::from_utf8_lossy(&reply.body);
     if reply.status >= 500 {
         return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
@@ -271,37 +314,37 @@ pub fn parse_reply_to(reply: &HttpReply, sent: &[(&str, &str)]) -> Result<Reply,
             return Err(err(Stage::Unknown, format!("the answer names {name} {} but the request was {ours}: another request's answer", scrub(&theirs))));
         }
     }
-    let mut fields = Map::new();
-    let (mut code, mut message, mut reference, mut trans_time) = (None, None, None, None);
-    for (k, v) in &raw {
-        match k.as_str() {
-            "status" => {
-                // The document's type is a two-character code string: anything else (0, true, a list,
-                // an object) says nothing a decline could be booked on.
-                let text = v.get().trim();
-                if !text.starts_with('"') {
-                    return Err(err(Stage::Unknown, format!("the answer's `status` is {} , not a code string", scrub(text))));
-                }
-                code = raw_text(v);
-            }
-            "message" => message = raw_text(v),
-            // Key material stays out of the journal-bound fields; sign_on reads it separately.
-            "workingKey" => {}
-            _ => {
-                if k == "serialNo" {
-                    reference = raw_text(v);
-                }
-                if k == "transTime" {
-                    trans_time = raw_text(v);
-                }
-                fields.insert(k.clone(), convert_field(k, v));
-            }
-        }
-    }
+    // The document's type is a two-character code string: anything else (0, true, a list, an object)
+    // says nothing a decline could be booked on.
+    let code = match raw.get("status") {
+        Some(v) if v.get().trim().starts_with('"') => raw_text(v),
+        Some(v) => return Err(err(Stage::Unknown, format!("the answer's `status` is {} , not a code string", scrub(v.get().trim())))),
+        None => None,
+    };
     let code = code.filter(|c| !c.is_empty()).ok_or_else(|| err(Stage::Unknown, format!("answer has no `status`: {}", scrub(&body))))?;
     if !codes::defined(&code) {
         return Err(err(Stage::Unknown, format!("the answer's `status` {} is not a code the document defines", scrub(&code))));
     }
+    let dropped = raw.keys().filter(|k| !answer.iter().any(|f| f.name == k.as_str())).count();
+    if dropped > 0 {
+        tracing::debug!(dropped, "loyalty answer: fields the document does not define were dropped");
+    }
+    let mut fields = Map::new();
+    let mut message = None;
+    for f in answer {
+        let Some(v) = raw.get(f.name) else { continue };
+        match f.name {
+            "status" => {}
+            "message" => message = convert_field(f, v).as_ref().and_then(text_of),
+            _ => {
+                if let Some(v) = convert_field(f, v) {
+                    fields.insert(f.name.to_string(), v);
+                }
+            }
+        }
+    }
+    let reference = fields.get("serialNo").and_then(text_of);
+    let trans_time = fields.get("transTime").and_then(text_of);
     let (zh, en) = codes::lookup(&code);
     let verdict = if code == "00" { Verdict::Approved } else { Verdict::Declined };
     let message = message.filter(|s| !s.is_empty()).unwrap_or_else(|| zh.to_string());
@@ -440,11 +483,11 @@ impl LoyaltyBackend {
         format!("{}{path}", self.base)
     }
 
-    async fn post_form(&self, url: &str, pairs: &[(&'static str, String)], journal_id: u64) -> Result<Reply, BackendError> {
+    async fn post_form(&self, url: &str, pairs: &[(&'static str, String)], answer: &[wire::AnswerField], journal_id: u64) -> Result<Reply, BackendError> {
         let body = wire::encode_form(pairs);
         let reply = self.http.post(url, FORM, Bytes::from(body), journal_id).await.map_err(net_error)?;
         let sent: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        parse_reply_to(&reply, &sent)
+        parse_reply_to(&reply, answer, &sent)
     }
 }
 
@@ -638,7 +681,7 @@ impl Backend for LoyaltyBackend {
         let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
         let url = self.url(w.path);
         let http = self.http.post(&url, FORM, Bytes::from(wire::encode_form(&form)), journal_id).await.map_err(net_error)?;
-        let reply = parse_reply(&http)?;
+        let reply = parse_reply(&http, w.answer)?;
         if reply.verdict != Verdict::Approved {
             return Err(err(Stage::Rejected, format!("checkin declined: {} {}", reply.code, reply.message)));
         }
@@ -654,7 +697,8 @@ impl Backend for LoyaltyBackend {
         if batch.len() != 6 || !batch.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err(Stage::Rejected, format!("checkin answer has a malformed `batchNo`: {}", scrub(&batch))));
         }
-        let store_name = raw.get("storeName").cloned().unwrap_or(Value::Null);
+        // Bounded like every journaled field (the session is journaled with the lane).
+        let store_name = reply.fields.get("storeName").cloned().unwrap_or(Value::Null);
         tracing::info!(terminal = %identity.terminal, batch = %batch, "loyalty check-in done");
         Ok(SignOn { batch: Some(batch), session: json!({ "workingKey": wk, "storeName": store_name }), reply })
     }
@@ -666,7 +710,7 @@ impl Backend for LoyaltyBackend {
         }
         let form = self.build_form(w, &tx, true).map_err(|d| err(Stage::NotSent, d))?;
         tracing::debug!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty request");
-        let reply = self.post_form(&self.url(w.path), &form, tx.journal_id).await?;
+        let reply = self.post_form(&self.url(w.path), &form, w.answer, tx.journal_id).await?;
         // 77 / 99 / A0: the host refused it unapplied because the terminal must check in again (a lost
         // check-in answer left us on an old batch or old keys). Not a decline for the POS: the engine
         // signs on and resends it in the new batch.
@@ -688,7 +732,7 @@ impl Backend for LoyaltyBackend {
         // The reversal repeats the original request, rebuilt from the journal: no track data, no PIN.
         let form = self.build_form(w, &tx, false).map_err(|d| err(Stage::NotSent, d))?;
         tracing::info!(op = tx.operation, trace = tx.trace, batch = tx.batch, "loyalty reversal");
-        let reply = self.post_form(&self.url(path), &form, tx.journal_id).await?;
+        let reply = self.post_form(&self.url(path), &form, wire::REVERSAL_ANSWER, tx.journal_id).await?;
         // A reversal answered 77 (or 99/A0) is NOT done: the host did not look. Try again later, after
         // whatever sign-on the engine does; never a SignOnFirst, which would mean "resend as new".
         if codes::reversal_done(&reply.code) {
@@ -717,7 +761,7 @@ impl Backend for LoyaltyBackend {
         let pairs: Vec<(&str, String)> = form.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let body = wire::encode_form(&pairs);
         let http = self.http.post(&self.url(w.path), FORM, Bytes::from(body), req.journal_id).await.map_err(net_error)?;
-        let reply = parse_reply_to(&http, &pairs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())?;
+        let reply = parse_reply_to(&http, w.answer, &pairs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>())?;
         if reply.verdict != Verdict::Approved {
             return Err(err(Stage::Rejected, format!("settle declined: {} {}", reply.code, reply.message)));
         }

@@ -239,12 +239,16 @@ fn http(status: u16, body: &str) -> HttpReply {
     HttpReply { status, content_type: Some("application/json".into()), body: Bytes::from(body.to_string()) }
 }
 
+fn consume() -> &'static [wire::AnswerField] {
+    wire::op("consume").unwrap().answer
+}
+
 #[test]
 fn answers_parse_to_fen_and_failures_to_stages() {
-    let r = parse_reply(&http(
-        200,
-        r#"{"status":"00","message":"成功","transTime":1415125804472,"serialNo":"10000000000012","pointBalance":1234567.89,"avaiablePointBalance":"12.5","usePoint":0,"persentPoint":0.1,"vaucher":[{"id":1,"amount":1,"num":2,"name":"vv1"}],"idNo":"110101199001011234"}"#,
-    ))
+    let r = parse_reply(
+        &http(200, r#"{"status":"00","message":"成功","transTime":1415125804472,"serialNo":"10000000000012","pointBalance":1234567.89,"avaiablePointBalance":"12.5","usePoint":0,"persentPoint":0.1}"#),
+        consume(),
+    )
     .unwrap();
     assert_eq!(r.verdict, Verdict::Approved);
     assert_eq!(r.reference.as_deref(), Some("10000000000012"));
@@ -252,37 +256,106 @@ fn answers_parse_to_fen_and_failures_to_stages() {
     assert_eq!(r.fields["pointBalance"], json!(123456789));
     assert_eq!(r.fields["avaiablePointBalance"], json!(1250));
     assert_eq!(r.fields["persentPoint"], json!(10));
-    assert_eq!(r.fields["vaucher"][0]["amount"], json!(100));
-    assert_eq!(r.fields["idNo"], json!("110101********1234"));
     assert!(!r.fields.contains_key("status"));
+    let q = parse_reply(
+        &http(200, r#"{"status":"00","transTime":1,"vaucher":[{"id":1,"amount":1,"num":2,"name":"vv1"}],"idNo":"110101199001011234"}"#),
+        wire::op("card-query").unwrap().answer,
+    )
+    .unwrap();
+    assert_eq!(q.fields["vaucher"][0]["amount"], json!(100));
+    assert_eq!(q.fields["idNo"], json!("110101********1234"));
 
-    let d = parse_reply(&http(200, r#"{"status":"51"}"#)).unwrap();
+    let d = parse_reply(&http(200, r#"{"status":"51"}"#), consume()).unwrap();
     assert_eq!((d.verdict, d.message.as_str(), d.message_en.as_str()), (Verdict::Declined, "余额不足, 请查询", "insufficient balance, please query"));
     // A code the document does not define, or a status of the wrong type, is no decline: unknown.
-    assert_eq!(parse_reply(&http(200, r#"{"status":"Q7","message":""}"#)).unwrap_err().stage, Stage::Unknown);
+    assert_eq!(parse_reply(&http(200, r#"{"status":"Q7","message":""}"#), consume()).unwrap_err().stage, Stage::Unknown);
     for wrong in [r#"{"status":0}"#, r#"{"status":true}"#, r#"{"status":["00"]}"#, r#"{"status":{"c":"00"}}"#, r#"{"status":51}"#] {
-        let e = parse_reply(&http(200, wrong)).unwrap_err();
+        let e = parse_reply(&http(200, wrong), consume()).unwrap_err();
         assert_eq!(e.stage, Stage::Unknown, "{wrong}: {e}");
     }
     // Another request's answer (another trace or batch) is unknown, never approved.
     let sent = [("traceNo", "000007"), ("batchNo", "000002")];
-    let e = parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000008","batchNo":"000002"}"#), &sent).unwrap_err();
+    let e = parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000008","batchNo":"000002"}"#), consume(), &sent).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown, "{e}");
-    let e = parse_reply_to(&http(200, r#"{"status":"00","batchNo":"000001"}"#), &sent).unwrap_err();
+    let e = parse_reply_to(&http(200, r#"{"status":"00","batchNo":"000001"}"#), consume(), &sent).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown, "{e}");
-    assert_eq!(parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000007"}"#), &sent).unwrap().verdict, Verdict::Approved);
+    assert_eq!(parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000007"}"#), consume(), &sent).unwrap().verdict, Verdict::Approved);
 
-    let e = parse_reply(&http(200, "<html>oops 6222021234567890123</html>")).unwrap_err();
+    let e = parse_reply(&http(200, "<html>oops 6222021234567890123</html>"), consume()).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown);
     assert!(e.detail.starts_with("answer is not JSON") && !e.detail.contains(CARD), "{}", e.detail);
-    let e = parse_reply(&http(200, r#"{"message":"x"}"#)).unwrap_err();
+    let e = parse_reply(&http(200, r#"{"message":"x"}"#), consume()).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown);
     assert!(e.detail.contains("status"));
-    assert_eq!(parse_reply(&http(500, "boom")).unwrap_err().stage, Stage::Unknown);
-    assert_eq!(parse_reply(&http(502, "")).unwrap_err().stage, Stage::Unknown);
-    assert_eq!(parse_reply(&http(404, "no")).unwrap_err().stage, Stage::Rejected);
+    assert_eq!(parse_reply(&http(500, "boom"), consume()).unwrap_err().stage, Stage::Unknown);
+    assert_eq!(parse_reply(&http(502, ""), consume()).unwrap_err().stage, Stage::Unknown);
+    assert_eq!(parse_reply(&http(404, "no"), consume()).unwrap_err().stage, Stage::Rejected);
     let long = "x".repeat(5000);
-    assert!(parse_reply(&http(200, &long)).unwrap_err().detail.chars().count() < 300);
+    assert!(parse_reply(&http(200, &long), consume()).unwrap_err().detail.chars().count() < 300);
+}
+
+#[test]
+fn an_undefined_megabyte_field_is_not_journaled() {
+    let huge = "x".repeat(1 << 20);
+    let body = format!(r#"{{"status":"00","message":"成功","serialNo":"S1","pointBalance":"1.00","avaiablePointBalance":"1.00","usePoint":"1.00","persentPoint":0,"transTime":1,"junk":"{huge}","more":{{"a":[1,2,3]}},"cardNo":"{CARD}"}}"#);
+    let r = parse_reply(&http(200, &body), consume()).unwrap();
+    assert_eq!(r.verdict, Verdict::Approved);
+    let kept: Vec<&str> = r.fields.keys().map(String::as_str).collect();
+    assert_eq!(kept, ["avaiablePointBalance", "persentPoint", "pointBalance", "serialNo", "transTime", "usePoint"]);
+    let journaled = serde_json::to_string(&r.fields).unwrap();
+    assert!(journaled.len() < 300 && !journaled.contains("xxxx") && !journaled.contains(CARD), "{journaled}");
+    assert_eq!(r.reference.as_deref(), Some("S1"));
+    // A reversal's answer keeps only its code and message.
+    let rev = parse_reply(&http(200, &body), wire::REVERSAL_ANSWER).unwrap();
+    assert!(rev.fields.is_empty(), "{:?}", rev.fields);
+}
+
+#[test]
+fn an_overlong_advertisement_and_message_are_truncated_with_the_marker() {
+    let ad = "欢".repeat(10_000);
+    let body = format!(r#"{{"status":"00","message":"{ad}","serialNo":"S1","advertisement":"{ad}"}}"#);
+    let r = parse_reply(&http(200, &body), consume()).unwrap();
+    let got = r.fields["advertisement"].as_str().unwrap();
+    assert!(got.ends_with(wire::TRUNCATED), "{got}");
+    assert_eq!(got.chars().count(), wire::MAX_TEXT_CHARS + wire::TRUNCATED.chars().count());
+    assert!(got.starts_with(&"欢".repeat(wire::MAX_TEXT_CHARS)));
+    assert!(r.message.ends_with(wire::TRUNCATED) && r.message.chars().count() < 300);
+    // A short one is kept as it is.
+    let r = parse_reply(&http(200, r#"{"status":"00","advertisement":"欢迎参加 xxx 活动"}"#), consume()).unwrap();
+    assert_eq!(r.fields["advertisement"], json!("欢迎参加 xxx 活动"));
+}
+
+#[test]
+fn answer_table_fields_survive_within_their_bounds() {
+    let table = |op: &str| wire::op(op).unwrap().answer;
+    let long_name = "名".repeat(wire::MAX_NAME_CHARS + 1);
+    let items: Vec<String> = (0..150).map(|i| format!(r#"{{"id":{i},"amount":"2.50","num":1,"name":"v{i}","secret":"zzz"}}"#)).collect();
+    let body = format!(
+        r#"{{"status":"00","message":"ok","transTime":1415125804472,"pointBalance":1,"avaiablePointBalance":0,"vaucher":[{}],"idType":"01","idNo":"0123456789012345678","name":"张三","gender":"01","mobileNo":"13800000000","grade":"0","address":"{long_name}","email":"a@b.c","workingKey":"{WORKING_KEY}"}}"#,
+        items.join(",")
+    );
+    let r = parse_reply(&http(200, &body), table("card-query")).unwrap();
+    for k in ["transTime", "pointBalance", "avaiablePointBalance", "vaucher", "idType", "idNo", "name", "gender", "mobileNo", "grade", "email"] {
+        assert!(r.fields.contains_key(k), "{k} kept: {:?}", r.fields.keys());
+    }
+    // Over its bound: an address is dropped, a list cut; undefined item keys and key material dropped.
+    assert!(!r.fields.contains_key("address") && !r.fields.contains_key("workingKey"));
+    let v = r.fields["vaucher"].as_array().unwrap();
+    assert_eq!(v.len(), wire::MAX_LIST_ITEMS);
+    assert_eq!(v[3], json!({"id": 3, "amount": 250, "num": 1, "name": "v3"}));
+    assert_eq!(r.fields["idNo"], json!("012345*********5678"));
+    // An identifier over its bound is dropped rather than cut into another one.
+    let long_serial = "9".repeat(wire::MAX_CODE_CHARS + 1);
+    let r = parse_reply(&http(200, &format!(r#"{{"status":"00","serialNo":"{long_serial}"}}"#)), consume()).unwrap();
+    assert!(!r.fields.contains_key("serialNo") && r.reference.is_none());
+    // Every table: the code and message come first; settlement keeps its flag; checkin its batch and store.
+    for o in wire::OPS {
+        assert_eq!(o.answer.iter().take(2).map(|f| f.name).collect::<Vec<_>>(), ["status", "message"], "{}", o.spec.name);
+    }
+    let s = parse_reply(&http(200, r#"{"status":"00","settleFlag":"ss","x":"y"}"#), table("settle")).unwrap();
+    assert_eq!(s.fields, serde_json::from_str::<Map<String, Value>>(r#"{"settleFlag":"ss"}"#).unwrap());
+    let c = parse_reply(&http(200, &format!(r#"{{"status":"00","batchNo":"000001","storeName":"店","workingKey":"{WORKING_KEY}"}}"#)), table("checkin")).unwrap();
+    assert_eq!(c.fields, serde_json::from_str::<Map<String, Value>>(r#"{"batchNo":"000001","storeName":"店"}"#).unwrap());
 }
 
 #[test]

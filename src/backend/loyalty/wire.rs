@@ -1,4 +1,4 @@
-//! The loyalty wire vocabulary: each operation's path, reversal path and fields (the spec's 接口报文), and form encoding.
+//! The loyalty wire vocabulary: each operation's path, reversal path, request and answer fields (the spec's 接口报文), and form encoding.
 //!
 //! The table is shared by the backend (which fields to accept from the POS, which to fill, what to send)
 //! and by the simulator (which fields to require), so the two cannot drift apart.
@@ -63,7 +63,139 @@ pub struct WireOp {
     pub fields: &'static [Field],
     /// The operation the original record must be (cancel: consume, refund: consume, refund-cancel: refund).
     pub original_op: Option<&'static str>,
+    /// The answer's fields in the spec's order (its 响应 table): the only ones journaled.
+    pub answer: &'static [AnswerField],
 }
+
+/// How an answer field is typed, and so how it is bounded before it reaches the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// A short code or identifier (`status`, `serialNo`, `batchNo`, `idType`, `settleFlag`, ...):
+    /// text or a number, at most [`MAX_CODE_CHARS`]; longer is dropped (a cut identifier is a wrong one).
+    Code,
+    /// A name, address or e-mail: text, at most [`MAX_NAME_CHARS`]; longer is dropped.
+    Name,
+    /// Free text for people (`message`, `advertisement`): cut to [`MAX_TEXT_CHARS`] with [`TRUNCATED`].
+    Text,
+    /// A yuan amount with 2 decimals: journaled as integer fen.
+    Amount,
+    /// A time (`long`, the spec's `time`): a number or text, at most [`MAX_CODE_CHARS`].
+    Time,
+    /// A list of objects with these fields; at most [`MAX_LIST_ITEMS`] items, other keys dropped.
+    List(&'static [AnswerField]),
+    /// Key material (`workingKey`): read by the check-in itself, never journaled.
+    Secret,
+}
+
+/// One row of an answer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerField {
+    pub name: &'static str,
+    pub kind: AnswerKind,
+    /// The spec's `!` column (documentation: a decline carries none of them).
+    pub required: bool,
+}
+
+/// Bound of a code, identifier or time, in characters.
+pub const MAX_CODE_CHARS: usize = 64;
+/// Bound of a name, address or e-mail, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+/// Free text is cut to this many characters (then [`TRUNCATED`] is appended).
+pub const MAX_TEXT_CHARS: usize = 256;
+/// Items kept of a list; the rest are dropped.
+pub const MAX_LIST_ITEMS: usize = 100;
+/// Appended to free text that was cut.
+pub const TRUNCATED: &str = "…[truncated]";
+
+const fn a(name: &'static str, kind: AnswerKind, required: bool) -> AnswerField {
+    AnswerField { name, kind, required }
+}
+
+const STATUS: AnswerField = a("status", AnswerKind::Code, true);
+const MESSAGE: AnswerField = a("message", AnswerKind::Text, true);
+const TRANS_TIME: AnswerField = a("transTime", AnswerKind::Time, true);
+const SERIAL: AnswerField = a("serialNo", AnswerKind::Code, true);
+const BALANCE: [AnswerField; 2] = [a("pointBalance", AnswerKind::Amount, true), a("avaiablePointBalance", AnswerKind::Amount, true)];
+
+const VAUCHER_ITEM: &[AnswerField] =
+    &[a("id", AnswerKind::Code, false), a("amount", AnswerKind::Amount, false), a("num", AnswerKind::Code, false), a("name", AnswerKind::Name, false)];
+const TICKET_ITEM: &[AnswerField] = &[
+    a("id", AnswerKind::Code, false),
+    a("type", AnswerKind::Code, false),
+    a("amount", AnswerKind::Amount, false),
+    a("name", AnswerKind::Name, false),
+    a("num", AnswerKind::Code, false),
+];
+
+const CHECKIN_ANSWER: &[AnswerField] = &[
+    STATUS,
+    MESSAGE,
+    TRANS_TIME,
+    a("batchNo", AnswerKind::Code, true),
+    a("storeName", AnswerKind::Name, true),
+    a("workingKey", AnswerKind::Secret, true),
+];
+const CARD_QUERY_ANSWER: &[AnswerField] = &[
+    STATUS,
+    MESSAGE,
+    TRANS_TIME,
+    BALANCE[0],
+    BALANCE[1],
+    a("vaucher", AnswerKind::List(VAUCHER_ITEM), false),
+    a("idType", AnswerKind::Code, true),
+    // Masked like a card number before it is kept.
+    a("idNo", AnswerKind::Code, true),
+    a("name", AnswerKind::Name, true),
+    a("gender", AnswerKind::Code, true),
+    a("mobileNo", AnswerKind::Code, true),
+    a("grade", AnswerKind::Code, false),
+    a("address", AnswerKind::Name, true),
+    a("email", AnswerKind::Name, true),
+];
+const CONSUME_ANSWER: &[AnswerField] = &[
+    // The spec types this `status` as datetime, a slip: it is the two-character code of every answer.
+    STATUS,
+    MESSAGE,
+    TRANS_TIME,
+    SERIAL,
+    BALANCE[0],
+    BALANCE[1],
+    a("usePoint", AnswerKind::Amount, true),
+    a("persentPoint", AnswerKind::Amount, true),
+    a("advertisement", AnswerKind::Text, false),
+];
+/// Cancel and refund-cancel answer alike (the spec lists cancel's `serialNo` twice).
+const CANCEL_ANSWER: &[AnswerField] = &[
+    STATUS,
+    MESSAGE,
+    TRANS_TIME,
+    SERIAL,
+    BALANCE[0],
+    BALANCE[1],
+    a("usePoint", AnswerKind::Amount, true),
+    a("persentPoint", AnswerKind::Amount, true),
+];
+const REFUND_ANSWER: &[AnswerField] = &[
+    STATUS,
+    MESSAGE,
+    TRANS_TIME,
+    SERIAL,
+    BALANCE[0],
+    BALANCE[1],
+    a("returnPoint", AnswerKind::Amount, true),
+    a("returnPersentPoint", AnswerKind::Amount, true),
+    a("returnCash", AnswerKind::Amount, true),
+    a("supplyCash", AnswerKind::Amount, true),
+];
+/// The table names no `transTime`, but the spec's example (and the simulator) carry one: kept.
+const TICKET_QUERY_ANSWER: &[AnswerField] =
+    &[STATUS, MESSAGE, a("transTime", AnswerKind::Time, false), BALANCE[0], BALANCE[1], a("ticket", AnswerKind::List(TICKET_ITEM), false)];
+const TICKET_CONSUME_ANSWER: &[AnswerField] = &[STATUS, MESSAGE, SERIAL, a("advertisement", AnswerKind::Text, false), TRANS_TIME];
+const STATUS_ONLY: &[AnswerField] = &[STATUS, MESSAGE];
+const CARD_ACTIVATE_ANSWER: &[AnswerField] = &[STATUS, MESSAGE, SERIAL, TRANS_TIME];
+const SETTLE_ANSWER: &[AnswerField] = &[STATUS, MESSAGE, a("settleFlag", AnswerKind::Code, true)];
+/// The answer of every reversal (冲正交易): a code and a message.
+pub const REVERSAL_ANSWER: &[AnswerField] = STATUS_ONLY;
 
 /// Fields the POS may never send: the daemon fills them from its identity and journal.
 pub const DAEMON_OWNED: &[&str] = &[
@@ -191,14 +323,15 @@ const fn spec(name: &'static str, class: OpClass, needs_original: bool) -> OpSpe
 
 /// Every loyalty operation, in the order of the spec's 接口列表.
 pub static OPS: &[WireOp] = &[
-    WireOp { spec: spec("checkin", OpClass::SignOn, false), path: "jpos/terminal/checkin", reversal: None, fields: CHECKIN, original_op: None },
-    WireOp { spec: spec("card-query", OpClass::Inquiry, false), path: "jpos/cards", reversal: None, fields: CARD_QUERY, original_op: None },
+    WireOp { spec: spec("checkin", OpClass::SignOn, false), path: "jpos/terminal/checkin", reversal: None, fields: CHECKIN, original_op: None, answer: CHECKIN_ANSWER },
+    WireOp { spec: spec("card-query", OpClass::Inquiry, false), path: "jpos/cards", reversal: None, fields: CARD_QUERY, original_op: None, answer: CARD_QUERY_ANSWER },
     WireOp {
         spec: spec("consume", OpClass::Financial(Recovery::Reverse), false),
         path: "jpos/trans/consume",
         reversal: Some("jpos/trans/consumeReversal"),
         fields: CONSUME,
         original_op: None,
+        answer: CONSUME_ANSWER,
     },
     WireOp {
         spec: spec("cancel", OpClass::Financial(Recovery::Reverse), true),
@@ -206,26 +339,29 @@ pub static OPS: &[WireOp] = &[
         reversal: Some("jpos/trans/cancelReversal"),
         fields: CANCEL,
         original_op: Some("consume"),
+        answer: CANCEL_ANSWER,
     },
-    WireOp { spec: spec("refund", OpClass::Financial(Recovery::Manual), true), path: "jpos/refunds", reversal: None, fields: REFUND, original_op: Some("consume") },
+    WireOp { spec: spec("refund", OpClass::Financial(Recovery::Manual), true), path: "jpos/refunds", reversal: None, fields: REFUND, original_op: Some("consume"), answer: REFUND_ANSWER },
     WireOp {
         spec: spec("refund-cancel", OpClass::Financial(Recovery::Manual), true),
         path: "jpos/refunds/cancel",
         reversal: None,
         fields: REFUND_CANCEL,
         original_op: Some("refund"),
+        answer: CANCEL_ANSWER,
     },
-    WireOp { spec: spec("ticket-query", OpClass::Inquiry, false), path: "jpos/tickets", reversal: None, fields: CARD_QUERY, original_op: None },
+    WireOp { spec: spec("ticket-query", OpClass::Inquiry, false), path: "jpos/tickets", reversal: None, fields: CARD_QUERY, original_op: None, answer: TICKET_QUERY_ANSWER },
     WireOp {
         spec: spec("ticket-consume", OpClass::Financial(Recovery::Reverse), false),
         path: "jpos/tickets/consume",
         reversal: Some("jpos/tickets/consumeReversal"),
         fields: TICKET_CONSUME,
         original_op: None,
+        answer: TICKET_CONSUME_ANSWER,
     },
-    WireOp { spec: spec("send-verify-code", OpClass::Inquiry, false), path: "jpos/mobile/sendVerifyCode", reversal: None, fields: SEND_VERIFY_CODE, original_op: None },
-    WireOp { spec: spec("card-activate", OpClass::Financial(Recovery::Manual), false), path: "jpos/card/active", reversal: None, fields: CARD_ACTIVATE, original_op: None },
-    WireOp { spec: spec("settle", OpClass::Settle, false), path: "jpos/trans/settle", reversal: None, fields: SETTLE, original_op: None },
+    WireOp { spec: spec("send-verify-code", OpClass::Inquiry, false), path: "jpos/mobile/sendVerifyCode", reversal: None, fields: SEND_VERIFY_CODE, original_op: None, answer: STATUS_ONLY },
+    WireOp { spec: spec("card-activate", OpClass::Financial(Recovery::Manual), false), path: "jpos/card/active", reversal: None, fields: CARD_ACTIVATE, original_op: None, answer: CARD_ACTIVATE_ANSWER },
+    WireOp { spec: spec("settle", OpClass::Settle, false), path: "jpos/trans/settle", reversal: None, fields: SETTLE, original_op: None, answer: SETTLE_ANSWER },
 ];
 
 /// The same list as the engine sees it.

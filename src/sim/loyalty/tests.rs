@@ -263,6 +263,13 @@ async fn backend_against_simulator_end_to_end() {
     assert!(matches!(lane.reverse(&junk, None).await.unwrap(), Recovered::Reversed { .. }));
     assert!(matches!(lane.reverse(&e500, None).await.unwrap(), Recovered::Reversed { .. }));
     assert_eq!(balance(&sim, NOPIN), 20_000);
+    // An answer far over the answer limit (1 MiB by default) is unknown and applied: reversed too.
+    sim.push_fault(Fault::Huge(3 << 20));
+    let huge = lane.run("consume", consume(NOPIN, 100, None, "R7h"), None).await;
+    assert_eq!(stage(&huge), Stage::Unknown, "{:?}", huge.reply);
+    assert_eq!(balance(&sim, NOPIN), 19_900);
+    assert!(matches!(lane.reverse(&huge, None).await.unwrap(), Recovered::Reversed { .. }));
+    assert_eq!(balance(&sim, NOPIN), 20_000);
 
     // Void the first sale; refund and refund-cancel a second one.
     let void = lane.run("cancel", json!({}), Some(&sale.original)).await;
