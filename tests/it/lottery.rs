@@ -384,7 +384,10 @@ async fn a_failed_or_interrupted_daily_reconcile_runs_again_until_it_has_a_resul
     d.kill9().await;
     // The host finishes what it was doing before the next life asks again (see the report on this).
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    // Life 2: the host fails the next attempt; a later one gets the true result.
+    // Life 2: the host fails the next attempt; a later one gets the true result. (Under load life 1 can
+    // die before its awardDetail was sent: its delay must not carry over and turn attempt 2 into a
+    // slow success.)
+    w.sim.clear_faults();
     w.sim.push_fault_on("migt/account/awardDetail", Fault::Http500);
     let d = Daemon::start(&w.config, &w.socket, &[]).await;
     let c = &d.client;
