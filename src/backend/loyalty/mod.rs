@@ -347,6 +347,13 @@ pub fn parse_reply_to(reply: &HttpReply, answer: &[wire::AnswerField], sent: &[(
     let trans_time = fields.get("transTime").and_then(text_of);
     let (zh, en) = codes::lookup(&code);
     let verdict = if code == "00" { Verdict::Approved } else { Verdict::Declined };
+    if verdict == Verdict::Approved {
+        // An approval without a field the document marks required (`!`) is not the document's answer:
+        // nothing may be booked on it (a decline carries none of them).
+        if let Some(f) = answer.iter().find(|f| f.required && raw.get(f.name).is_none_or(|v| v.get().trim() == "null")) {
+            return Err(err(Stage::Unknown, format!("the approval lacks `{}`, which the document marks required", f.name)));
+        }
+    }
     let message = message.filter(|s| !s.is_empty()).unwrap_or_else(|| zh.to_string());
     Ok(Reply { verdict, code, message, message_en: en.to_string(), fields, reference, trans_time, amount_fen: None })
 }

@@ -258,7 +258,7 @@ fn answers_parse_to_fen_and_failures_to_stages() {
     assert_eq!(r.fields["persentPoint"], json!(10));
     assert!(!r.fields.contains_key("status"));
     let q = parse_reply(
-        &http(200, r#"{"status":"00","transTime":1,"vaucher":[{"id":1,"amount":1,"num":2,"name":"vv1"}],"idNo":"110101199001011234"}"#),
+        &http(200, r#"{"status":"00","message":"ok","transTime":1,"pointBalance":0,"avaiablePointBalance":0,"idType":"01","idNo":"x","name":"n","gender":"01","mobileNo":"1","address":"","email":"","transTime":1,"vaucher":[{"id":1,"amount":1,"num":2,"name":"vv1"}],"idNo":"110101199001011234"}"#),
         wire::op("card-query").unwrap().answer,
     )
     .unwrap();
@@ -275,11 +275,11 @@ fn answers_parse_to_fen_and_failures_to_stages() {
     }
     // Another request's answer (another trace or batch) is unknown, never approved.
     let sent = [("traceNo", "000007"), ("batchNo", "000002")];
-    let e = parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000008","batchNo":"000002"}"#), consume(), &sent).unwrap_err();
+    let e = parse_reply_to(&http(200, r#"{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"traceNo":"000008","batchNo":"000002"}"#), consume(), &sent).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown, "{e}");
-    let e = parse_reply_to(&http(200, r#"{"status":"00","batchNo":"000001"}"#), consume(), &sent).unwrap_err();
+    let e = parse_reply_to(&http(200, r#"{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"batchNo":"000001"}"#), consume(), &sent).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown, "{e}");
-    assert_eq!(parse_reply_to(&http(200, r#"{"status":"00","traceNo":"000007"}"#), consume(), &sent).unwrap().verdict, Verdict::Approved);
+    assert_eq!(parse_reply_to(&http(200, r#"{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"traceNo":"000007"}"#), consume(), &sent).unwrap().verdict, Verdict::Approved);
 
     let e = parse_reply(&http(200, "<html>oops 6222021234567890123</html>"), consume()).unwrap_err();
     assert_eq!(e.stage, Stage::Unknown);
@@ -313,15 +313,20 @@ fn an_undefined_megabyte_field_is_not_journaled() {
 #[test]
 fn an_overlong_advertisement_and_message_are_truncated_with_the_marker() {
     let ad = "欢".repeat(10_000);
-    let body = format!(r#"{{"status":"00","message":"{ad}","serialNo":"S1","advertisement":"{ad}"}}"#);
+    let body = format!(r#"{{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"message":"{ad}","serialNo":"S1","advertisement":"{ad}"}}"#);
     let r = parse_reply(&http(200, &body), consume()).unwrap();
     let got = r.fields["advertisement"].as_str().unwrap();
     assert!(got.ends_with(wire::TRUNCATED), "{got}");
     assert_eq!(got.chars().count(), wire::MAX_TEXT_CHARS + wire::TRUNCATED.chars().count());
     assert!(got.starts_with(&"欢".repeat(wire::MAX_TEXT_CHARS)));
     assert!(r.message.ends_with(wire::TRUNCATED) && r.message.chars().count() < 300);
+    // An approval without a field the document marks required is not the document's answer: unknown.
+    let e = parse_reply(&http(200, r#"{"status":"00","message":"ok","serialNo":"S1"}"#), consume()).unwrap_err();
+    assert!(e.stage == Stage::Unknown && e.detail.contains("transTime"), "{e}");
+    // A decline carries none of them.
+    assert_eq!(parse_reply(&http(200, r#"{"status":"51"}"#), consume()).unwrap().verdict, Verdict::Declined);
     // A short one is kept as it is.
-    let r = parse_reply(&http(200, r#"{"status":"00","advertisement":"欢迎参加 xxx 活动"}"#), consume()).unwrap();
+    let r = parse_reply(&http(200, r#"{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"advertisement":"欢迎参加 xxx 活动"}"#), consume()).unwrap();
     assert_eq!(r.fields["advertisement"], json!("欢迎参加 xxx 活动"));
 }
 
@@ -346,16 +351,16 @@ fn answer_table_fields_survive_within_their_bounds() {
     assert_eq!(r.fields["idNo"], json!("012345*********5678"));
     // An identifier over its bound is dropped rather than cut into another one.
     let long_serial = "9".repeat(wire::MAX_CODE_CHARS + 1);
-    let r = parse_reply(&http(200, &format!(r#"{{"status":"00","serialNo":"{long_serial}"}}"#)), consume()).unwrap();
+    let r = parse_reply(&http(200, &format!(r#"{{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"serialNo":"{long_serial}"}}"#)), consume()).unwrap();
     assert!(!r.fields.contains_key("serialNo") && r.reference.is_none());
     // Every table: the code and message come first; settlement keeps its flag; checkin its batch and store.
     for o in wire::OPS {
         assert_eq!(o.answer.iter().take(2).map(|f| f.name).collect::<Vec<_>>(), ["status", "message"], "{}", o.spec.name);
     }
-    let s = parse_reply(&http(200, r#"{"status":"00","settleFlag":"ss","x":"y"}"#), table("settle")).unwrap();
+    let s = parse_reply(&http(200, r#"{"status":"00","message":"ok","settleFlag":"ss","x":"y"}"#), table("settle")).unwrap();
     assert_eq!(s.fields, serde_json::from_str::<Map<String, Value>>(r#"{"settleFlag":"ss"}"#).unwrap());
-    let c = parse_reply(&http(200, &format!(r#"{{"status":"00","batchNo":"000001","storeName":"店","workingKey":"{WORKING_KEY}"}}"#)), table("checkin")).unwrap();
-    assert_eq!(c.fields, serde_json::from_str::<Map<String, Value>>(r#"{"batchNo":"000001","storeName":"店"}"#).unwrap());
+    let c = parse_reply(&http(200, &format!(r#"{{"status":"00","message":"ok","transTime":1,"batchNo":"000001","storeName":"店","workingKey":"{WORKING_KEY}"}}"#)), table("checkin")).unwrap();
+    assert_eq!(c.fields, serde_json::from_str::<Map<String, Value>>(r#"{"transTime":1,"batchNo":"000001","storeName":"店"}"#).unwrap());
 }
 
 #[test]
