@@ -130,24 +130,18 @@ impl Lane {
 
     /// The entries that hold back a new request for `unit`, if any.
     fn blocking(&self, unit: Option<&str>) -> Option<Blocking> {
-        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut b: Option<Blocking> = None;
-        for (id, o) in owed.iter().filter(|(_, o)| o.blocks(unit)) {
-            let e = b.get_or_insert(Blocking { count: 0, oldest: *id, parked: 0, next_at_ms: i64::MAX });
-            e.count += 1;
-            e.parked += usize::from(o.parked);
-            if !o.parked {
-                e.next_at_ms = e.next_at_ms.min(o.next_at_ms);
-            }
-        }
-        b
+        self.blocking_where(|o| o.blocks(unit))
     }
 
     /// The entries that hold the whole terminal back (no unit): they go out before any sign-on.
     fn blocking_terminal(&self) -> Option<Blocking> {
+        self.blocking_where(|o| o.unit.is_none())
+    }
+
+    fn blocking_where(&self, holds: impl Fn(&Owed) -> bool) -> Option<Blocking> {
         let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
         let mut b: Option<Blocking> = None;
-        for (id, o) in owed.iter().filter(|(_, o)| o.unit.is_none()) {
+        for (id, o) in owed.iter().filter(|(_, o)| holds(o)) {
             let e = b.get_or_insert(Blocking { count: 0, oldest: *id, parked: 0, next_at_ms: i64::MAX });
             e.count += 1;
             e.parked += usize::from(o.parked);
@@ -825,13 +819,13 @@ impl Engine {
                 rec = done;
             }
         }
-        let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
+        // `settle_send` closed the batch (approved) or listed it as unsettled (refused): either way the
+        // new batch may open.
+        let st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
         match rec.status {
             Status::Approved => Ok(st),
             Status::Failed if rec.result.get("stage") == Some(&json!(Stage::Rejected)) => {
-                // `settle_send` listed it as unsettled; the new batch may open.
                 tracing::warn!(profile = %lane.profile.name, batch = %batch, "the host refused to settle the batch; it is listed as unsettled");
-                st.batch_open = false;
                 Ok(st)
             }
             _ => Err(EngineError::SignOnFailed(format!(
