@@ -9,10 +9,11 @@ async fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let dir = std::env::temp_dir().join(format!("openjournal-{}", std::process::id()));
     let mut template = posgate::engine::Record::new("loyalty", "consume", "financial", "900001", "2026-01-01T00:00:00.000Z");
-        template.amount_fen = 1;
-        template.card = Some("622202*********0008".into());
-        template.request = serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}).as_object().cloned().unwrap_or_default();
-        template.totals = vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1), ("totalTransCount".into(), 1)];
+    template.amount_fen = 1;
+    template.card = Some("622202*********0008".into());
+    template.request =
+        serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}).as_object().cloned().unwrap_or_default();
+    template.totals = vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1), ("totalTransCount".into(), 1)];
     {
         let j = SledJournal::open(&dir).unwrap();
         for _ in 0..n {

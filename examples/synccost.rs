@@ -7,7 +7,9 @@ fn main() {
     let db = sled::Config::new().path(&dir).mode(sled::Mode::LowSpace).flush_every_ms(None).open().unwrap();
     let f = std::fs::File::open(dir.join("db")).unwrap();
     let n = 2000;
-    let mut a = Vec::new(); let mut b = Vec::new(); let mut c = Vec::new();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut c = Vec::new();
     for i in 0..n {
         db.insert((i as u64).to_be_bytes(), vec![0u8; 600]).unwrap();
         let t = Instant::now();

@@ -114,10 +114,15 @@ async fn startup(args: &BenchArgs) -> Result<(), BenchError> {
         let mut template = crate::engine::Record::new("loyalty", "consume", "financial", "900001", "2026-01-01T00:00:00.000Z");
         template.amount_fen = 1;
         template.card = Some("622202*********0008".into());
-        template.request = serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}).as_object().cloned().unwrap_or_default();
+        template.request = serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         template.totals = vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1), ("totalTransCount".into(), 1)];
         for i in 0..n {
-            let crate::journal::Begun::Created(mut r) = j.begin(NewRecord { record: template.clone(), allocate_trace: false }).map_err(|e| BenchError::Setup(e.to_string()))? else {
+            let crate::journal::Begun::Created(mut r) =
+                j.begin(NewRecord { record: template.clone(), allocate_trace: false }).map_err(|e| BenchError::Setup(e.to_string()))?
+            else {
                 continue;
             };
             r.status = crate::engine::Status::Approved;
@@ -222,9 +227,10 @@ async fn next_scan(events: &mut crate::client::EventStream) -> Result<(), BenchE
 }
 
 async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
-    let dir = args.data_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("posgate-bench-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()))
-    });
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("posgate-bench-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis())));
     let setup = crate::demo::prepare(&dir, None, None).await.map_err(BenchError::Setup)?;
     let sock: PathBuf = setup.config.unix_socket.clone().ok_or_else(|| BenchError::Setup("no socket".into()))?;
     let profile = setup.config.profiles[0].clone();
@@ -249,8 +255,7 @@ async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
     }
 
     // The floor: what a consume cannot avoid, measured now on this machine.
-    let http = HttpsClient::new(&HttpOptions::for_profile(&profile))
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let http = HttpsClient::new(&HttpOptions::for_profile(&profile)).map_err(|e| BenchError::Setup(e.to_string()))?;
     let url = format!("{}/v1/jpos/cards", profile.base_url);
     let form = format!("storeNo={}&terminalNo={}&cardNo=6222020000000000008&traceNo=000000&batchNo=000000", profile.identity.store, profile.identity.terminal);
     let floor_file = dir.join("floor.bin");

@@ -135,9 +135,7 @@ pub enum Command {
     /// Print the man page (roff), generated from these definitions.
     Man,
     /// Print shell completions, generated from these definitions.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
 }
 
 /// `posgate journal <action>`: work on the journal files themselves, without the daemon.

@@ -116,7 +116,10 @@ impl ClientError {
 enum Endpoint {
     Unix(PathBuf),
     /// `host:port` of a loopback listener and its bearer token.
-    Tcp { addr: String, token: Option<Secret> },
+    Tcp {
+        addr: String,
+        token: Option<Secret>,
+    },
 }
 
 /// A raw answer: status, headers and body bytes.

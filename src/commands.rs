@@ -182,10 +182,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let mut dev = posgate::devices::DeviceConfig::for_path(path.clone());
         dev.id = Some("demo-scanner".into());
         setup.config.devices.push(dev);
-        println!("  demo scanner on {path}: watch it with  curl -N --unix-socket {} http://posgate/v1/events", setup.config.unix_socket.clone().unwrap_or_default().display());
+        println!(
+            "  demo scanner on {path}: watch it with  curl -N --unix-socket {} http://posgate/v1/events",
+            setup.config.unix_socket.clone().unwrap_or_default().display()
+        );
     }
     let sock = setup.config.unix_socket.clone().unwrap_or_default();
-    println!("posgate demo: loyalty simulator on https://{}, lottery simulator on https://{} (test CA in {})", setup.loyalty_addr, setup.lottery_addr, setup.config.data_dir.join("pki").display());
+    println!(
+        "posgate demo: loyalty simulator on https://{}, lottery simulator on https://{} (test CA in {})",
+        setup.loyalty_addr,
+        setup.lottery_addr,
+        setup.config.data_dir.join("pki").display()
+    );
     println!("  local API, Unix socket: {}", sock.display());
     println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
     println!("  demo cards: 6222021234567890123 (PIN 123456), 6222020000000000016 (no PIN, 200.00), 6222020000000000008 (no PIN, large balance)");

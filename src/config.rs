@@ -232,7 +232,8 @@ impl Profile {
         for (k, f) in &raw.secrets {
             let p = dir.join(f.get_ref());
             secret_files.insert(k.clone(), p.clone());
-            let bytes = std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
+            let bytes =
+                std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
             secrets.insert(k.clone(), Secret::new(bytes));
         }
         if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
@@ -240,7 +241,12 @@ impl Profile {
         }
         let Limits { min_amount_fen: min, max_amount_fen: max } = raw.limits;
         if min < 1 || max < min || max > MAX_AMOUNT_CEILING_FEN {
-            return Err(ConfigError::field(path, None, "limits", format!("need 1 <= min_amount_fen <= max_amount_fen <= {MAX_AMOUNT_CEILING_FEN}; got {min} and {max}")));
+            return Err(ConfigError::field(
+                path,
+                None,
+                "limits",
+                format!("need 1 <= min_amount_fen <= max_amount_fen <= {MAX_AMOUNT_CEILING_FEN}; got {min} and {max}"),
+            ));
         }
         let tls_timeout_ms = raw.tls_timeout_ms.unwrap_or(raw.connect_timeout_ms);
         if tls_timeout_ms == 0 {
@@ -329,7 +335,8 @@ impl DaemonConfig {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tcp = match &raw.tcp {
             Some(s) => {
-                let a: std::net::SocketAddr = s.get_ref().parse().map_err(|e| ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", format!("not an address: {e}")))?;
+                let a: std::net::SocketAddr =
+                    s.get_ref().parse().map_err(|e| ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", format!("not an address: {e}")))?;
                 if !a.ip().is_loopback() {
                     return Err(ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", "must be a loopback address"));
                 }

@@ -118,10 +118,9 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
     let mut profiles = Vec::new();
-    for (file, text, example, actual) in [
-        ("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr),
-        ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr),
-    ] {
+    for (file, text, example, actual) in
+        [("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr), ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr)]
+    {
         let path = profiles_dir.join(file);
         // The demo serves around the clock, so a newcomer in any time zone sees a redeem go through.
         let text = text.replace(example, &format!("https://{actual}")).replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");

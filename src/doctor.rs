@@ -28,11 +28,16 @@ impl Report {
     pub fn render(&self) -> String {
         self.findings
             .iter()
-            .map(|(l, t)| format!("{} {t}\n", match l {
-                Level::Ok => "ok  ",
-                Level::Warn => "WARN",
-                Level::Fail => "FAIL",
-            }))
+            .map(|(l, t)| {
+                format!(
+                    "{} {t}\n",
+                    match l {
+                        Level::Ok => "ok  ",
+                        Level::Warn => "WARN",
+                        Level::Fail => "FAIL",
+                    }
+                )
+            })
             .collect()
     }
 }
@@ -65,7 +70,9 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
             r.push(Level::Ok, format!("profile {} ({}) → {}", p.name, p.backend, p.base_url));
             for (name, file) in &p.secret_files {
                 match mode_of(file) {
-                    Some(m) if m & 0o077 != 0 => r.push(Level::Warn, format!("profile {}: secret {name} ({}) is readable by others (mode {m:o}); want 600", p.name, file.display())),
+                    Some(m) if m & 0o077 != 0 => {
+                        r.push(Level::Warn, format!("profile {}: secret {name} ({}) is readable by others (mode {m:o}); want 600", p.name, file.display()))
+                    }
                     Some(_) => r.push(Level::Ok, format!("profile {}: secret {name} present and private", p.name)),
                     None => r.push(Level::Fail, format!("profile {}: secret {name} ({}) is missing", p.name, file.display())),
                 }
@@ -83,7 +90,10 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
         Ok(ports) if ports.is_empty() => r.push(Level::Ok, "no serial ports on this host"),
         Ok(ports) => {
             for p in ports {
-                let usb = p.usb.map(|u| format!(" USB {:04x}:{:04x}{}", u.vid, u.pid, u.serial.map(|s| format!(" serial {s}")).unwrap_or_default())).unwrap_or_default();
+                let usb = p
+                    .usb
+                    .map(|u| format!(" USB {:04x}:{:04x}{}", u.vid, u.pid, u.serial.map(|s| format!(" serial {s}")).unwrap_or_default()))
+                    .unwrap_or_default();
                 r.push(Level::Ok, format!("serial port {}{usb}", p.path));
             }
         }
@@ -96,8 +106,20 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
                 let name = p["name"].as_str().unwrap_or("?");
                 let owed = p["pending_recovery"].as_u64().unwrap_or(0);
                 let parked = p["needs_attention"].as_u64().unwrap_or(0);
-                let level = if parked > 0 { Level::Fail } else if owed > 0 { Level::Warn } else { Level::Ok };
-                r.push(level, format!("profile {name}: batch {} open={} online={} recovery owed {owed}, needs attention {parked}", p["batch"], p["batch_open"], p["online"]));
+                let level = if parked > 0 {
+                    Level::Fail
+                } else if owed > 0 {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                };
+                r.push(
+                    level,
+                    format!(
+                        "profile {name}: batch {} open={} online={} recovery owed {owed}, needs attention {parked}",
+                        p["batch"], p["batch_open"], p["online"]
+                    ),
+                );
             }
             for d in st["devices"].as_array().into_iter().flatten() {
                 let level = if d["state"] == "attached" { Level::Ok } else { Level::Warn };

@@ -60,9 +60,14 @@ impl Problem {
 
     /// A request body naming one key twice in an object (which of the two would count is ambiguous).
     pub fn duplicate_key(key: &str, path: &str) -> Self {
-        Problem::new(StatusCode::BAD_REQUEST, "duplicate-key", "Duplicate key in the request body", format!("key `{key}` appears more than once in the object at {path}"))
-            .with_extra("key", Value::String(key.to_string()))
-            .with_extra("path", Value::String(path.to_string()))
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "duplicate-key",
+            "Duplicate key in the request body",
+            format!("key `{key}` appears more than once in the object at {path}"),
+        )
+        .with_extra("key", Value::String(key.to_string()))
+        .with_extra("path", Value::String(path.to_string()))
     }
 
     pub fn not_found(path: &str) -> Self {

@@ -429,7 +429,11 @@ async fn keys_at_the_limit_pass_and_beyond_it_are_refused() {
     assert_eq!(s, 200);
     assert_eq!(h.fake.last_key.lock().expect("lock").as_deref(), Some(at.as_str()));
     let over = format!("{at}k");
-    let r = h.unix().request(Method::POST, "/v1/profiles/p/consume", &[("content-type", "application/json"), ("idempotency-key", &over)], Bytes::from_static(b"{}")).await.expect("reply");
+    let r = h
+        .unix()
+        .request(Method::POST, "/v1/profiles/p/consume", &[("content-type", "application/json"), ("idempotency-key", &over)], Bytes::from_static(b"{}"))
+        .await
+        .expect("reply");
     let v = assert_problem(&r, 400, "invalid-parameter");
     assert!(v["detail"].as_str().is_some_and(|d| d.contains("200")), "{v}");
     h.shutdown().await;

@@ -3,8 +3,8 @@
 //! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
-pub mod loyalty;
 pub mod lottery;
+pub mod loyalty;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -101,11 +101,7 @@ pub fn strip(frame: &[u8]) -> (Option<Symbology>, &[u8]) {
     }
     let aim = [b']', *letter, *modifier];
     let Ok(aim) = std::str::from_utf8(&aim) else { return (None, frame) };
-    let name = EXACT
-        .iter()
-        .find(|(id, _)| *id == aim)
-        .map(|(_, n)| *n)
-        .or_else(|| FAMILY.iter().find(|(l, _)| l == letter).map(|(_, n)| *n));
+    let name = EXACT.iter().find(|(id, _)| *id == aim).map(|(_, n)| *n).or_else(|| FAMILY.iter().find(|(l, _)| l == letter).map(|(_, n)| *n));
     match name {
         Some(name) => (Some(Symbology { aim: aim.to_string(), name }), rest),
         None => (None, frame),

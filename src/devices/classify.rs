@@ -144,9 +144,7 @@ impl Classifier {
 
     /// The first rule that matches, as a suggestion.
     pub fn classify(&self, scan: ScanInput<'_>) -> Option<Suggestion> {
-        self.rules.iter().find(|c| c.matches(&scan)).and_then(|c| {
-            Some(Suggestion { profile: c.rule.profile.clone()?, operation: c.rule.operation.clone() })
-        })
+        self.rules.iter().find(|c| c.matches(&scan)).and_then(|c| Some(Suggestion { profile: c.rule.profile.clone()?, operation: c.rule.operation.clone() }))
     }
 }
 
@@ -173,9 +171,9 @@ impl Compiled {
         }
         if let Some(wanted) = &r.symbology {
             let Some(sym) = scan.symbology else { return false };
-            let hit = wanted.iter().any(|w| {
-                w.eq_ignore_ascii_case(sym.name) || w == &sym.aim || (w.len() == 2 && w.starts_with(']') && sym.aim.starts_with(w.as_str()))
-            });
+            let hit = wanted
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(sym.name) || w == &sym.aim || (w.len() == 2 && w.starts_with(']') && sym.aim.starts_with(w.as_str())));
             if !hit {
                 return false;
             }

@@ -47,12 +47,7 @@ pub struct FramingConfig {
 
 impl Default for FramingConfig {
     fn default() -> Self {
-        FramingConfig {
-            terminators: vec![Terminator::Cr, Terminator::Lf, Terminator::Crlf],
-            stx: false,
-            max_len: 4096,
-            idle_gap: None,
-        }
+        FramingConfig { terminators: vec![Terminator::Cr, Terminator::Lf, Terminator::Crlf], stx: false, max_len: 4096, idle_gap: None }
     }
 }
 
@@ -286,7 +281,10 @@ mod tests {
     #[test]
     fn gs_is_kept() {
         let mut f = Framer::new(cfg(&[Terminator::Cr]));
-        assert_eq!(f.push(b"]C101095011010209171719050810ABCD1234\x1d2110\r"), vec![FrameEvent::Frame(b"]C101095011010209171719050810ABCD1234\x1d2110".to_vec())]);
+        assert_eq!(
+            f.push(b"]C101095011010209171719050810ABCD1234\x1d2110\r"),
+            vec![FrameEvent::Frame(b"]C101095011010209171719050810ABCD1234\x1d2110".to_vec())]
+        );
     }
 
     #[test]
@@ -316,7 +314,10 @@ mod tests {
     #[test]
     fn config_from_toml() {
         let c: FramingConfig = toml::from_str("terminators = [\"crlf\", \"etx\"]\nstx = true\nmax_len = 100\nidle_gap_ms = 30").expect("parses");
-        assert_eq!(c, FramingConfig { terminators: vec![Terminator::Crlf, Terminator::Etx], stx: true, max_len: 100, idle_gap: Some(Duration::from_millis(30)) });
+        assert_eq!(
+            c,
+            FramingConfig { terminators: vec![Terminator::Crlf, Terminator::Etx], stx: true, max_len: 100, idle_gap: Some(Duration::from_millis(30)) }
+        );
     }
 
     fn all_terms() -> FramingConfig {

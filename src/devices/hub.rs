@@ -113,7 +113,13 @@ fn spawn_keyboard(cfg: DeviceConfig, ctx: DeviceContext, tx: mpsc::Sender<Device
 /// Config validation refuses such a device first; this covers a `Hub` started with one anyway.
 #[cfg(not(all(target_os = "linux", feature = "evdev")))]
 fn spawn_keyboard(cfg: DeviceConfig, ctx: DeviceContext, tx: mpsc::Sender<DeviceMsg>, _stop: impl std::future::Future<Output = ()> + Send + 'static) {
-    let ev = DeviceEvent { device: cfg.stable_id(), path: cfg.path.unwrap_or_default(), state: super::DeviceState::Error, detail: Some(super::keyboard::UNSUPPORTED.to_string()), at: ctx.now() };
+    let ev = DeviceEvent {
+        device: cfg.stable_id(),
+        path: cfg.path.unwrap_or_default(),
+        state: super::DeviceState::Error,
+        detail: Some(super::keyboard::UNSUPPORTED.to_string()),
+        at: ctx.now(),
+    };
     tokio::spawn(async move {
         let _ = tx.send(DeviceMsg::Device(ev)).await;
     });

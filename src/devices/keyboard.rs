@@ -220,12 +220,12 @@ fn keypad(code: u16, decimal: char) -> Option<char> {
         KEY_KP3 => '3',
         KEY_KP0 => '0',
         KEY_KPDOT => decimal,
-        55 => '*',   // KEY_KPASTERISK
-        74 => '-',   // KEY_KPMINUS
-        78 => '+',   // KEY_KPPLUS
-        98 => '/',   // KEY_KPSLASH
-        117 => '=',  // KEY_KPEQUAL
-        121 => ',',  // KEY_KPCOMMA
+        55 => '*',  // KEY_KPASTERISK
+        74 => '-',  // KEY_KPMINUS
+        78 => '+',  // KEY_KPPLUS
+        98 => '/',  // KEY_KPSLASH
+        117 => '=', // KEY_KPEQUAL
+        121 => ',', // KEY_KPCOMMA
         _ => return None,
     })
 }
@@ -278,12 +278,8 @@ fn lookup(layout: Layout, code: u16) -> Option<([Option<Sym>; 3], bool)> {
 }
 
 /// Dead key + base letter → the composed letter.
-const COMPOSE: &[(char, &str)] = &[
-    ('\u{302}', "aâeêiîoôuûAÂEÊIÎOÔUÛ"),
-    ('\u{308}', "aäeëiïoöuüyÿAÄEËIÏOÖUÜ"),
-    ('\u{301}', "aáeéiíoóuúyýAÁEÉIÍOÓUÚYÝ"),
-    ('\u{300}', "aàeèiìoòuùAÀEÈIÌOÒUÙ"),
-];
+const COMPOSE: &[(char, &str)] =
+    &[('\u{302}', "aâeêiîoôuûAÂEÊIÎOÔUÛ"), ('\u{308}', "aäeëiïoöuüyÿAÄEËIÏOÖUÜ"), ('\u{301}', "aáeéiíoóuúyýAÁEÉIÍOÓUÚYÝ"), ('\u{300}', "aàeèiìoòuùAÀEÈIÌOÒUÙ")];
 
 fn compose(mark: char, base: char) -> Option<char> {
     let (_, pairs) = COMPOSE.iter().find(|(m, _)| *m == mark)?;
@@ -837,7 +833,20 @@ mod tests {
         let shifted: Vec<_> = "1234567890".chars().flat_map(|c| with(SHIFT, us_key(c))).collect();
         assert_eq!(text(Layout::De, &shifted), "!\"§$%&/()=");
         // The rest of the punctuation: + * # ' , ; . : - _ < >
-        let ev = cat(&[tap(27), with(SHIFT, 27), tap(43), with(SHIFT, 43), tap(51), with(SHIFT, 51), tap(52), with(SHIFT, 52), tap(53), with(SHIFT, 53), tap(86), with(SHIFT, 86)]);
+        let ev = cat(&[
+            tap(27),
+            with(SHIFT, 27),
+            tap(43),
+            with(SHIFT, 43),
+            tap(51),
+            with(SHIFT, 51),
+            tap(52),
+            with(SHIFT, 52),
+            tap(53),
+            with(SHIFT, 53),
+            tap(86),
+            with(SHIFT, 86),
+        ]);
         assert_eq!(text(Layout::De, &ev), "+*#',;.:-_<>");
         // A shop barcode with an e-mail address: max@example.de
         let ev = cat(&[taps("max"), with(ALTGR, us_key('q')), taps("example."), taps("de")]);

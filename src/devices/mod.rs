@@ -7,9 +7,9 @@
 //! the same events.
 pub mod aim;
 pub mod classify;
-pub mod framer;
 #[cfg(all(target_os = "linux", feature = "evdev"))]
 pub mod evdev;
+pub mod framer;
 pub mod hub;
 pub mod keyboard;
 pub mod scans;
@@ -215,7 +215,8 @@ mod tests {
             assert_eq!(d.event.text, held.swipe.pan().map(|p| p.masked()).unwrap_or_default(), "{shown}");
         }
         // Track-shaped text inside something else is still not shown, even if no PAN can be held.
-        let d = decode("dev", b"]Q1https://x.invalid/p?c=6222021234567890123=2912101", ReaderKind::Auto, &Classifier::default(), DateTime::default()).expect("decodes");
+        let d = decode("dev", b"]Q1https://x.invalid/p?c=6222021234567890123=2912101", ReaderKind::Auto, &Classifier::default(), DateTime::default())
+            .expect("decodes");
         assert_eq!(d.event.kind, ScanKind::Card);
         assert!(!serde_json::to_string(&d.event).expect("json").contains("6222021234567890123"));
         // Ordinary barcodes stay barcodes.

@@ -105,11 +105,19 @@ pub enum ScanError {
 }
 
 enum Entry {
-    Held { card: Box<HeldCard>, expires: Instant, seq: u64 },
+    Held {
+        card: Box<HeldCard>,
+        expires: Instant,
+        seq: u64,
+    },
     /// The data is gone; only the fact that the id existed is kept.
-    Expired { forget_at: Instant },
+    Expired {
+        forget_at: Instant,
+    },
     /// An operation took the card; the id is remembered so a second use is refused as such.
-    Used { forget_at: Instant },
+    Used {
+        forget_at: Instant,
+    },
 }
 
 #[derive(Default)]
@@ -157,10 +165,14 @@ impl ScanStore {
         g.map.insert(id.to_string(), Entry::Held { card: Box::new(card), expires: now + self.ttl, seq });
         let held = g.map.values().filter(|e| matches!(e, Entry::Held { .. })).count();
         if held > MAX_HELD {
-            let oldest = g.map.iter().filter_map(|(k, e)| match e {
-                Entry::Held { seq, .. } => Some((*seq, k.clone())),
-                Entry::Expired { .. } | Entry::Used { .. } => None,
-            }).min();
+            let oldest = g
+                .map
+                .iter()
+                .filter_map(|(k, e)| match e {
+                    Entry::Held { seq, .. } => Some((*seq, k.clone())),
+                    Entry::Expired { .. } | Entry::Used { .. } => None,
+                })
+                .min();
             if let Some((_, k)) = oldest {
                 g.map.insert(k, Entry::Expired { forget_at: now + TOMBSTONE_TTL });
             }

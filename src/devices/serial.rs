@@ -196,7 +196,9 @@ impl DeviceConfig {
         let field = |field, why: &str| Err(DeviceConfigError::Field { id: id.clone(), field, why: why.to_string() });
         match (self.kind, self.layout) {
             (DeviceKind::Keyboard, _) if !super::keyboard::SUPPORTED => return field("kind", super::keyboard::UNSUPPORTED),
-            (DeviceKind::Keyboard, _) if self.usb.is_some() => return field("match", "is for serial devices; give a keyboard's `path` (/dev/input/by-id/...-event-kbd)"),
+            (DeviceKind::Keyboard, _) if self.usb.is_some() => {
+                return field("match", "is for serial devices; give a keyboard's `path` (/dev/input/by-id/...-event-kbd)")
+            }
             (DeviceKind::Keyboard, None) => return field("layout", "is required for a keyboard device (us, de or fr)"),
             (DeviceKind::Serial, Some(_)) => return field("layout", "applies only to kind = \"keyboard\""),
             _ => {}
@@ -312,7 +314,9 @@ pub fn list_ports() -> Result<Vec<PortInfo>, DeviceError> {
         .into_iter()
         .map(|p| PortInfo {
             usb: match p.port_type {
-                serialport::SerialPortType::UsbPort(u) => Some(UsbIds { vid: u.vid, pid: u.pid, serial: u.serial_number, manufacturer: u.manufacturer, product: u.product }),
+                serialport::SerialPortType::UsbPort(u) => {
+                    Some(UsbIds { vid: u.vid, pid: u.pid, serial: u.serial_number, manufacturer: u.manufacturer, product: u.product })
+                }
                 _ => None,
             },
             path: p.port_name,
@@ -541,7 +545,10 @@ mod tests {
         let [a, b, c] = &d.devices[..] else { panic!("three devices") };
         assert_eq!(*a, DeviceConfig::for_path("/dev/ttyACM0"));
         assert_eq!(a.stable_id(), "port-ttyACM0");
-        assert_eq!((b.baud, b.data_bits, b.parity, b.stop_bits, b.flow_control, b.reader), (115200, 7, Parity::Even, 2, FlowControl::Hardware, ReaderKind::Card));
+        assert_eq!(
+            (b.baud, b.data_bits, b.parity, b.stop_bits, b.flow_control, b.reader),
+            (115200, 7, Parity::Even, 2, FlowControl::Hardware, ReaderKind::Card)
+        );
         assert_eq!(b.usb, Some(UsbMatch { vid: 0x0801, pid: 2, serial: Some("B12".into()) }));
         assert_eq!(b.framing.idle_gap, Some(Duration::from_millis(40)));
         assert_eq!(b.stable_id(), "msr");
@@ -625,7 +632,8 @@ mod tests {
             path: path.into(),
             usb: Some(UsbIds { vid: 0x05e0, pid: 0x1200, serial: serial.map(Into::into), manufacturer: None, product: None }),
         };
-        let ports = vec![usb("/dev/ttyACM1", Some("B")), PortInfo { path: "/dev/ttyS0".into(), usb: None }, usb("/dev/ttyACM0", Some("A")), usb("/dev/ttyACM2", None)];
+        let ports =
+            vec![usb("/dev/ttyACM1", Some("B")), PortInfo { path: "/dev/ttyS0".into(), usb: None }, usb("/dev/ttyACM0", Some("A")), usb("/dev/ttyACM2", None)];
         let mut reversed = ports.clone();
         reversed.reverse();
         let rules = [UsbMatch { vid: 0x05e0, pid: 0x1200, serial: None }];

@@ -163,7 +163,13 @@ async fn chunked_frame_and_several_frames_per_read() {
     pty.write(b"133");
     tokio::time::sleep(Duration::from_millis(30)).await;
     pty.write(b"3931\r");
-    run.expect(&[Ev::Scan { kind: ScanKind::Barcode, symbology: Some("EAN-13".into()), text: "4006381333931".into(), suggested: Some(("loyalty".into(), "checkin".into())) }]).await;
+    run.expect(&[Ev::Scan {
+        kind: ScanKind::Barcode,
+        symbology: Some("EAN-13".into()),
+        text: "4006381333931".into(),
+        suggested: Some(("loyalty".into(), "checkin".into())),
+    }])
+    .await;
     pty.write(b"A1\rB2\r\nC3\n]C1010950110102091\x1d10LOT\r");
     run.expect(&[
         barcode("A1"),
@@ -341,7 +347,12 @@ async fn card_swipe_is_masked_everywhere_but_the_store() {
     let msg = run.next_msg().await;
     assert_eq!(
         project(&msg),
-        Ev::Scan { kind: ScanKind::Card, symbology: Some("Magnetic stripe".into()), text: "622202*********0123".into(), suggested: Some(("loyalty".into(), "card-query".into())) }
+        Ev::Scan {
+            kind: ScanKind::Card,
+            symbology: Some("Magnetic stripe".into()),
+            text: "622202*********0123".into(),
+            suggested: Some(("loyalty".into(), "card-query".into()))
+        }
     );
     // A swipe with a bad track 2 (no separator) still carries the track 1 card, and says which track
     // failed. (A track 2 that only lost its end sentinel is read: readers can be set to send no sentinels.)

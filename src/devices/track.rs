@@ -298,7 +298,11 @@ pub fn parse_swipe(text: &str) -> Swipe {
         rest = tail.trim_start_matches(|c: char| !matches!(c, '%' | ';' | '+'));
         // A track that lost its sentinels (and is the frame's last) is still the card's track.
         let repaired = if !seg.ends_with('?') || !seg.starts_with(['%', ';', '+']) {
-            if rest.is_empty() || !seg.starts_with(['%', ';', '+']) { repair_bare_track(seg) } else { None }
+            if rest.is_empty() || !seg.starts_with(['%', ';', '+']) {
+                repair_bare_track(seg)
+            } else {
+                None
+            }
         } else {
             None
         };
@@ -519,7 +523,10 @@ mod tests {
     fn bare_tracks_are_rebuilt() {
         let s = parse_swipe("6222021234567890123=29121010000000000");
         let t2 = s.track2.clone().expect("t2").expect("ok");
-        assert_eq!((t2.pan.expose(), t2.expiry, t2.raw.expose()), ("6222021234567890123", Some(Expiry { yy: 29, mm: 12 }), ";6222021234567890123=29121010000000000?"));
+        assert_eq!(
+            (t2.pan.expose(), t2.expiry, t2.raw.expose()),
+            ("6222021234567890123", Some(Expiry { yy: 29, mm: 12 }), ";6222021234567890123=29121010000000000?")
+        );
         let s = parse_swipe("6222021234567890123D2912101000000F");
         assert_eq!(s.track2.and_then(Result::ok).map(|t| t.raw.expose().to_string()).as_deref(), Some(";6222021234567890123=2912101000000?"));
         let s = parse_swipe("B6222021234567890123^ZHANG/SAN^2912101000000000;6222021234567890123=29121010000000000?");

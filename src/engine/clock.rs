@@ -6,9 +6,7 @@ pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
     /// The same instant as RFC 3339 UTC text, millisecond precision.
     fn now_rfc3339(&self) -> String {
-        chrono::DateTime::from_timestamp_millis(self.now_ms())
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        chrono::DateTime::from_timestamp_millis(self.now_ms()).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 }
 

@@ -527,7 +527,14 @@ impl Engine {
         REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, idempotency_key)).await
     }
 
-    async fn run_checked(&self, lane: Arc<Lane>, operation: &str, spec: backend::OpSpec, mut body: serde_json::Map<String, Value>, idempotency_key: Option<&str>) -> Result<Answer, EngineError> {
+    async fn run_checked(
+        &self,
+        lane: Arc<Lane>,
+        operation: &str,
+        spec: backend::OpSpec,
+        mut body: serde_json::Map<String, Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, EngineError> {
         match spec.class {
             OpClass::SignOn => self.sign_on(&lane, idempotency_key, SignOnNeed::Asked).await,
             OpClass::Settle => {
@@ -835,7 +842,15 @@ impl Engine {
         }
     }
 
-    async fn transact(&self, lane: &Arc<Lane>, operation: &str, class: OpClass, p: Prepared, original: Option<OriginalRef>, key: Option<&str>) -> Result<Answer, EngineError> {
+    async fn transact(
+        &self,
+        lane: &Arc<Lane>,
+        operation: &str,
+        class: OpClass,
+        p: Prepared,
+        original: Option<OriginalRef>,
+        key: Option<&str>,
+    ) -> Result<Answer, EngineError> {
         let financial = matches!(class, OpClass::Financial(_));
         let unit = if financial { p.unit.clone() } else { None };
         let mut claim = match self.claim_unit(lane, unit.as_deref()).await? {
@@ -1078,7 +1093,13 @@ impl Engine {
             }
             Err(e) if e.stage == Stage::Unknown => {
                 let attempts = rec.recovery.as_ref().map(|r| r.attempts).unwrap_or(0);
-                let r = RecoveryState { how: Recovery::Resend, attempts, next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64, parked: false, last_error: Some(e.to_string()) };
+                let r = RecoveryState {
+                    how: Recovery::Resend,
+                    attempts,
+                    next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64,
+                    parked: false,
+                    last_error: Some(e.to_string()),
+                };
                 rec.status = Status::Unknown;
                 rec.recovery = Some(r);
                 rec.error = Some(e.to_string());
@@ -1185,7 +1206,8 @@ impl Engine {
         if rec.status != Status::Unknown || rec.recovery.is_none() {
             return Err(EngineError::BadRequest(format!("journal record {id} owes no recovery")));
         }
-        let _busy = recovery::claim(&lane, id).ok_or_else(|| EngineError::BadRequest(format!("journal record {id} is being recovered right now; try again")))?;
+        let _busy =
+            recovery::claim(&lane, id).ok_or_else(|| EngineError::BadRequest(format!("journal record {id} is being recovered right now; try again")))?;
         let approved = match outcome {
             "approved" => true,
             "reversed" => false,

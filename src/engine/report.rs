@@ -112,7 +112,9 @@ impl Engine {
     pub(super) async fn report(&self, lane: &Lane, operation: &str, mut body: Map<String, Value>, key: Option<&str>) -> Result<Answer, EngineError> {
         let date = match body.remove("date") {
             None => local_date(self.clock.now_ms()).pred_opt().unwrap_or_default(),
-            Some(Value::String(s)) => NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| EngineError::BadRequest(format!("field `date`: {s:?} is not YYYY-MM-DD")))?,
+            Some(Value::String(s)) => {
+                NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| EngineError::BadRequest(format!("field `date`: {s:?} is not YYYY-MM-DD")))?
+            }
             Some(other) => return Err(EngineError::BadRequest(format!("field `date`: {other} is not a YYYY-MM-DD string"))),
         };
         // The backend's business day may sit in another time zone than this host, so hand it a day
@@ -136,7 +138,16 @@ impl Engine {
             Ok(r) => r,
             Err(existing) => return Ok(existing),
         };
-        let req = ReportRequest { journal_id: rec.id, operation, identity: &lane.profile.identity, trace: &rec.trace, created_at: &rec.created_at, date, records: &records, public: &body };
+        let req = ReportRequest {
+            journal_id: rec.id,
+            operation,
+            identity: &lane.profile.identity,
+            trace: &rec.trace,
+            created_at: &rec.created_at,
+            date,
+            records: &records,
+            public: &body,
+        };
         let r = lane.backend.report(req).await;
         Self::note_online(lane, &r);
         rec.updated_at = self.clock.now_rfc3339();
@@ -247,7 +258,9 @@ async fn daily_until_result(engine: &Weak<Engine>, lane: &Lane, job: DailyJob, d
                 let why = a.body.get("error").and_then(Value::as_str).unwrap_or("").to_string();
                 tracing::warn!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job failed: {why}; trying again later");
             }
-            Err(err) => tracing::warn!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job failed: {err}; trying again later"),
+            Err(err) => {
+                tracing::warn!(profile = %lane.profile.name, operation = job.operation, %date, attempt = n + 1, "daily job failed: {err}; trying again later")
+            }
         }
         drop(e);
         tokio::select! {
@@ -294,7 +307,10 @@ pub(super) async fn daily(engine: Weak<Engine>, lane: Arc<Lane>, job: DailyJob, 
     };
     for back in (2..=DAILY_LOOKBACK_DAYS + 1).rev() {
         let date = today - chrono::Days::new(back);
-        let failed = engine.upgrade().and_then(|e| e.last_daily_attempt(&lane.profile.name, job.operation, date).ok().flatten()).is_some_and(|(_, r)| r.status == Status::Failed);
+        let failed = engine
+            .upgrade()
+            .and_then(|e| e.last_daily_attempt(&lane.profile.name, job.operation, date).ok().flatten())
+            .is_some_and(|(_, r)| r.status == Status::Failed);
         if failed && !daily_until_result(&engine, &lane, job, date, &mut stop).await {
             return;
         }

@@ -151,10 +151,16 @@ mod tests {
         assert_ne!(a, s.fingerprint("refund", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
         // Keyed: another journal's data key gives another fingerprint for the same request.
         let other = Sealer::open(&dir.path().join("k2"), true).expect("sealer");
-        assert_ne!(a, other.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+        assert_ne!(
+            a,
+            other.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}})))
+        );
         // The same key after a restart gives the same fingerprint.
         let again = Sealer::open(&dir.path().join("k"), true).expect("sealer");
-        assert_eq!(a, again.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}}))));
+        assert_eq!(
+            a,
+            again.fingerprint("consume", &obj(json!({"pointAmount": 11, "cardNo": "6222021234567890123", "x": {"b": 1, "a": [2, {"d": 1, "c": 2}]}})))
+        );
     }
 
     /// `Sealer::open` used to make a new key whenever the file was missing, so a deleted key went

@@ -207,7 +207,10 @@ mod tests {
 
     fn sample(last_id: u64, trace: u32) -> Mark {
         let mut m = Mark { last_id, ..Default::default() };
-        m.profiles.insert("loyalty".into(), ProfileMark { seq: last_id, last_trace: trace, last_batch: 1, batch: Some("000001".into()), batch_open: true, idem_keys: 3 });
+        m.profiles.insert(
+            "loyalty".into(),
+            ProfileMark { seq: last_id, last_trace: trace, last_batch: 1, batch: Some("000001".into()), batch_open: true, idem_keys: 3 },
+        );
         m
     }
 

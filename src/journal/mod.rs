@@ -161,7 +161,9 @@ mod tests {
     async fn consumes(j: &SledJournal, tag: &str, n: usize) {
         for i in 0..n {
             let key = format!("{tag}{i}");
-            let Begun::Created(mut r) = j.begin(NewRecord { record: rec("p", "000001", Some(&key)), allocate_trace: true }).unwrap() else { panic!("key reused") };
+            let Begun::Created(mut r) = j.begin(NewRecord { record: rec("p", "000001", Some(&key)), allocate_trace: true }).unwrap() else {
+                panic!("key reused")
+            };
             r.status = Status::Approved;
             let change = Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), 100)], records: vec![r], ..Default::default() };
             j.commit(change).unwrap();
@@ -270,16 +272,21 @@ mod tests {
             let mut ids = Vec::new();
             for i in 0..3 {
                 let key = format!("k{i}");
-                let Begun::Created(mut r) = j.begin(NewRecord { record: rec("p", "000001", Some(&key)), allocate_trace: true }).unwrap() else { panic!("new key seen") };
+                let Begun::Created(mut r) = j.begin(NewRecord { record: rec("p", "000001", Some(&key)), allocate_trace: true }).unwrap() else {
+                    panic!("new key seen")
+                };
                 assert_eq!(r.trace, format!("{:06}", i + 1));
                 r.status = Status::Approved;
-                let change = Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), 100)], records: vec![r.clone()], ..Default::default() };
+                let change =
+                    Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), 100)], records: vec![r.clone()], ..Default::default() };
                 j.commit(change).unwrap();
                 ids.push(r.id);
             }
             j.sync().await.unwrap();
             assert!(j.syncs() >= 1);
-            let Begun::Existing(first) = j.begin(NewRecord { record: rec("p", "000001", Some("k0")), allocate_trace: true }).unwrap() else { panic!("key reused") };
+            let Begun::Existing(first) = j.begin(NewRecord { record: rec("p", "000001", Some("k0")), allocate_trace: true }).unwrap() else {
+                panic!("key reused")
+            };
             assert_eq!(first.id, ids[0]);
         }
         let j = SledJournal::open(&d).unwrap();

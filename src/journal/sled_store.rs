@@ -194,10 +194,7 @@ impl SledJournal {
         let db = self.db.clone();
         let syncer = self.syncer.clone();
         let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
-        let handle = std::thread::Builder::new()
-            .name("journal-sync".into())
-            .spawn(move || sync_loop(db, log, syncer, guard))
-            .map_err(store_err)?;
+        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(db, log, syncer, guard)).map_err(store_err)?;
         if let Ok(mut t) = self.thread.lock() {
             *t = Some(handle);
         }
@@ -215,7 +212,9 @@ impl SledJournal {
         }
         for (profile, n) in counts {
             let mut st: ProfileState = match self.profiles.get(&profile).map_err(store_err)? {
-                Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(&profile)), e.to_string()))?,
+                Some(v) => {
+                    serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(&profile)), e.to_string()))?
+                }
                 None => ProfileState::default(),
             };
             if st.idem_keys != n {
@@ -358,7 +357,8 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, guard: Option<Guard>) {
         // Read the mark's values before the flush: everything read here was committed, so the flush
         // below makes it durable, and the mark written after it never runs ahead of the journal.
         let snap = trees.as_ref().map(|(records, profiles)| snapshot(records, profiles));
-        let mut result = db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
+        let mut result =
+            db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
         let mark_err = marker.as_ref().and_then(|(slot, _)| slot.state.lock().ok().and_then(|mut st| st.error.take()));
         if let (Ok(()), Some(e)) = (&result, mark_err) {
             result = Err(format!("the journal's high-water mark could not be written: {e}"));
@@ -404,7 +404,14 @@ fn snapshot(records: &sled::Tree, profiles: &sled::Tree) -> Result<Mark, Journal
         let st: ProfileState = serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {name}"), e.to_string()))?;
         out.profiles.insert(
             name,
-            ProfileMark { seq: st.seq, last_trace: st.last_trace, last_batch: st.last_batch, batch: st.batch, batch_open: st.batch_open, idem_keys: st.idem_keys },
+            ProfileMark {
+                seq: st.seq,
+                last_trace: st.last_trace,
+                last_batch: st.last_batch,
+                batch: st.batch,
+                batch_open: st.batch_open,
+                idem_keys: st.idem_keys,
+            },
         );
     }
     Ok(out)
@@ -431,7 +438,12 @@ pub(super) fn behind(mark: &Mark, now: &Mark) -> Vec<String> {
     }
     for (name, m) in &mark.profiles {
         let Some(n) = now.profiles.get(name) else {
-            out.push(format!("profile {name}: no state at all (the mark has trace {:06}, batch {}, {} idempotency keys)", m.last_trace, m.batch.as_deref().unwrap_or("-"), m.idem_keys));
+            out.push(format!(
+                "profile {name}: no state at all (the mark has trace {:06}, batch {}, {} idempotency keys)",
+                m.last_trace,
+                m.batch.as_deref().unwrap_or("-"),
+                m.idem_keys
+            ));
             continue;
         };
         let mut p = Vec::new();
@@ -448,7 +460,13 @@ pub(super) fn behind(mark: &Mark, now: &Mark) -> Vec<String> {
             p.push(format!("{} idempotency keys < {}", n.idem_keys, m.idem_keys));
         }
         if n.seq < m.seq && (n.batch != m.batch || n.batch_open != m.batch_open) {
-            p.push(format!("batch {} ({}) where the mark has {} ({})", n.batch.as_deref().unwrap_or("-"), open_word(n.batch_open), m.batch.as_deref().unwrap_or("-"), open_word(m.batch_open)));
+            p.push(format!(
+                "batch {} ({}) where the mark has {} ({})",
+                n.batch.as_deref().unwrap_or("-"),
+                open_word(n.batch_open),
+                m.batch.as_deref().unwrap_or("-"),
+                open_word(m.batch_open)
+            ));
         }
         if n.seq == m.seq && n != m {
             p.push("state differs from the mark at the same version".into());
@@ -469,7 +487,11 @@ fn open_word(open: bool) -> &'static str {
 }
 
 fn describe_profiles(m: &Mark) -> String {
-    let p: Vec<String> = m.profiles.iter().map(|(n, p)| format!("{n}: trace {:06}, batch {}, {} idempotency keys", p.last_trace, p.batch.as_deref().unwrap_or("-"), p.idem_keys)).collect();
+    let p: Vec<String> = m
+        .profiles
+        .iter()
+        .map(|(n, p)| format!("{n}: trace {:06}, batch {}, {} idempotency keys", p.last_trace, p.batch.as_deref().unwrap_or("-"), p.idem_keys))
+        .collect();
     if p.is_empty() {
         String::new()
     } else {
@@ -501,7 +523,9 @@ impl JournalStore for SledJournal {
             .transaction(|(records, pending, batchidx, profiles, idem, profidx)| {
                 if let Some(k) = &idem_key {
                     if let Some(first) = idem.get(k)? {
-                        let v = records.get(&first)?.ok_or_else(|| abort(JournalError::Corrupt(hex::encode(&first), "idempotency key names a missing record".into())))?;
+                        let v = records
+                            .get(&first)?
+                            .ok_or_else(|| abort(JournalError::Corrupt(hex::encode(&first), "idempotency key names a missing record".into())))?;
                         return Ok(Begun::Existing(decode(&first, &v).map_err(abort)?));
                     }
                 }
@@ -655,7 +679,9 @@ impl JournalStore for SledJournal {
         let keep = |r: &Record| {
             q.profile.as_ref().is_none_or(|p| &r.profile == p)
                 && q.batch.as_ref().is_none_or(|b| &r.batch == b)
-                && q.status.as_ref().is_none_or(|s| r.status.pos_word() == s || serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
+                && q.status
+                    .as_ref()
+                    .is_none_or(|s| r.status.pos_word() == s || serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
                 && q.date.as_ref().is_none_or(|d| r.created_at.starts_with(d.as_str()))
         };
         let mut out = Vec::new();

@@ -115,7 +115,10 @@ pub fn verify(data_dir: &Path, scratch: Option<&Path>) -> Report {
             }
         }
         None if mark_at.exists() => {}
-        None => r.warnings.push(format!("no high-water mark at {} (a journal from before posgate kept one, or it was removed): loss of records cannot be detected against it", mark_at.display())),
+        None => r.warnings.push(format!(
+            "no high-water mark at {} (a journal from before posgate kept one, or it was removed): loss of records cannot be detected against it",
+            mark_at.display()
+        )),
     }
     if !dir.join("db").exists() {
         r.problem(format!("no journal at {} (no {})", dir.display(), dir.join("db").display()));
@@ -210,7 +213,10 @@ fn check_contents(j: &SledJournal, data_dir: &Path, r: &mut Report) {
                 r.problem(format!("record {}: trace {} used twice in profile {} batch {}", rec.id, rec.trace, rec.profile, rec.batch));
             }
         }
-        seen.insert(rec.id, Seen { profile: rec.profile, batch: rec.batch, status: rec.status, has_recovery: rec.recovery.is_some(), idem: rec.idempotency_key });
+        seen.insert(
+            rec.id,
+            Seen { profile: rec.profile, batch: rec.batch, status: rec.status, has_recovery: rec.recovery.is_some(), idem: rec.idempotency_key },
+        );
     }
     let decoded = seen.len();
     if undecodable == 0 {
@@ -320,7 +326,11 @@ fn check_indexes(j: &SledJournal, seen: &BTreeMap<u64, Seen>, r: &mut Report) {
         }
     }
     if before == r.problems.len() + r.unlisted {
-        r.facts.push(format!("indexes agree with the records ({} pending, {} owing recovery, {idem_count} idempotency keys)", in_pending.len(), in_recovery.len()));
+        r.facts.push(format!(
+            "indexes agree with the records ({} pending, {} owing recovery, {idem_count} idempotency keys)",
+            in_pending.len(),
+            in_recovery.len()
+        ));
     }
 }
 
@@ -379,7 +389,13 @@ fn check_profiles(j: &SledJournal, seen: &BTreeMap<u64, Seen>, traces: &HashSet<
             bad.push(format!("no record holds its last trace {:06}", st.last_trace));
         }
         if bad.is_empty() {
-            r.facts.push(format!("profile {name}: trace {:06}, batch {} ({}), {} idempotency keys", st.last_trace, st.batch.as_deref().unwrap_or("-"), if st.batch_open { "open" } else { "settled" }, st.idem_keys));
+            r.facts.push(format!(
+                "profile {name}: trace {:06}, batch {} ({}), {} idempotency keys",
+                st.last_trace,
+                st.batch.as_deref().unwrap_or("-"),
+                if st.batch_open { "open" } else { "settled" },
+                st.idem_keys
+            ));
         } else {
             r.problem(format!("profile {name}: {}", bad.join(", ")));
         }

@@ -346,7 +346,9 @@ impl HttpsClient {
                 self.put_idle(conn);
                 Ok(reply)
             }
-            Ok(Err(why)) if sent => Err(NetError::Unknown(if why.contains(&t.peer) { why } else { format!("exchange with {} failed after the request was sent: {why}", t.peer) })),
+            Ok(Err(why)) if sent => {
+                Err(NetError::Unknown(if why.contains(&t.peer) { why } else { format!("exchange with {} failed after the request was sent: {why}", t.peer) }))
+            }
             Ok(Err(why)) => Err(NetError::NotSent(format!("exchange with {} failed before the request was sent: {why}", t.peer))),
             Err(_) if sent => Err(NetError::Unknown(format!("no answer from {} within {} ms after the request was sent", t.peer, o.timeout.as_millis()))),
             Err(_) => Err(NetError::NotSent(format!("the request to {} could not be written within {} ms", t.peer, o.timeout.as_millis()))),

@@ -110,14 +110,18 @@ pub fn certificate(c: &CertificateError, host: &str) -> String {
             let names: Vec<String> = presented.iter().take(4).map(|n| bounded(presented_name(n), PEER_TEXT_MAX)).collect();
             match names.len() {
                 0 => format!("the server's certificate is not valid for {host} (it names no host)"),
-                _ => format!("the server's certificate is not valid for {host} (it is for {}{})", names.join(", "), if presented.len() > 4 { ", …" } else { "" }),
+                _ => {
+                    format!("the server's certificate is not valid for {host} (it is for {}{})", names.join(", "), if presented.len() > 4 { ", …" } else { "" })
+                }
             }
         }
         C::UnknownIssuer => "the server's certificate is not signed by a CA in the profile's CA bundle (ca_file)".into(),
         C::Expired => "the server's certificate has expired".into(),
         C::ExpiredContext { not_after, .. } => format!("the server's certificate expired on {}", date(not_after.as_secs())),
         C::NotValidYet => "the server's certificate is not valid yet (is this PC's clock right?)".into(),
-        C::NotValidYetContext { not_before, .. } => format!("the server's certificate is not valid before {} (is this PC's clock right?)", date(not_before.as_secs())),
+        C::NotValidYetContext { not_before, .. } => {
+            format!("the server's certificate is not valid before {} (is this PC's clock right?)", date(not_before.as_secs()))
+        }
         C::Revoked => "the server's certificate has been revoked".into(),
         // What a certificate from another CA of the same name (a re-made test CA) looks like.
         C::BadSignature => "the server's certificate does not verify against the profile's CA bundle (ca_file): bad signature".into(),

@@ -156,7 +156,9 @@ mod tests {
             p.set_random_drops(150, seed);
             (0..2000).map(|_| p.take(endpoint, financial)).collect::<Vec<_>>()
         };
-        for (endpoint, financial) in [("jpos/terminal/checkin", false), ("jpos/trans/consume", true), ("jpos/trans/consumeReversal", true), ("jpos/trans/settle", false)] {
+        for (endpoint, financial) in
+            [("jpos/terminal/checkin", false), ("jpos/trans/consume", true), ("jpos/trans/consumeReversal", true), ("jpos/trans/settle", false)]
+        {
             let a = draw(endpoint, financial, 9);
             assert_eq!(a, draw(endpoint, financial, 9));
             assert!(a.iter().all(|f| matches!(f, None | Some(Fault::DropAfterCommit))));

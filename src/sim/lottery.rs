@@ -605,16 +605,21 @@ impl LotterySim {
                     return Ans::ok("10000", json!({"level": pay.level, "prize": pay.prize_fen / 100, "stationId": pay.station, "awardTime": pay.time}));
                 }
                 match self.tickets.get(&bar) {
-                    Some(t) if t.kind == TicketKind::RedeemedElsewhere => {
-                        Ans::ok("10000", json!({"level": t.level, "prize": t.prize_yuan, "stationId": self.cfg.other_station, "awardTime": "2026-01-01 10:00:00"}))
-                    }
+                    Some(t) if t.kind == TicketKind::RedeemedElsewhere => Ans::ok(
+                        "10000",
+                        json!({"level": t.level, "prize": t.prize_yuan, "stationId": self.cfg.other_station, "awardTime": "2026-01-01 10:00:00"}),
+                    ),
                     _ => Ans::fail("3202", "no redemption record"),
                 }
             }
-            "migt/report/award" if text(p, "gameNo").is_empty() || text(p, "batchNo").is_empty() || text(p, "gameNo") == "00000" || text(p, "batchNo") == "00000" => {
+            "migt/report/award"
+                if text(p, "gameNo").is_empty() || text(p, "batchNo").is_empty() || text(p, "gameNo") == "00000" || text(p, "batchNo") == "00000" =>
+            {
                 Ans::fail("13", "report/award queries one game and batch (gameNo, batchNo required; no 00000 since v1.0)")
             }
-            "migt/report/sales" | "migt/report/balance" | "migt/report/trace" | "migt/report/award" => Ans::ok("10000", json!({"report": self.html_report(&st, path, station, p)})),
+            "migt/report/sales" | "migt/report/balance" | "migt/report/trace" | "migt/report/award" => {
+                Ans::ok("10000", json!({"report": self.html_report(&st, path, station, p)}))
+            }
             wire::AWARD_SUMMARY | wire::AWARD_DETAIL => {
                 let (begin, end) = (text(p, "beginTime"), text(p, "endTime"));
                 if NaiveDateTime::parse_from_str(&begin, "%Y-%m-%d %H:%M:%S").is_err() || NaiveDateTime::parse_from_str(&end, "%Y-%m-%d %H:%M:%S").is_err() {
@@ -784,12 +789,24 @@ impl LotterySim {
             }
             "migt/report/trace" => {
                 let bar = text(p, "barCode");
-                let state = if st.by_bar.contains_key(&bar) { "已兑奖" } else if self.tickets.contains_key(&bar) { "已入站" } else { "未知" };
+                let state = if st.by_bar.contains_key(&bar) {
+                    "已兑奖"
+                } else if self.tickets.contains_key(&bar) {
+                    "已入站"
+                } else {
+                    "未知"
+                };
                 rows.push_str(&format!("<tr><td>{}</td><td>{state}</td></tr>", esc(&bar)));
             }
             _ => {
                 for x in st.payments.iter().filter(|x| x.station == station) {
-                    rows.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&x.time), esc(&x.ticket_no), x.level, money::fen_to_yuan(x.prize_fen)));
+                    rows.push_str(&format!(
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&x.time),
+                        esc(&x.ticket_no),
+                        x.level,
+                        money::fen_to_yuan(x.prize_fen)
+                    ));
                 }
             }
         }

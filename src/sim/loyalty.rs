@@ -50,9 +50,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::Value;
 
+use crate::backend::loyalty::codes;
 use crate::backend::loyalty::crypto::{self, Key16, WorkingKeys};
 use crate::backend::loyalty::wire::{self, WireOp};
-use crate::backend::loyalty::codes;
 use crate::backend::OpClass;
 use crate::money;
 
@@ -409,7 +409,13 @@ impl Answer {
         let (zh, _) = codes::lookup(self.code);
         let message = match &self.detail {
             Some(d) => format!("{zh} ({d})"),
-            None => if self.code == "00" { "成功".to_string() } else { zh.to_string() },
+            None => {
+                if self.code == "00" {
+                    "成功".to_string()
+                } else {
+                    zh.to_string()
+                }
+            }
         };
         let mut out = format!("{{\"status\":{},\"message\":{}", json_str(self.code), json_str(&message));
         for (k, v) in &self.fields {
@@ -450,7 +456,16 @@ impl State {
 
     /// Record an applied transaction and return its index.
     #[allow(clippy::too_many_arguments)]
-    fn record(&mut self, op: &str, form: &Form, card: &str, amount_fen: i64, cash_fen: i64, original: Option<usize>, tickets: Vec<(u64, i64)>) -> (usize, String, String) {
+    fn record(
+        &mut self,
+        op: &str,
+        form: &Form,
+        card: &str,
+        amount_fen: i64,
+        cash_fen: i64,
+        original: Option<usize>,
+        tickets: Vec<(u64, i64)>,
+    ) -> (usize, String, String) {
         let serial = self.serial();
         let trans_time = now_ms();
         let view = SimTx {
@@ -519,7 +534,15 @@ impl LoyaltySim {
             .terminals
             .iter()
             .map(|t| {
-                let term = Term { store: t.store.clone(), batch: cfg.first_batch.max(1), opened: false, closed: false, keys: None, checkins: 0, batches: BTreeSet::new() };
+                let term = Term {
+                    store: t.store.clone(),
+                    batch: cfg.first_batch.max(1),
+                    opened: false,
+                    closed: false,
+                    keys: None,
+                    checkins: 0,
+                    batches: BTreeSet::new(),
+                };
                 (t.terminal.clone(), term)
             })
             .collect();
@@ -642,7 +665,13 @@ impl LoyaltySim {
         for tx in &st.txs {
             let v = &tx.view;
             let bl = terminals.entry(v.terminal.clone()).or_default().batches.entry(v.batch.clone()).or_default();
-            bl.records.push(LedgerRecord { trace: v.trace.clone(), op: v.op.clone(), amount_fen: v.amount_fen, reversed: v.reversed, register_trace_no: v.register_trace_no.clone() });
+            bl.records.push(LedgerRecord {
+                trace: v.trace.clone(),
+                op: v.op.clone(),
+                amount_fen: v.amount_fen,
+                reversed: v.reversed,
+                register_trace_no: v.register_trace_no.clone(),
+            });
         }
         for (name, tl) in terminals.iter_mut() {
             let current = tl.current_batch.clone();
@@ -865,10 +894,8 @@ impl LoyaltySim {
             t.closed = true;
             t.keys = None;
         }
-        st.settlements.insert(
-            (terminal.to_string(), batch.clone()),
-            SimSettlement { terminal: terminal.to_string(), batch, flag: flag.into(), theirs, ours: ours_nz },
-        );
+        st.settlements
+            .insert((terminal.to_string(), batch.clone()), SimSettlement { terminal: terminal.to_string(), batch, flag: flag.into(), theirs, ours: ours_nz });
         Answer::ok(vec![("settleFlag", json_str(flag))])
     }
 
@@ -1003,7 +1030,16 @@ impl LoyaltySim {
                 let items: Vec<String> = c
                     .tickets
                     .iter()
-                    .map(|t| format!("{{\"id\":{},\"type\":{},\"amount\":{},\"name\":{},\"num\":{}}}", t.id, json_str(&t.kind), yuan(t.amount_fen), json_str(&t.name), t.num))
+                    .map(|t| {
+                        format!(
+                            "{{\"id\":{},\"type\":{},\"amount\":{},\"name\":{},\"num\":{}}}",
+                            t.id,
+                            json_str(&t.kind),
+                            yuan(t.amount_fen),
+                            json_str(&t.name),
+                            t.num
+                        )
+                    })
                     .collect();
                 let mut f = st.balance_fields(&card_no);
                 f.extend([("transTime", now_ms()), ("ticket", format!("[{}]", items.join(",")))]);

@@ -3,8 +3,8 @@
 //! Simulators verify what the specs say (fields, keys, PIN blocks, batches), keep real state, and inject
 //! faults on demand so tests can prove recovery. Shared pieces: [`faults`] and the TLS HTTP [`server`].
 pub mod faults;
-pub mod loyalty;
 pub mod lottery;
+pub mod loyalty;
 pub mod server;
 
 pub use faults::Fault;

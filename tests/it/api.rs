@@ -20,12 +20,7 @@ async fn a_malformed_profile_is_refused_at_start_naming_file_line_and_field() {
     let path = world.dir.join("terminal-profiles/loyalty.toml");
     let text = std::fs::read_to_string(&path).expect("profile");
     std::fs::write(&path, text.replace("store = \"100000000000001\"", "store = 100000000000001")).expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"))
-        .args(["serve", "--config"])
-        .arg(&world.config)
-        .output()
-        .await
-        .expect("run");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate")).args(["serve", "--config"]).arg(&world.config).output().await.expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loyalty.toml:5") && err.contains("store"), "{err}");
@@ -48,13 +43,17 @@ async fn bad_requests_get_clear_problems_and_lose_nothing() {
     assert!(String::from_utf8_lossy(&r.body).contains("line"), "{:?}", r.body);
     let r = c.request(Method::POST, "/v1/profiles/loyalty/consume", &ct, Bytes::from(vec![b' '; 200_000])).await.expect("post");
     assert_eq!(r.status, 413, "{:?}", r.body);
-    let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 10.5, "cashAmount": 0}), None).await.expect("post");
+    let (s, v) =
+        c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 10.5, "cashAmount": 0}), None).await.expect("post");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("pointAmount"), "{v}");
     let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"consumeType": "01", "pointAmount": 10, "cashAmount": 0}), None).await.expect("post");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("cardNo"), "{v}");
-    let (s, v) = c.post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "traceNo": "000001", "consumeType": "01", "pointAmount": 10, "cashAmount": 0}), None).await.expect("post");
+    let (s, v) = c
+        .post("/v1/profiles/loyalty/consume", json!({"cardNo": CARD, "traceNo": "000001", "consumeType": "01", "pointAmount": 10, "cashAmount": 0}), None)
+        .await
+        .expect("post");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("traceNo"), "{v}");
     // None of that reached the journal or the backend.
@@ -211,7 +210,8 @@ async fn a_reversal_that_keeps_failing_is_parked_visible_and_still_blocks_until_
     assert_eq!(s, 202, "{v}");
     let rid = v["id"].as_u64().expect("id");
     assert_eq!(v["recovery"]["how"], "manual", "{v}");
-    let (s, v) = c.post(&format!("/v1/reversals/{rid}/resolve"), json!({"outcome": "approved", "note": "vendor confirmed serial 1"}), None).await.expect("resolve");
+    let (s, v) =
+        c.post(&format!("/v1/reversals/{rid}/resolve"), json!({"outcome": "approved", "note": "vendor confirmed serial 1"}), None).await.expect("resolve");
     assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
     let (_, st) = c.get("/v1/status").await.expect("status");
     assert_eq!(st["profiles"][0]["totals"]["refundCount"], 1, "the hand-resolved refund counts in the totals: {st}");

@@ -89,7 +89,11 @@ async fn a_swipe_reaches_subscribers_masked_and_pays_without_the_pos_seeing_the_
     assert!(detail.contains(&scan_id) && detail.contains("already used"), "{v}");
     assert_eq!(world.sim.state_snapshot().transactions.iter().filter(|t| t.op == "consume").count(), 1, "one swipe paid twice");
     // An unknown or made-up scan id is refused by name.
-    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", json!({"scan": "s_0000000000000000", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}), None).await.expect("consume");
+    let (s, v) = d
+        .client
+        .post("/v1/profiles/loyalty/consume", json!({"scan": "s_0000000000000000", "consumeType": "01", "pointAmount": 1, "cashAmount": 0}), None)
+        .await
+        .expect("consume");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("s_0000000000000000"), "{v}");
 

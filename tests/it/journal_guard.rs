@@ -51,7 +51,8 @@ async fn refused(world: &World, what: &str) -> String {
 
 /// `posgate journal verify --data-dir DIR`: (success, stdout + stderr).
 async fn verify(data: &Path) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate")).args(["journal", "verify", "--data-dir"]).arg(data).output().await.expect("run verify");
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate")).args(["journal", "verify", "--data-dir"]).arg(data).output().await.expect("run verify");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 

@@ -195,7 +195,11 @@ async fn every_ticket_is_paid_once_across_sigkill_and_lost_answers() {
     let today = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00")).date_naive().to_string();
     let (s, v) = c.post("/v1/profiles/lottery/reconcile", json!({"date": today}), None).await.expect("reconcile");
     assert_eq!((s, v["result"]["balanced"].clone()), (200, json!(true)), "{v}");
-    eprintln!("lottery: {} tickets, {} paid, {paid_fen} fen, {hits} crashes", tickets.len(), tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count());
+    eprintln!(
+        "lottery: {} tickets, {} paid, {paid_fen} fen, {hits} crashes",
+        tickets.len(),
+        tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count()
+    );
     d.stop().await;
 }
 
@@ -220,7 +224,6 @@ async fn risk_rules_refuse_before_sending_and_name_their_code() {
     assert_eq!(w.sim.state_snapshot().redeem_attempts, 2, "refusals never reach the backend");
     d.stop().await;
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_reconciliation_runs_once_for_yesterday_even_across_a_restart() {
@@ -274,7 +277,9 @@ const OPEN_RISK: &str = "hours = \"00:00-00:00\"\nmin_interval_s = 0\ndaily_tick
 
 /// A profile edit: `timeout_ms`, and extra `[options]` lines.
 fn tuned(timeout_ms: u64, options: &'static str) -> impl Fn(String) -> String {
-    move |p: String| p.replace("timeout_ms = 5000", &format!("timeout_ms = {timeout_ms}")).replace("merchant = \"01\"", &format!("merchant = \"01\"\n{options}"))
+    move |p: String| {
+        p.replace("timeout_ms = 5000", &format!("timeout_ms = {timeout_ms}")).replace("merchant = \"01\"", &format!("merchant = \"01\"\n{options}"))
+    }
 }
 
 /// The business day of the simulated host (+08:00), as the daemon under test sees it.
@@ -316,14 +321,20 @@ async fn user_id_and_report_award_refusals_send_nothing() {
     let (s, v) = c.post("/v1/profiles/lottery/report-award", json!({"beginTime": "2026/03/10", "endTime": "2026/03/10"}), None).await.expect("report");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().unwrap_or("").contains("gameNo"), "{v}");
-    let (s, v) = c.post("/v1/profiles/lottery/report-award", json!({"gameNo": "00101", "beginTime": "2026/03/10", "endTime": "2026/03/10"}), None).await.expect("report");
+    let (s, v) = c
+        .post("/v1/profiles/lottery/report-award", json!({"gameNo": "00101", "beginTime": "2026/03/10", "endTime": "2026/03/10"}), None)
+        .await
+        .expect("report");
     assert_eq!(s, 400, "{v}");
     let snap = w.sim.state_snapshot();
     assert_eq!(snap.redeem_attempts, 0);
     assert_eq!(snap.paths.get("proxy/validate/thirdAward"), None);
     assert_eq!(snap.paths.get("migt/report/award"), None);
     // With game and batch it goes, and the host answers.
-    let (s, v) = c.post("/v1/profiles/lottery/report-award", json!({"gameNo": "00101", "batchNo": "00001", "beginTime": "2026/03/10", "endTime": "2026/03/10"}), None).await.expect("report");
+    let (s, v) = c
+        .post("/v1/profiles/lottery/report-award", json!({"gameNo": "00101", "batchNo": "00001", "beginTime": "2026/03/10", "endTime": "2026/03/10"}), None)
+        .await
+        .expect("report");
     assert_eq!((s, v["status"].clone()), (200, json!("approved")), "{v}");
     d.stop().await;
 }
@@ -400,7 +411,11 @@ async fn a_failed_or_interrupted_daily_reconcile_runs_again_until_it_has_a_resul
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!((daily["date"].clone(), daily["status"].clone(), daily["balanced"].clone(), daily["attempts"].clone()), (json!(yesterday), json!("approved"), json!(true), json!(3)), "{daily}");
+    assert_eq!(
+        (daily["date"].clone(), daily["status"].clone(), daily["balanced"].clone(), daily["attempts"].clone()),
+        (json!(yesterday), json!("approved"), json!(true), json!(3)),
+        "{daily}"
+    );
     let mut runs: Vec<Value> = all_records(c).await.into_iter().filter(|r| r["operation"] == "reconcile").collect();
     runs.reverse();
     let keys: Vec<&str> = runs.iter().map(|r| r["idempotency_key"].as_str().unwrap_or("")).collect();
@@ -590,7 +605,6 @@ async fn soak_slow_host_8_lanes_sigkill_no_station_overlap_and_station_counts_ma
     d.stop().await;
 }
 
-
 /// Issue 16: a redeem answered with a wrong-typed `success`, a `ret` the document does not define, or
 /// another ticket's answer was booked as a decline (the host had paid) or as the other ticket's payment.
 /// Now each is an unknown outcome, settled by the resend of the same transacId: paid once, told so,
@@ -603,7 +617,10 @@ async fn hostile_redeem_answers_end_settled_by_the_resend_never_declined() {
     let hostile: [(&str, &'static str); 4] = [
         ("GW00000401", r#"{"success":"false","ret":"1305","msg":"兑奖失败, 此票未中奖","content":{}}"#),
         ("GW00000402", r#"{"success":false,"ret":"1399","msg":"兑奖失败","content":{}}"#),
-        ("GW00000403", r#"{"success":false,"ret":"1305","msg":"兑奖失败, 此票未中奖","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GL009","gameName":"好运十倍","price":10}}"#),
+        (
+            "GW00000403",
+            r#"{"success":false,"ret":"1305","msg":"兑奖失败, 此票未中奖","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GL009","gameName":"好运十倍","price":10}}"#,
+        ),
         (
             "GW00000404",
             r#"{"success":true,"ret":"1301","msg":"ok","content":{"transacId":"01202601011000000000009","ticketNo":"00101-00000-GW009","gameName":"好运十倍","price":10,"level":1,"prize":9000,"balance":1.0,"soldCity":"北京","amountTicket":1,"amountPrize":9000}}"#,

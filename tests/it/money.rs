@@ -87,7 +87,11 @@ async fn zero_and_absurd_amounts_are_refused_naming_the_field() {
         (consume(500_001), "pointAmount", "at most 500000"),
         (consume(i64::MAX), "pointAmount", "at most 500000"),
         (json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 5, "cashAmount": 9_000_000_000_000_000_000i64}), "cashAmount", "at most 500000"),
-        (json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 5, "cashAmount": 0, "vaucher": [{"id": 1, "num": 1000, "amount": 400_000}]}), "vaucher", "at most 500000"),
+        (
+            json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 5, "cashAmount": 0, "vaucher": [{"id": 1, "num": 1000, "amount": 400_000}]}),
+            "vaucher",
+            "at most 500000",
+        ),
     ];
     for (body, field, why) in cases {
         let (s, v) = c.post("/v1/profiles/loyalty/consume", body.clone(), None).await.expect("post");
@@ -95,7 +99,8 @@ async fn zero_and_absurd_amounts_are_refused_naming_the_field() {
         let detail = v["detail"].as_str().unwrap_or("");
         assert!(detail.contains(field) && detail.contains(why), "{body}: {v}");
     }
-    let (s, v) = c.post("/v1/profiles/loyalty/ticket-consume", json!({"cardNo": CARD, "ticket": [{"id": "t", "num": 3, "amount": 200_000}]}), None).await.expect("post");
+    let (s, v) =
+        c.post("/v1/profiles/loyalty/ticket-consume", json!({"cardNo": CARD, "ticket": [{"id": "t", "num": 3, "amount": 200_000}]}), None).await.expect("post");
     assert_eq!(s, 400, "{v}");
     assert!(v["detail"].as_str().is_some_and(|d| d.contains("ticket") && d.contains("600000")), "{v}");
     assert!(consumes(&world).is_empty(), "an out-of-bounds amount reached the backend");

@@ -131,7 +131,8 @@ async fn posgate_run_exit_codes_tell_approved_declined_unknown_and_not_done_apar
     let (code, v, e) = posgate(sock, &["run", "loyalty", "consume", "--body", &body(100, "X1"), "--idempotency-key", "x-1"]).await;
     assert_eq!((code, v["status"].as_str()), (0, Some("approved")), "{v} {e}");
     // Too little on the card: a decline.
-    let (code, v, e) = posgate(sock, &["run", "loyalty", "consume", "--body", &consume_on(SMALL_CARD, 30_000, "X2").to_string(), "--idempotency-key", "x-2"]).await;
+    let (code, v, e) =
+        posgate(sock, &["run", "loyalty", "consume", "--body", &consume_on(SMALL_CARD, 30_000, "X2").to_string(), "--idempotency-key", "x-2"]).await;
     assert_eq!((code, v["status"].as_str()), (3, Some("declined")), "{v} {e}");
     // Bad requests: nothing done.
     let (code, _, e) = posgate(sock, &["run", "loyalty", "consume", "--body", "{"]).await;
@@ -161,7 +162,13 @@ async fn a_300_kb_method_path_or_header_gives_a_short_log_line() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::new("biglog").await;
     let port = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
-    std::fs::write(&world.config, format!("data_dir = \"data\"\nunix_socket = \"posgate.sock\"\ntcp = \"127.0.0.1:{port}\"\ntoken_file = \"secrets/api-token\"\nmax_body_bytes = 65536\n")).expect("config");
+    std::fs::write(
+        &world.config,
+        format!(
+            "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\ntcp = \"127.0.0.1:{port}\"\ntoken_file = \"secrets/api-token\"\nmax_body_bytes = 65536\n"
+        ),
+    )
+    .expect("config");
     let mut d = world.start(&[]).await;
     let big = "A".repeat(300 * 1024);
     let requests = [

@@ -58,7 +58,10 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
         .arg(format!("{base}/v1/openapi"))
         .args(["--url", &base])
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,positive_data_acceptance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,positive_data_acceptance",
+        ])
         // The event stream never ends by itself: it is tested in tests/it/api.rs and src/api/tests.rs.
         .args(["--exclude-path", "/v1/events"])
         .args(["--max-examples", &examples, "--seed", "7", "--workers", "1", "--request-timeout", "10", "--no-shrink"])

@@ -25,7 +25,9 @@ async fn eight_concurrent_first_consumes_share_one_checkin_and_one_batch() {
     let mut lanes = tokio::task::JoinSet::new();
     for i in 0..8 {
         let c = d.client.clone();
-        lanes.spawn(async move { c.post("/v1/profiles/loyalty/consume", consume(100 + i, &format!("L{i}")), Some(&format!("storm-{i}"))).await.expect("consume") });
+        lanes.spawn(
+            async move { c.post("/v1/profiles/loyalty/consume", consume(100 + i, &format!("L{i}")), Some(&format!("storm-{i}"))).await.expect("consume") },
+        );
     }
     let mut batches = std::collections::BTreeSet::new();
     while let Some(r) = lanes.join_next().await {

@@ -320,7 +320,8 @@ impl LotteryBackend {
             return Err(bad("secrets.app_secret", "must be non-empty UTF-8 text".into()));
         }
         let app_secret = Secret::new(app_secret.expose_str().map(str::as_bytes).unwrap_or_default().to_vec());
-        let method = SignMethod::parse(&profile.option_str("sign_method", "MD5")?).ok_or_else(|| bad("options.sign_method", "must be \"MD5\" or \"SHA-1\"".into()))?;
+        let method =
+            SignMethod::parse(&profile.option_str("sign_method", "MD5")?).ok_or_else(|| bad("options.sign_method", "must be \"MD5\" or \"SHA-1\"".into()))?;
         let body = match profile.option_str("body", "form")?.as_str() {
             "form" => BodyFormat::Form,
             "json" => BodyFormat::Json,
@@ -331,12 +332,14 @@ impl LotteryBackend {
             Some(toml::Value::Boolean(b)) => *b,
             Some(_) => return Err(bad("options.epoch", "must be true or false".into())),
         };
-        let tz = parse_offset(&profile.option_str("timezone", "+08:00")?).ok_or_else(|| bad("options.timezone", "must be an offset such as \"+08:00\"".into()))?;
+        let tz =
+            parse_offset(&profile.option_str("timezone", "+08:00")?).ok_or_else(|| bad("options.timezone", "must be an offset such as \"+08:00\"".into()))?;
         let merchant = profile.option_str("merchant", "01")?;
         if merchant.len() != 2 || !merchant.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(bad("options.merchant", "must be 2 letters or digits (the transacId prefix)".into()));
         }
-        let reconcile_at = NaiveTime::parse_from_str(&profile.option_str("reconcile_at", "01:00")?, "%H:%M").map_err(|_| bad("options.reconcile_at", "must be \"HH:MM\"".into()))?;
+        let reconcile_at = NaiveTime::parse_from_str(&profile.option_str("reconcile_at", "01:00")?, "%H:%M")
+            .map_err(|_| bad("options.reconcile_at", "must be \"HH:MM\"".into()))?;
         let terminal_type = profile.option_str("terminal_type", "1")?;
         let version = profile.option_str("version", "24")?;
         let risk = RiskRules::from_table(profile.options.get("risk"), tz).map_err(|(f, why)| bad(&f, why))?;
@@ -350,7 +353,11 @@ impl LotteryBackend {
             "per-batch" => SummaryScope::PerBatch,
             _ => return Err(bad("options.summary_scope", "must be \"all\" or \"per-batch\"".into())),
         };
-        let list = profile.options.get("stations").and_then(toml::Value::as_array).ok_or_else(|| bad("options.stations", "required: a list of { id, clerk, serial, password } tables".into()))?;
+        let list = profile
+            .options
+            .get("stations")
+            .and_then(toml::Value::as_array)
+            .ok_or_else(|| bad("options.stations", "required: a list of { id, clerk, serial, password } tables".into()))?;
         let mut stations = Vec::new();
         for (i, s) in list.iter().enumerate() {
             let at = |k: &str| format!("options.stations[{i}].{k}");
@@ -434,7 +441,13 @@ impl LotteryBackend {
             Some(t) => Some(t.expose_str().map_err(|_| err(Stage::NotSent, "session token is not UTF-8"))?),
             None => None,
         };
-        let env = Envelope { app_key: &self.app_key, access_token: token_text, timestamp: self.timestamp(), sign_method: self.method, param_json: wire::param_json(params) };
+        let env = Envelope {
+            app_key: &self.app_key,
+            access_token: token_text,
+            timestamp: self.timestamp(),
+            sign_method: self.method,
+            param_json: wire::param_json(params),
+        };
         let (ct, body) = wire::encode_body(&env.signed_pairs(secret), self.body);
         let url = format!("{}/{path}", self.base);
         tracing::debug!(station = %station.id, path, "lottery request");
@@ -470,7 +483,10 @@ impl LotteryBackend {
             ("serialNo", Value::from(station.serial.as_str())),
         ];
         station.set_token(None);
-        let a = self.send(station, wire::LOGIN_PATH, &params, None, journal_id).await.map_err(|e| err(Stage::NotSent, format!("station {} login: {}", station.id, e.detail)))?;
+        let a = self
+            .send(station, wire::LOGIN_PATH, &params, None, journal_id)
+            .await
+            .map_err(|e| err(Stage::NotSent, format!("station {} login: {}", station.id, e.detail)))?;
         let token = a.content.get("token").and_then(Value::as_str).filter(|t| !t.is_empty());
         match token {
             Some(t) if a.success => {
@@ -606,12 +622,26 @@ impl LotteryBackend {
             fields.insert("transacId".into(), Value::from(transac.as_str()));
             fields.insert("resolved_by".into(), Value::from("query"));
             fields.insert("query_reason".into(), Value::from(why));
-            Reply { verdict, code: code.into(), message: if a.msg.is_empty() { zh.to_string() } else { a.msg.clone() }, message_en, fields, reference: None, trans_time: None, amount_fen: None }
+            Reply {
+                verdict,
+                code: code.into(),
+                message: if a.msg.is_empty() { zh.to_string() } else { a.msg.clone() },
+                message_en,
+                fields,
+                reference: None,
+                trans_time: None,
+                amount_fen: None,
+            }
         };
         if a.ret.trim() == "3202" {
             let mut f = Map::new();
             f.insert("station".into(), Value::from(own_station.id.as_str()));
-            return Ok(Recovered::Settled(base(Verdict::Declined, "3202", "not redeemed: the host has no redemption record of this ticket (getPrize 3202)".into(), f)));
+            return Ok(Recovered::Settled(base(
+                Verdict::Declined,
+                "3202",
+                "not redeemed: the host has no redemption record of this ticket (getPrize 3202)".into(),
+                f,
+            )));
         }
         if !a.success {
             return Ok(Recovered::Again(format!("getPrize answered ret {} ({}): cannot tell yet", a.ret, scrub(&a.msg))));
@@ -630,10 +660,18 @@ impl LotteryBackend {
         let Some(pi) = self.pool.index_of(&paid_at) else {
             f.insert("station".into(), Value::from(own_station.id.as_str()));
             f.remove("prize");
-            return Ok(Recovered::Settled(base(Verdict::Declined, "1307", format!("already redeemed at station {paid_at} at {award_time}, not one of this profile's stations: another transacId won"), f)));
+            return Ok(Recovered::Settled(base(
+                Verdict::Declined,
+                "1307",
+                format!("already redeemed at station {paid_at} at {award_time}, not one of this profile's stations: another transacId won"),
+                f,
+            )));
         };
         // awardDetail answers for the asking station only: ask the station that paid it.
-        let day = award_time.get(..10).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()).ok_or_else(|| err(Stage::Unknown, format!("getPrize awardTime {award_time:?} is not YYYY-MM-DD HH:MM:SS")))?;
+        let day = award_time
+            .get(..10)
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .ok_or_else(|| err(Stage::Unknown, format!("getPrize awardTime {award_time:?} is not YYYY-MM-DD HH:MM:SS")))?;
         let other;
         let paid_station = if pi == own {
             own_station
@@ -655,19 +693,24 @@ impl LotteryBackend {
             f.insert("batchNo".into(), Value::from(text(row.get("batchNo"))));
             f.insert("recovered".into(), Value::Bool(true));
             let amount = f.get("prize").and_then(Value::as_i64);
-            let mut r = base(Verdict::Approved, "10000", format!("redeemed by this very request at station {paid_at} at {award_time} (learnt by query): paid once"), f);
+            let mut r =
+                base(Verdict::Approved, "10000", format!("redeemed by this very request at station {paid_at} at {award_time} (learnt by query): paid once"), f);
             r.reference = Some(ticket);
             r.trans_time = Some(award_time);
             r.amount_fen = amount;
             return Ok(Recovered::Settled(r));
         }
-        let winners: Vec<String> = rows.iter().filter(|r| text(r.get("time")) == award_time).map(|r| text(r.get("transacId"))).filter(|t| !t.is_empty()).collect();
+        let winners: Vec<String> =
+            rows.iter().filter(|r| text(r.get("time")) == award_time).map(|r| text(r.get("transacId"))).filter(|t| !t.is_empty()).collect();
         f.insert("winning_transacId".into(), json!(winners));
         f.remove("prize");
         Ok(Recovered::Settled(base(
             Verdict::Declined,
             "1307",
-            format!("already redeemed at station {paid_at} at {award_time} by another transacId ({}), not {transac}", if winners.is_empty() { "not listed".to_string() } else { winners.join(", ") }),
+            format!(
+                "already redeemed at station {paid_at} at {award_time} by another transacId ({}), not {transac}",
+                if winners.is_empty() { "not listed".to_string() } else { winners.join(", ") }
+            ),
             f,
         )))
     }
@@ -738,7 +781,12 @@ impl LotteryBackend {
                 if s.success {
                     out.summaries.extend(summary_rows(&s.content, &st.id, ("00000", "00000")));
                 } else {
-                    out.notes.push(format!("station {}: awardSummary for all games refused (ret {} {}): asked once per game and batch", st.id, s.ret, scrub(&s.msg)));
+                    out.notes.push(format!(
+                        "station {}: awardSummary for all games refused (ret {} {}): asked once per game and batch",
+                        st.id,
+                        s.ret,
+                        scrub(&s.msg)
+                    ));
                     per_batch = true;
                 }
             }
@@ -877,7 +925,10 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
     let mut local: BTreeMap<String, Local> = BTreeMap::new();
     // The engine sends a day either side; keep the redeems of this business day in the backend's zone.
     let on_date = |r: &&Value| {
-        r.get("created_at").and_then(Value::as_str).and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()).is_some_and(|t| t.with_timezone(&tz).date_naive() == date)
+        r.get("created_at")
+            .and_then(Value::as_str)
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .is_some_and(|t| t.with_timezone(&tz).date_naive() == date)
     };
     for r in records.iter().filter(|r| r.get("operation").and_then(Value::as_str) == Some("redeem")).filter(on_date) {
         let result = r.get("result");
@@ -962,8 +1013,10 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
             })
         })
         .collect();
-    let missing_remotely: Vec<Value> =
-        only_local.iter().map(|(t, l)| json!({"transacId": t, "ticketNo": l.ticket, "barCode": l.bar, "journal_id": l.id, "local_prize_fen": l.prize, "station": l.station})).collect();
+    let missing_remotely: Vec<Value> = only_local
+        .iter()
+        .map(|(t, l)| json!({"transacId": t, "ticketNo": l.ticket, "barCode": l.bar, "journal_id": l.id, "local_prize_fen": l.prize, "station": l.station}))
+        .collect();
     // Amounts: each summary row against our approved records of that station (and game and batch).
     let mut amount_mismatch = Vec::new();
     let (mut summary_count, mut summary_amount) = (0i64, 0i64);
@@ -1002,22 +1055,49 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
     ];
     text_lines.extend(remote.notes.iter().cloned());
     for x in &missing_locally {
-        text_lines.push(format!("paid by the host, not approved here: ticket {} transacId {} station {} at {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("station")), text(x.get("awardTime"))));
+        text_lines.push(format!(
+            "paid by the host, not approved here: ticket {} transacId {} station {} at {}",
+            text(x.get("ticketNo")),
+            text(x.get("transacId")),
+            text(x.get("station")),
+            text(x.get("awardTime"))
+        ));
     }
     for x in &missing_remotely {
-        text_lines.push(format!("approved here, unknown to the host: ticket {} transacId {} journal {} ({} yuan)", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("journal_id")), money::fen_to_yuan(x.get("local_prize_fen").and_then(Value::as_i64).unwrap_or(0))));
+        text_lines.push(format!(
+            "approved here, unknown to the host: ticket {} transacId {} journal {} ({} yuan)",
+            text(x.get("ticketNo")),
+            text(x.get("transacId")),
+            text(x.get("journal_id")),
+            money::fen_to_yuan(x.get("local_prize_fen").and_then(Value::as_i64).unwrap_or(0))
+        ));
     }
     for x in &different_winner {
-        text_lines.push(format!("ticket {}: ours was transacId {}, the host paid transacId {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("winning_transacId"))));
+        text_lines.push(format!(
+            "ticket {}: ours was transacId {}, the host paid transacId {}",
+            text(x.get("ticketNo")),
+            text(x.get("transacId")),
+            text(x.get("winning_transacId"))
+        ));
     }
     for x in &station_mismatch {
-        text_lines.push(format!("ticket {} transacId {}: journaled at station {}, paid at station {}", text(x.get("ticketNo")), text(x.get("transacId")), text(x.get("local_station")), text(x.get("remote_station"))));
+        text_lines.push(format!(
+            "ticket {} transacId {}: journaled at station {}, paid at station {}",
+            text(x.get("ticketNo")),
+            text(x.get("transacId")),
+            text(x.get("local_station")),
+            text(x.get("remote_station"))
+        ));
     }
     for x in &amount_mismatch {
         text_lines.push(format!(
             "station {} game {} batch {}: journal {} tickets {} yuan, summary {} tickets {} yuan",
-            text(x.get("station")), text(x.get("gameNo")), text(x.get("batchNo")), text(x.get("local_tickets")),
-            money::fen_to_yuan(x.get("local_amount_fen").and_then(Value::as_i64).unwrap_or(0)), text(x.get("summary_tickets")),
+            text(x.get("station")),
+            text(x.get("gameNo")),
+            text(x.get("batchNo")),
+            text(x.get("local_tickets")),
+            money::fen_to_yuan(x.get("local_amount_fen").and_then(Value::as_i64).unwrap_or(0)),
+            text(x.get("summary_tickets")),
             money::fen_to_yuan(x.get("summary_amount_fen").and_then(Value::as_i64).unwrap_or(0))
         ));
     }
@@ -1069,7 +1149,8 @@ impl Backend for LotteryBackend {
 
     fn prepare(&self, operation: &str, body: &Map<String, Value>, _original: Option<&OriginalRef>, ctx: &PrepareContext<'_>) -> Result<Prepared, PrepareError> {
         let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown lottery operation {operation:?}")))?;
-        let station_ok = matches!(operation, "password" | "count" | "reset-count" | "prize" | "report-sales" | "report-balance" | "report-trace" | "report-award");
+        let station_ok =
+            matches!(operation, "password" | "count" | "reset-count" | "prize" | "report-sales" | "report-balance" | "report-trace" | "report-award");
         for k in body.keys() {
             if wire::DAEMON_OWNED.contains(&k.as_str()) {
                 return Err(PrepareError::DaemonOwned(k.clone()));
@@ -1134,7 +1215,10 @@ impl Backend for LotteryBackend {
             }
         }
         if operation == "password" {
-            if let (Some(Value::String(old)), Some(id)) = (p.transient.get("old"), str_of(&p.public, wire::STATION_KEY).map(str::to_string).or_else(|| self.pool.stations().first().map(|s| s.id.clone()))) {
+            if let (Some(Value::String(old)), Some(id)) = (
+                p.transient.get("old"),
+                str_of(&p.public, wire::STATION_KEY).map(str::to_string).or_else(|| self.pool.stations().first().map(|s| s.id.clone())),
+            ) {
                 let st = self.pool.index_of(&id).and_then(|i| self.pool.stations().get(i));
                 let same = st.is_some_and(|s| {
                     use subtle::ConstantTimeEq;
@@ -1244,7 +1328,10 @@ impl Backend for LotteryBackend {
                 if w.spec.name == "password" && a.success {
                     if let Some(Value::String(new)) = tx.transient.get("new") {
                         g.station().set_password(Secret::new(new.as_bytes().to_vec()));
-                        r.fields.insert("note".into(), Value::from("password changed in memory: write the new password into this station's secret file before the next restart"));
+                        r.fields.insert(
+                            "note".into(),
+                            Value::from("password changed in memory: write the new password into this station's secret file before the next restart"),
+                        );
                     }
                 }
                 Ok(r)

@@ -138,7 +138,11 @@ impl RiskRules {
         if let Some(last) = mine.iter().map(|h| h.created_at_ms).max() {
             let since = now_ms - last;
             if since >= 0 && since < self.min_interval_ms {
-                return refuse("userId", code::INTERVAL, format!("at least {} s between two requests ({} s since the last)", self.min_interval_ms / 1000, since / 1000));
+                return refuse(
+                    "userId",
+                    code::INTERVAL,
+                    format!("at least {} s between two requests ({} s since the last)", self.min_interval_ms / 1000, since / 1000),
+                );
             }
         }
         let on_day = |h: &&&HistoryItem| self.tz.timestamp_millis_opt(h.created_at_ms).single().is_some_and(|d| d.date_naive() == today);

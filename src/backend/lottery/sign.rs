@@ -73,11 +73,19 @@ mod tests {
 
     const SECRET: &str = "demo-app-secret";
     const LOGIN_PJ: &str = r#"{"stationId":"21010001","clerkId":"0","password":"123456","type":"1","version":"24","serialNo":"X1P4H11102000205"}"#;
-    const AWARD_PJ: &str = r#"{"userId":"wx0001","userRealIp":"10.0.0.8","transacId":"0120180507102344000042","type":1701,"barCode":"G123456789012345678901234"}"#;
+    const AWARD_PJ: &str =
+        r#"{"userId":"wx0001","userRealIp":"10.0.0.8","transacId":"0120180507102344000042","type":1701,"barCode":"G123456789012345678901234"}"#;
 
     fn params<'a>(pj: &'a str, method: &'a str, token: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
         // Deliberately unsorted: signing sorts.
-        let mut p = vec![("v", "1.0"), ("timestamp", "2018-05-07 10:23:44"), ("sign_method", method), ("param_json", pj), ("format", "json"), ("app_key", "aa75c0f6a4bf462ea006b2920034cf5b")];
+        let mut p = vec![
+            ("v", "1.0"),
+            ("timestamp", "2018-05-07 10:23:44"),
+            ("sign_method", method),
+            ("param_json", pj),
+            ("format", "json"),
+            ("app_key", "aa75c0f6a4bf462ea006b2920034cf5b"),
+        ];
         if let Some(t) = token {
             p.push(("access_token", t));
         }

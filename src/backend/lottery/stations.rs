@@ -31,13 +31,25 @@ pub struct Station {
 
 impl std::fmt::Debug for Station {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Station").field("id", &self.id).field("clerk", &self.clerk).field("serial", &self.serial).field("logged_in", &self.token().is_some()).finish()
+        f.debug_struct("Station")
+            .field("id", &self.id)
+            .field("clerk", &self.clerk)
+            .field("serial", &self.serial)
+            .field("logged_in", &self.token().is_some())
+            .finish()
     }
 }
 
 impl Station {
     pub fn new(id: &str, clerk: &str, serial: &str, password: Secret) -> Self {
-        Station { id: id.into(), clerk: clerk.into(), serial: serial.into(), password: Mutex::new(password), token: Mutex::new(None), held_until: Mutex::new(None) }
+        Station {
+            id: id.into(),
+            clerk: clerk.into(),
+            serial: serial.into(),
+            password: Mutex::new(password),
+            token: Mutex::new(None),
+            held_until: Mutex::new(None),
+        }
     }
     pub fn password(&self) -> Secret {
         self.password.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -232,7 +244,11 @@ impl StationPool {
         let g = self.guard(index, lock);
         if let Some(rest) = station.held_for() {
             if wait.is_some_and(|w| rest > w) {
-                return Err(format!("station {} is held: the host may still be working on a request whose answer was lost (for {} ms more)", station.id, rest.as_millis()));
+                return Err(format!(
+                    "station {} is held: the host may still be working on a request whose answer was lost (for {} ms more)",
+                    station.id,
+                    rest.as_millis()
+                ));
             }
             tokio::time::sleep(rest).await;
         }

@@ -19,7 +19,15 @@ pub(crate) fn backend_for(base_url: &str, dir: &Path, app_secret: &str, password
 }
 
 /// [`backend_for`] with another `timeout_ms`.
-pub(crate) fn backend_with_timeout(base_url: &str, dir: &Path, app_secret: &str, password: &str, stations: u32, timeout_ms: u64, extra_options: &str) -> LotteryBackend {
+pub(crate) fn backend_with_timeout(
+    base_url: &str,
+    dir: &Path,
+    app_secret: &str,
+    password: &str,
+    stations: u32,
+    timeout_ms: u64,
+    extra_options: &str,
+) -> LotteryBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
     std::fs::write(dir.join("app-secret.txt"), format!("{app_secret}\n")).unwrap();
     std::fs::write(dir.join("station.txt"), format!("{password}\n")).unwrap();
@@ -31,7 +39,13 @@ pub(crate) fn backend_with_timeout(base_url: &str, dir: &Path, app_secret: &str,
     let path = dir.join("lot.toml");
     std::fs::write(&path, toml).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout, ..HttpOptions::default() }).unwrap();
+    let http = HttpsClient::new(&HttpOptions {
+        ca_file: Some(pki.ca_file.clone()),
+        connect_timeout: Duration::from_secs(2),
+        timeout: profile.timeout,
+        ..HttpOptions::default()
+    })
+    .unwrap();
     LotteryBackend::new(&profile, http).unwrap()
 }
 
@@ -63,7 +77,13 @@ fn the_example_profile_parses() {
     let path = dir.join("profiles/lottery.toml");
     std::fs::write(&path, include_str!("../../../terminal-profiles/lottery.toml")).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
+    let http = HttpsClient::new(&HttpOptions {
+        ca_file: Some(pki.ca_file),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        ..HttpOptions::default()
+    })
+    .unwrap();
     let b = LotteryBackend::new(&profile, http).unwrap();
     assert_eq!(b.pool().len(), 4);
     assert_eq!(b.daily_job().map(|j| (j.at, j.operation)), Some((NaiveTime::from_hms_opt(1, 0, 0).unwrap(), "reconcile")));
@@ -74,7 +94,13 @@ fn bad_profiles_are_refused_naming_the_option() {
     let dir = temp_dir("bad");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
     std::fs::write(dir.join("s.txt"), "x").unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
+    let http = HttpsClient::new(&HttpOptions {
+        ca_file: Some(pki.ca_file),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        ..HttpOptions::default()
+    })
+    .unwrap();
     let head = "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n[secrets]\napp_secret = \"s.txt\"\nstation_password = \"s.txt\"\n[options]\n";
     for (opts, want) in [
         ("stations = [{ id = \"1\", serial = \"x\" }]", "options.app_key"),
@@ -119,7 +145,9 @@ fn prepare_masks_the_bar_code_and_refuses_daemon_fields() {
         assert_eq!(b.prepare("redeem", &m, None, &ctx()).unwrap_err(), PrepareError::DaemonOwned(k.into()));
     }
     assert_eq!(b.prepare("redeem", &body(json!({"userId": "wx0001", "barCode": bar})), None, &ctx()).unwrap_err(), PrepareError::Missing("userRealIp".into()));
-    assert!(matches!(b.prepare("redeem", &body(json!({"userId": "wx0001", "userRealIp": "1", "barCode": bar, "colour": 1})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "colour"));
+    assert!(
+        matches!(b.prepare("redeem", &body(json!({"userId": "wx0001", "userRealIp": "1", "barCode": bar, "colour": 1})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "colour")
+    );
     // A risk refusal carries its business code (service hours here: 23:30 Beijing).
     let late = PrepareContext { now_ms: noon_ms() + 11 * 3_600_000 + 1_800_000, recent: &[], card: None };
     let e = b.prepare("redeem", &body(json!({"userId": "wx0001", "userRealIp": "10.0.0.8", "barCode": bar})), None, &late).unwrap_err().to_string();
@@ -127,11 +155,17 @@ fn prepare_masks_the_bar_code_and_refuses_daemon_fields() {
     // Passwords never reach the journal; a report's dates are checked; stations must be known.
     let p = b.prepare("password", &body(json!({"stationId": "21010001", "old": "123456", "new": "654321"})), None, &ctx()).unwrap();
     assert!(p.public.get("new").is_none() && p.transient["new"] == json!("654321"));
-    assert!(matches!(b.prepare("password", &body(json!({"stationId": "21010001", "old": "000000", "new": "1"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "old"));
+    assert!(
+        matches!(b.prepare("password", &body(json!({"stationId": "21010001", "old": "000000", "new": "1"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "old")
+    );
     assert_eq!(b.prepare("password", &body(json!({"new": "1"})), None, &ctx()).unwrap_err(), PrepareError::Missing("stationId".into()));
     assert!(b.prepare("report-sales", &body(json!({"beginDate": "2026/03/01", "endDate": "2026/03/10"})), None, &ctx()).is_ok());
-    assert!(matches!(b.prepare("report-sales", &body(json!({"beginDate": "2026-03-01", "endDate": "2026/03/10"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "beginDate"));
-    assert!(matches!(b.prepare("count", &body(json!({"stationId": "99"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "stationId"));
+    assert!(
+        matches!(b.prepare("report-sales", &body(json!({"beginDate": "2026-03-01", "endDate": "2026/03/10"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "beginDate")
+    );
+    assert!(
+        matches!(b.prepare("count", &body(json!({"stationId": "99"})), None, &ctx()), Err(PrepareError::Invalid { ref field, .. }) if field == "stationId")
+    );
 }
 
 fn answer(success: bool, ret: &str, content: Value) -> Answer {
@@ -158,7 +192,10 @@ fn redeem_answers_map_to_verdicts() {
     let me = "0120260310100304000042";
     let paid = redeem_reply(&answer(true, "1301", paid_content(me)), me, "21010001", &ours).unwrap();
     assert_eq!(paid.verdict, Verdict::Approved);
-    assert_eq!((paid.fields["prize"].clone(), paid.fields["price"].clone(), paid.fields["balance"].clone(), paid.fields["amountPrize"].clone()), (json!(5000), json!(1000), json!(1005050), json!(15000)));
+    assert_eq!(
+        (paid.fields["prize"].clone(), paid.fields["price"].clone(), paid.fields["balance"].clone(), paid.fields["amountPrize"].clone()),
+        (json!(5000), json!(1000), json!(1005050), json!(15000))
+    );
     assert_eq!(paid.fields["transacId"], json!(me));
     assert_eq!(paid.fields["station"], json!("21010001"));
     assert_eq!(paid.reference.as_deref(), Some("00101-00001-GW001"));
@@ -212,7 +249,10 @@ fn user_id_is_letters_and_digits_and_report_award_needs_game_and_batch() {
 
 fn detail_row(t: &str, station: &str, ticket: &str, batch: &str) -> Map<String, Value> {
     // Exactly the document's 8.8.2 fields: no prize.
-    let mut m = json!({"gameNo": "00101", "batchNo": batch, "packNo": "00001", "ticketNo": ticket, "transacId": t, "time": "2026-03-10 10:00:00"}).as_object().cloned().unwrap();
+    let mut m = json!({"gameNo": "00101", "batchNo": batch, "packNo": "00001", "ticketNo": ticket, "transacId": t, "time": "2026-03-10 10:00:00"})
+        .as_object()
+        .cloned()
+        .unwrap();
     m.insert("station".into(), json!(station));
     m
 }
@@ -230,7 +270,8 @@ fn comparison_without_row_prizes_names_every_difference() {
         json!({"id": id, "operation": "redeem", "status": status, "trace": "000001", "created_at": "2026-03-10T02:00:00Z", "request": {"barCode": "GW0000****0001"},
                "result": {"transacId": t, "ticketNo": format!("00101-00001-T{id}"), "prize": prize, "station": station}})
     };
-    let mut records = vec![rec(1, "A", "approved", 500, "S1"), rec(2, "B", "approved", 1000, "S1"), rec(3, "C", "approved", 2000, "S2"), rec(4, "D", "declined", 0, "S1")];
+    let mut records =
+        vec![rec(1, "A", "approved", 500, "S1"), rec(2, "B", "approved", 1000, "S1"), rec(3, "C", "approved", 2000, "S2"), rec(4, "D", "declined", 0, "S1")];
     // The engine hands over a day either side: 23:59 and 00:00 Beijing of the neighbouring days are not this day.
     let mut before = rec(5, "E", "approved", 700, "S1");
     before["created_at"] = json!("2026-03-09T15:59:59Z");
@@ -241,10 +282,18 @@ fn comparison_without_row_prizes_names_every_difference() {
 
     // Both sides agree: balanced, with the summary per station for all games, or per batch.
     let rows = vec![detail_row("A", "S1", "T1", "00001"), detail_row("B", "S1", "T2", "00002"), detail_row("C", "S2", "T3", "00001")];
-    let all = Remote { rows: rows.clone(), summaries: vec![summary("S1", "00000", "00000", 2, 1500), summary("S2", "00000", "00000", 1, 2000)], stations: vec!["S1".into(), "S2".into()], notes: vec![] };
+    let all = Remote {
+        rows: rows.clone(),
+        summaries: vec![summary("S1", "00000", "00000", 2, 1500), summary("S2", "00000", "00000", 1, 2000)],
+        stations: vec!["S1".into(), "S2".into()],
+        notes: vec![],
+    };
     let m = compare(date, &records, &all, "01", tz);
     assert_eq!(m["balanced"], json!(true), "{}", m["report_text"]);
-    let per = Remote { summaries: vec![summary("S1", "00101", "00001", 1, 500), summary("S1", "00101", "00002", 1, 1000), summary("S2", "00101", "00001", 1, 2000)], ..all.clone() };
+    let per = Remote {
+        summaries: vec![summary("S1", "00101", "00001", 1, 500), summary("S1", "00101", "00002", 1, 1000), summary("S2", "00101", "00001", 1, 2000)],
+        ..all.clone()
+    };
     assert_eq!(compare(date, &records, &per, "01", tz)["balanced"], json!(true));
 
     // One ticket removed from the host's rows: named, with its ticket.
@@ -256,7 +305,12 @@ fn comparison_without_row_prizes_names_every_difference() {
     assert!(m["report_text"].as_str().unwrap().contains("00101-00001-T2"));
 
     // A ticket only the host paid, another transacId winning ours, a station mismatch, a summary off.
-    let mut rows2 = vec![detail_row("A", "S2", "T1", "00001"), detail_row("X", "S1", "T9", "00001"), detail_row("Z", "S1", "T2", "00002"), detail_row("C", "S2", "T3", "00001")];
+    let mut rows2 = vec![
+        detail_row("A", "S2", "T1", "00001"),
+        detail_row("X", "S1", "T9", "00001"),
+        detail_row("Z", "S1", "T2", "00002"),
+        detail_row("C", "S2", "T3", "00001"),
+    ];
     rows2[0].insert("station".into(), json!("S2"));
     let odd = Remote { rows: rows2, summaries: vec![summary("S1", "00000", "00000", 2, 1500), summary("S2", "00000", "00000", 2, 2000)], ..all.clone() };
     let m = compare(date, &records, &odd, "01", tz);
@@ -294,7 +348,12 @@ fn redeem_answers_the_document_does_not_give_are_unknown_never_declined() {
         unknown(answer(false, ret, json!({})));
     }
     // Required fields missing or of another type.
-    for (ret, success, full) in [("1301", true, paid_content(me)), ("1307", true, again_content(me, me, "21010001", "t")), ("1305", false, refused.clone()), ("1304", false, refused.clone())] {
+    for (ret, success, full) in [
+        ("1301", true, paid_content(me)),
+        ("1307", true, again_content(me, me, "21010001", "t")),
+        ("1305", false, refused.clone()),
+        ("1304", false, refused.clone()),
+    ] {
         for name in full.as_object().unwrap().keys() {
             let mut c = full.clone();
             c.as_object_mut().unwrap().remove(name);

@@ -72,11 +72,25 @@ const PASSWORD: &[Field] = &[p("old", false, Kind::Password), p("new", true, Kin
 const REDEEM: &[Field] = &[p("userId", true, Kind::Text), p("userRealIp", true, Kind::Text), d("transacId"), d("type"), p("barCode", true, Kind::BarCode)];
 const NONE: &[Field] = &[];
 const PRIZE: &[Field] = &[p("barCode", true, Kind::BarCode)];
-const SALES: &[Field] = &[pd("gameNo", "00000"), pd("batchNo", "00000"), p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
+const SALES: &[Field] = &[
+    pd("gameNo", "00000"),
+    pd("batchNo", "00000"),
+    p("beginDate", true, Kind::Date),
+    p("endDate", true, Kind::Date),
+    pd("isAllOperator", "1"),
+    pd("operatorNo", "$clerk"),
+];
 const BALANCE: &[Field] = &[p("beginDate", true, Kind::Date), p("endDate", true, Kind::Date)];
 const TRACE: &[Field] = &[p("barCode", true, Kind::Text)];
 /// 8.7.4: since v1.0 it cannot query all batches, so game and batch come from the caller (no `00000`).
-const AWARD: &[Field] = &[p("gameNo", true, Kind::Text), p("batchNo", true, Kind::Text), p("beginTime", true, Kind::Date), p("endTime", true, Kind::Date), pd("isAllOperator", "1"), pd("operatorNo", "$clerk")];
+const AWARD: &[Field] = &[
+    p("gameNo", true, Kind::Text),
+    p("batchNo", true, Kind::Text),
+    p("beginTime", true, Kind::Date),
+    p("endTime", true, Kind::Date),
+    pd("isAllOperator", "1"),
+    pd("operatorNo", "$clerk"),
+];
 /// awardSummary / awardDetail: filled by the daemon for the reconciled day.
 pub const ACCOUNT: &[Field] = &[d("gameNo"), d("batchNo"), d("beginTime"), d("endTime")];
 
@@ -107,19 +121,8 @@ pub static OPS: &[WireOp] = &[
 ];
 
 /// The same list as the engine sees it.
-pub static OP_SPECS: &[OpSpec] = &[
-    OPS[0].spec,
-    OPS[1].spec,
-    OPS[2].spec,
-    OPS[3].spec,
-    OPS[4].spec,
-    OPS[5].spec,
-    OPS[6].spec,
-    OPS[7].spec,
-    OPS[8].spec,
-    OPS[9].spec,
-    OPS[10].spec,
-];
+pub static OP_SPECS: &[OpSpec] =
+    &[OPS[0].spec, OPS[1].spec, OPS[2].spec, OPS[3].spec, OPS[4].spec, OPS[5].spec, OPS[6].spec, OPS[7].spec, OPS[8].spec, OPS[9].spec, OPS[10].spec];
 
 pub fn op(name: &str) -> Option<&'static WireOp> {
     OPS.iter().find(|o| o.spec.name == name)
@@ -328,13 +331,31 @@ pub type AnswerField = (&'static str, Ty);
 
 /// 8.4 兑奖成功 (success=true, ret 10000 / 1301 / 1302).
 pub const REDEEM_PAID: &[AnswerField] = &[
-    ("transacId", Ty::Str), ("ticketNo", Ty::Str), ("gameName", Ty::Str), ("price", Ty::Int), ("level", Ty::Int), ("prize", Ty::Int),
-    ("balance", Ty::Num), ("soldCity", Ty::Str), ("amountTicket", Ty::Int), ("amountPrize", Ty::Int),
+    ("transacId", Ty::Str),
+    ("ticketNo", Ty::Str),
+    ("gameName", Ty::Str),
+    ("price", Ty::Int),
+    ("level", Ty::Int),
+    ("prize", Ty::Int),
+    ("balance", Ty::Num),
+    ("soldCity", Ty::Str),
+    ("amountTicket", Ty::Int),
+    ("amountPrize", Ty::Int),
 ];
 /// 8.4 重复兑奖 (success=true, ret 1307), the document's spelling (`Amoutticket`, `AmountPrize`).
 pub const REDEEM_AGAIN: &[AnswerField] = &[
-    ("transacId", Ty::Str), ("transacIdOrg", Ty::Str), ("ticketNo", Ty::Str), ("gameName", Ty::Str), ("price", Ty::Int), ("level", Ty::Int),
-    ("prize", Ty::Int), ("balance", Ty::Num), ("awardStation", Ty::Str), ("awardTime", Ty::Str), ("soldCity", Ty::Str), ("Amoutticket", Ty::Int),
+    ("transacId", Ty::Str),
+    ("transacIdOrg", Ty::Str),
+    ("ticketNo", Ty::Str),
+    ("gameName", Ty::Str),
+    ("price", Ty::Int),
+    ("level", Ty::Int),
+    ("prize", Ty::Int),
+    ("balance", Ty::Num),
+    ("awardStation", Ty::Str),
+    ("awardTime", Ty::Str),
+    ("soldCity", Ty::Str),
+    ("Amoutticket", Ty::Int),
     ("AmountPrize", Ty::Int),
 ];
 /// 8.4 未中奖 / 超过兑奖上限 (success=false, ret 1304 / 1305).
@@ -356,8 +377,21 @@ pub fn answer_fields(path: &str) -> &'static [&'static str] {
     match path {
         LOGIN_PATH => &["token", "serverTime"],
         REDEEM_PATH => &[
-            "transacId", "transacIdOrg", "ticketNo", "gameName", "price", "level", "prize", "balance", "awardStation", "awardTime", "soldCity",
-            "amountTicket", "amountPrize", "Amoutticket", "AmountPrize",
+            "transacId",
+            "transacIdOrg",
+            "ticketNo",
+            "gameName",
+            "price",
+            "level",
+            "prize",
+            "balance",
+            "awardStation",
+            "awardTime",
+            "soldCity",
+            "amountTicket",
+            "amountPrize",
+            "Amoutticket",
+            "AmountPrize",
         ],
         "proxy/validate/getCount" => &["tickets", "amount"],
         "migt/report/sales" | "migt/report/balance" | "migt/report/trace" | "migt/report/award" => &["report"],
@@ -389,12 +423,7 @@ pub fn html_to_text(html: &str) -> String {
     }
     out.push_str(rest);
     let decoded = out.replace("&nbsp;", " ").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&");
-    decoded
-        .lines()
-        .map(|l| l.trim_end_matches(['\t', ' ']).trim_start())
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n")
+    decoded.lines().map(|l| l.trim_end_matches(['\t', ' ']).trim_start()).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]
@@ -404,7 +433,10 @@ mod tests {
     #[test]
     fn table_covers_section_8() {
         let names: Vec<&str> = OP_SPECS.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["login", "password", "redeem", "count", "reset-count", "report-sales", "report-balance", "report-trace", "report-award", "reconcile", "prize"]);
+        assert_eq!(
+            names,
+            ["login", "password", "redeem", "count", "reset-count", "report-sales", "report-balance", "report-trace", "report-award", "reconcile", "prize"]
+        );
         assert_eq!(op("redeem").map(|o| o.spec.class), Some(OpClass::Financial(Recovery::Resend)));
         assert_eq!(op_by_path(REDEEM_PATH).map(|o| o.spec.name), Some("redeem"));
         assert!(op_by_path("").is_none());

@@ -85,11 +85,7 @@ pub const UNKNOWN_EN: &str = "unknown response code";
 
 /// `(中文, English)` for a code; unknown codes get [`UNKNOWN_ZH`] / [`UNKNOWN_EN`]. Case-insensitive ("a0").
 pub fn lookup(code: &str) -> (&'static str, &'static str) {
-    CODES
-        .iter()
-        .find(|(c, _, _)| c.eq_ignore_ascii_case(code.trim()))
-        .map(|&(_, zh, en)| (zh, en))
-        .unwrap_or((UNKNOWN_ZH, UNKNOWN_EN))
+    CODES.iter().find(|(c, _, _)| c.eq_ignore_ascii_case(code.trim())).map(|&(_, zh, en)| (zh, en)).unwrap_or((UNKNOWN_ZH, UNKNOWN_EN))
 }
 
 /// The codes that mean "reversed" in answer to a reversal (spec 冲正交易: 00, 25 or 12).

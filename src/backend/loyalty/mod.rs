@@ -412,7 +412,8 @@ fn text_of(v: &Value) -> Option<String> {
 impl LoyaltyBackend {
     pub fn new(profile: &Profile, http: HttpsClient) -> Result<Self, ConfigError> {
         let bad_key = |why: String| ConfigError::field(&profile.source, None, "secrets.master_key", why);
-        let tmk_text = profile.secret("master_key")?.expose_str().map_err(|_| bad_key("must be 32 hex characters (a double-length 3DES key), not binary".into()))?;
+        let tmk_text =
+            profile.secret("master_key")?.expose_str().map_err(|_| bad_key("must be 32 hex characters (a double-length 3DES key), not binary".into()))?;
         let tmk = crypto::parse_key_hex(tmk_text).map_err(|e| bad_key(format!("terminal master key: {e}")))?;
         let prefix = profile.option_str("protocol_prefix", "v1")?.trim_matches('/').to_string();
         if prefix.is_empty() || prefix.contains(['?', '#']) {
@@ -452,7 +453,13 @@ impl LoyaltyBackend {
             let value = match (f.owner, f.kind) {
                 (Owner::Daemon, _) => daemon_value(f.name, f.required, tx)?,
                 (Owner::Pos, Kind::Card) => Some(card()?),
-                (Owner::Pos, Kind::Track) => if with_transient { tx.transient.get(f.name).and_then(text_of) } else { None },
+                (Owner::Pos, Kind::Track) => {
+                    if with_transient {
+                        tx.transient.get(f.name).and_then(text_of)
+                    } else {
+                        None
+                    }
+                }
                 (Owner::Pos, Kind::Pin) => match tx.transient.get(f.name).and_then(Value::as_str) {
                     Some(pin) if with_transient => {
                         let key = self.pin_key(tx.session)?;
@@ -508,7 +515,13 @@ impl Backend for LoyaltyBackend {
         wire::OP_SPECS
     }
 
-    fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, ctx: &crate::backend::PrepareContext<'_>) -> Result<Prepared, PrepareError> {
+    fn prepare(
+        &self,
+        operation: &str,
+        body: &Map<String, Value>,
+        original: Option<&OriginalRef>,
+        ctx: &crate::backend::PrepareContext<'_>,
+    ) -> Result<Prepared, PrepareError> {
         // A card swiped on a counter reader: its number and tracks come from the daemon, not the POS.
         let with_card;
         let body = match ctx.card {

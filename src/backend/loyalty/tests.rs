@@ -28,7 +28,13 @@ pub(crate) fn backend_for(base_url: &str, dir: &std::path::Path, tmk: &str, stor
     let path = dir.join("loy.toml");
     std::fs::write(&path, toml).unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file.clone()), connect_timeout: Duration::from_secs(2), timeout: profile.timeout, ..HttpOptions::default() }).unwrap();
+    let http = HttpsClient::new(&HttpOptions {
+        ca_file: Some(pki.ca_file.clone()),
+        connect_timeout: Duration::from_secs(2),
+        timeout: profile.timeout,
+        ..HttpOptions::default()
+    })
+    .unwrap();
     LoyaltyBackend::new(&profile, http).unwrap()
 }
 
@@ -42,7 +48,14 @@ fn body(v: Value) -> Map<String, Value> {
 
 fn consume_original() -> OriginalRef {
     let b = backend();
-    let p = b.prepare("consume", &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "registerTraceNo": "R001"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
+    let p = b
+        .prepare(
+            "consume",
+            &body(json!({"cardNo": CARD, "consumeType": "01", "pointAmount": 1050, "cashAmount": 0, "registerTraceNo": "R001"})),
+            None,
+            &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None },
+        )
+        .unwrap();
     OriginalRef {
         id: 7,
         operation: "consume".into(),
@@ -63,9 +76,19 @@ fn a_bad_master_key_is_a_clear_config_error() {
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
     std::fs::write(dir.join("tmk.hex"), "0123").unwrap();
     let path = dir.join("loy.toml");
-    std::fs::write(&path, "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n[secrets]\nmaster_key = \"tmk.hex\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n[secrets]\nmaster_key = \"tmk.hex\"\n",
+    )
+    .unwrap();
     let profile = Profile::load(&path).unwrap();
-    let http = HttpsClient::new(&HttpOptions { ca_file: Some(pki.ca_file), connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), ..HttpOptions::default() }).unwrap();
+    let http = HttpsClient::new(&HttpOptions {
+        ca_file: Some(pki.ca_file),
+        connect_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        ..HttpOptions::default()
+    })
+    .unwrap();
     let e = LoyaltyBackend::new(&profile, http.clone()).unwrap_err().to_string();
     assert!(e.contains("secrets.master_key") && e.contains("32 hex"), "{e}");
     std::fs::write(&path, "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n").unwrap();
@@ -81,30 +104,52 @@ fn prepare_refuses_missing_daemon_owned_float_and_unknown_fields() {
     assert!(b.prepare("consume", &body(ok.clone()), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).is_ok());
     let mut m = body(ok.clone());
     m.remove("cardNo");
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("cardNo".into()));
+    assert_eq!(
+        b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::Missing("cardNo".into())
+    );
     let mut m = body(ok.clone());
     m.remove("pointAmount");
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("pointAmount".into()));
+    assert_eq!(
+        b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::Missing("pointAmount".into())
+    );
     let mut m = body(ok.clone());
     m.insert("traceNo".into(), json!("000001"));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::DaemonOwned("traceNo".into()));
+    assert_eq!(
+        b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::DaemonOwned("traceNo".into())
+    );
     let mut m = body(ok.clone());
     m.insert("storeNo".into(), json!("1"));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::DaemonOwned("storeNo".into()));
+    assert_eq!(
+        b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::DaemonOwned("storeNo".into())
+    );
     for bad in [json!(10.5), json!("10.50"), json!(1050.0), json!(-1)] {
         let mut m = body(ok.clone());
         m.insert("pointAmount".into(), bad.clone());
-        assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "pointAmount"), "{bad}");
+        assert!(
+            matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "pointAmount"),
+            "{bad}"
+        );
     }
     let mut m = body(ok.clone());
     m.insert("colour".into(), json!("red"));
-    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "colour"));
+    assert!(
+        matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "colour")
+    );
     let mut m = body(ok.clone());
     m.insert("password".into(), json!("12"));
-    assert!(matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "password"));
+    assert!(
+        matches!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "password")
+    );
     let mut m = body(ok);
     m.insert("vaucher".into(), json!([{"id": 1}]));
-    assert_eq!(b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("vaucher[0].num".into()));
+    assert_eq!(
+        b.prepare("consume", &m, None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::Missing("vaucher[0].num".into())
+    );
     assert!(b.prepare("frobnicate", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).is_err());
 }
 
@@ -130,10 +175,24 @@ fn prepare_splits_public_vault_and_transient() {
     assert_eq!(p.pos_reference.as_deref(), Some("R001"));
     assert_eq!(p.totals, vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1050), ("totalTransCount".into(), 1)]);
 
-    let t = b.prepare("ticket-consume", &body(json!({"cardNo": CARD, "ticket": [{"id": 1, "type": "01", "num": 2, "amount": 1000}, {"id": 2, "num": 1}]})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
+    let t = b
+        .prepare(
+            "ticket-consume",
+            &body(json!({"cardNo": CARD, "ticket": [{"id": 1, "type": "01", "num": 2, "amount": 1000}, {"id": 2, "num": 1}]})),
+            None,
+            &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None },
+        )
+        .unwrap();
     assert_eq!(t.amount_fen, 2000);
     assert_eq!(t.totals, vec![("ticketDebitCount".into(), 1), ("ticketDebitAmount".into(), 2000), ("totalTransCount".into(), 1)]);
-    let a = b.prepare("card-activate", &body(json!({"cardNo": CARD, "mobileNo": "13800000000", "verifyCode": "123456", "idType": "01"})), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
+    let a = b
+        .prepare(
+            "card-activate",
+            &body(json!({"cardNo": CARD, "mobileNo": "13800000000", "verifyCode": "123456", "idType": "01"})),
+            None,
+            &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None },
+        )
+        .unwrap();
     assert_eq!(a.totals, vec![("cardActiveCount".into(), 1), ("totalTransCount".into(), 1)]);
 }
 
@@ -148,9 +207,16 @@ fn originals_supply_card_amount_and_must_be_the_right_kind() {
     let r = b.prepare("refund", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(r.totals, vec![("pointCreditCount".into(), 1), ("pointCreditAmount".into(), 1050), ("refundCount".into(), 1), ("totalTransCount".into(), 1)]);
     assert_eq!(r.public["registerTraceNo"], json!("R001"));
-    assert_eq!(b.prepare("cancel", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(), PrepareError::Missing("original".into()));
-    assert!(matches!(b.prepare("refund-cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "original"));
-    assert!(matches!(b.prepare("cancel", &body(json!({"cardNo": "6222020000000000000"})), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "cardNo"));
+    assert_eq!(
+        b.prepare("cancel", &Map::new(), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap_err(),
+        PrepareError::Missing("original".into())
+    );
+    assert!(
+        matches!(b.prepare("refund-cancel", &Map::new(), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "original")
+    );
+    assert!(
+        matches!(b.prepare("cancel", &body(json!({"cardNo": "6222020000000000000"})), Some(&o), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }), Err(PrepareError::Invalid { ref field, .. }) if field == "cardNo")
+    );
     let refund = OriginalRef { operation: "refund".into(), public: r.public.clone(), vault: r.vault.clone(), ..o.clone() };
     let rc = b.prepare("refund-cancel", &Map::new(), Some(&refund), &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
     assert_eq!(rc.totals, vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1050), ("totalTransCount".into(), 1)]);
@@ -297,7 +363,9 @@ fn answers_parse_to_fen_and_failures_to_stages() {
 #[test]
 fn an_undefined_megabyte_field_is_not_journaled() {
     let huge = "x".repeat(1 << 20);
-    let body = format!(r#"{{"status":"00","message":"成功","serialNo":"S1","pointBalance":"1.00","avaiablePointBalance":"1.00","usePoint":"1.00","persentPoint":0,"transTime":1,"junk":"{huge}","more":{{"a":[1,2,3]}},"cardNo":"{CARD}"}}"#);
+    let body = format!(
+        r#"{{"status":"00","message":"成功","serialNo":"S1","pointBalance":"1.00","avaiablePointBalance":"1.00","usePoint":"1.00","persentPoint":0,"transTime":1,"junk":"{huge}","more":{{"a":[1,2,3]}},"cardNo":"{CARD}"}}"#
+    );
     let r = parse_reply(&http(200, &body), consume()).unwrap();
     assert_eq!(r.verdict, Verdict::Approved);
     let kept: Vec<&str> = r.fields.keys().map(String::as_str).collect();
@@ -313,7 +381,9 @@ fn an_undefined_megabyte_field_is_not_journaled() {
 #[test]
 fn an_overlong_advertisement_and_message_are_truncated_with_the_marker() {
     let ad = "欢".repeat(10_000);
-    let body = format!(r#"{{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"message":"{ad}","serialNo":"S1","advertisement":"{ad}"}}"#);
+    let body = format!(
+        r#"{{"status":"00","message":"ok","transTime":1,"serialNo":"S0","pointBalance":0,"avaiablePointBalance":0,"usePoint":0,"persentPoint":0,"message":"{ad}","serialNo":"S1","advertisement":"{ad}"}}"#
+    );
     let r = parse_reply(&http(200, &body), consume()).unwrap();
     let got = r.fields["advertisement"].as_str().unwrap();
     assert!(got.ends_with(wire::TRUNCATED), "{got}");
@@ -359,7 +429,11 @@ fn answer_table_fields_survive_within_their_bounds() {
     }
     let s = parse_reply(&http(200, r#"{"status":"00","message":"ok","settleFlag":"ss","x":"y"}"#), table("settle")).unwrap();
     assert_eq!(s.fields, serde_json::from_str::<Map<String, Value>>(r#"{"settleFlag":"ss"}"#).unwrap());
-    let c = parse_reply(&http(200, &format!(r#"{{"status":"00","message":"ok","transTime":1,"batchNo":"000001","storeName":"店","workingKey":"{WORKING_KEY}"}}"#)), table("checkin")).unwrap();
+    let c = parse_reply(
+        &http(200, &format!(r#"{{"status":"00","message":"ok","transTime":1,"batchNo":"000001","storeName":"店","workingKey":"{WORKING_KEY}"}}"#)),
+        table("checkin"),
+    )
+    .unwrap();
     assert_eq!(c.fields, serde_json::from_str::<Map<String, Value>>(r#"{"transTime":1,"batchNo":"000001","storeName":"店"}"#).unwrap());
 }
 
@@ -374,7 +448,22 @@ fn scrub_hides_cards_and_hex() {
 fn operations_are_the_spec_list() {
     let b = backend();
     let names: Vec<&str> = b.operations().iter().map(|s| s.name).collect();
-    assert_eq!(names, ["checkin", "card-query", "consume", "cancel", "refund", "refund-cancel", "ticket-query", "ticket-consume", "send-verify-code", "card-activate", "settle"]);
+    assert_eq!(
+        names,
+        [
+            "checkin",
+            "card-query",
+            "consume",
+            "cancel",
+            "refund",
+            "refund-cancel",
+            "ticket-query",
+            "ticket-consume",
+            "send-verify-code",
+            "card-activate",
+            "settle"
+        ]
+    );
     let spec = |n: &str| b.operations().iter().find(|s| s.name == n).copied().unwrap();
     assert_eq!(spec("refund").class, OpClass::Financial(Recovery::Manual));
     assert_eq!(spec("cancel").class, OpClass::Financial(Recovery::Reverse));

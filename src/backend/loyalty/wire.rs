@@ -127,14 +127,8 @@ const TICKET_ITEM: &[AnswerField] = &[
     a("num", AnswerKind::Code, false),
 ];
 
-const CHECKIN_ANSWER: &[AnswerField] = &[
-    STATUS,
-    MESSAGE,
-    TRANS_TIME,
-    a("batchNo", AnswerKind::Code, true),
-    a("storeName", AnswerKind::Name, true),
-    a("workingKey", AnswerKind::Secret, true),
-];
+const CHECKIN_ANSWER: &[AnswerField] =
+    &[STATUS, MESSAGE, TRANS_TIME, a("batchNo", AnswerKind::Code, true), a("storeName", AnswerKind::Name, true), a("workingKey", AnswerKind::Secret, true)];
 const CARD_QUERY_ANSWER: &[AnswerField] = &[
     STATUS,
     MESSAGE,
@@ -165,16 +159,8 @@ const CONSUME_ANSWER: &[AnswerField] = &[
     a("advertisement", AnswerKind::Text, false),
 ];
 /// Cancel and refund-cancel answer alike (the spec lists cancel's `serialNo` twice).
-const CANCEL_ANSWER: &[AnswerField] = &[
-    STATUS,
-    MESSAGE,
-    TRANS_TIME,
-    SERIAL,
-    BALANCE[0],
-    BALANCE[1],
-    a("usePoint", AnswerKind::Amount, true),
-    a("persentPoint", AnswerKind::Amount, true),
-];
+const CANCEL_ANSWER: &[AnswerField] =
+    &[STATUS, MESSAGE, TRANS_TIME, SERIAL, BALANCE[0], BALANCE[1], a("usePoint", AnswerKind::Amount, true), a("persentPoint", AnswerKind::Amount, true)];
 const REFUND_ANSWER: &[AnswerField] = &[
     STATUS,
     MESSAGE,
@@ -323,8 +309,22 @@ const fn spec(name: &'static str, class: OpClass, needs_original: bool) -> OpSpe
 
 /// Every loyalty operation, in the order of the spec's 接口列表.
 pub static OPS: &[WireOp] = &[
-    WireOp { spec: spec("checkin", OpClass::SignOn, false), path: "jpos/terminal/checkin", reversal: None, fields: CHECKIN, original_op: None, answer: CHECKIN_ANSWER },
-    WireOp { spec: spec("card-query", OpClass::Inquiry, false), path: "jpos/cards", reversal: None, fields: CARD_QUERY, original_op: None, answer: CARD_QUERY_ANSWER },
+    WireOp {
+        spec: spec("checkin", OpClass::SignOn, false),
+        path: "jpos/terminal/checkin",
+        reversal: None,
+        fields: CHECKIN,
+        original_op: None,
+        answer: CHECKIN_ANSWER,
+    },
+    WireOp {
+        spec: spec("card-query", OpClass::Inquiry, false),
+        path: "jpos/cards",
+        reversal: None,
+        fields: CARD_QUERY,
+        original_op: None,
+        answer: CARD_QUERY_ANSWER,
+    },
     WireOp {
         spec: spec("consume", OpClass::Financial(Recovery::Reverse), false),
         path: "jpos/trans/consume",
@@ -341,7 +341,14 @@ pub static OPS: &[WireOp] = &[
         original_op: Some("consume"),
         answer: CANCEL_ANSWER,
     },
-    WireOp { spec: spec("refund", OpClass::Financial(Recovery::Manual), true), path: "jpos/refunds", reversal: None, fields: REFUND, original_op: Some("consume"), answer: REFUND_ANSWER },
+    WireOp {
+        spec: spec("refund", OpClass::Financial(Recovery::Manual), true),
+        path: "jpos/refunds",
+        reversal: None,
+        fields: REFUND,
+        original_op: Some("consume"),
+        answer: REFUND_ANSWER,
+    },
     WireOp {
         spec: spec("refund-cancel", OpClass::Financial(Recovery::Manual), true),
         path: "jpos/refunds/cancel",
@@ -350,7 +357,14 @@ pub static OPS: &[WireOp] = &[
         original_op: Some("refund"),
         answer: CANCEL_ANSWER,
     },
-    WireOp { spec: spec("ticket-query", OpClass::Inquiry, false), path: "jpos/tickets", reversal: None, fields: CARD_QUERY, original_op: None, answer: TICKET_QUERY_ANSWER },
+    WireOp {
+        spec: spec("ticket-query", OpClass::Inquiry, false),
+        path: "jpos/tickets",
+        reversal: None,
+        fields: CARD_QUERY,
+        original_op: None,
+        answer: TICKET_QUERY_ANSWER,
+    },
     WireOp {
         spec: spec("ticket-consume", OpClass::Financial(Recovery::Reverse), false),
         path: "jpos/tickets/consume",
@@ -359,25 +373,35 @@ pub static OPS: &[WireOp] = &[
         original_op: None,
         answer: TICKET_CONSUME_ANSWER,
     },
-    WireOp { spec: spec("send-verify-code", OpClass::Inquiry, false), path: "jpos/mobile/sendVerifyCode", reversal: None, fields: SEND_VERIFY_CODE, original_op: None, answer: STATUS_ONLY },
-    WireOp { spec: spec("card-activate", OpClass::Financial(Recovery::Manual), false), path: "jpos/card/active", reversal: None, fields: CARD_ACTIVATE, original_op: None, answer: CARD_ACTIVATE_ANSWER },
-    WireOp { spec: spec("settle", OpClass::Settle, false), path: "jpos/trans/settle", reversal: None, fields: SETTLE, original_op: None, answer: SETTLE_ANSWER },
+    WireOp {
+        spec: spec("send-verify-code", OpClass::Inquiry, false),
+        path: "jpos/mobile/sendVerifyCode",
+        reversal: None,
+        fields: SEND_VERIFY_CODE,
+        original_op: None,
+        answer: STATUS_ONLY,
+    },
+    WireOp {
+        spec: spec("card-activate", OpClass::Financial(Recovery::Manual), false),
+        path: "jpos/card/active",
+        reversal: None,
+        fields: CARD_ACTIVATE,
+        original_op: None,
+        answer: CARD_ACTIVATE_ANSWER,
+    },
+    WireOp {
+        spec: spec("settle", OpClass::Settle, false),
+        path: "jpos/trans/settle",
+        reversal: None,
+        fields: SETTLE,
+        original_op: None,
+        answer: SETTLE_ANSWER,
+    },
 ];
 
 /// The same list as the engine sees it.
-pub static OP_SPECS: &[OpSpec] = &[
-    OPS[0].spec,
-    OPS[1].spec,
-    OPS[2].spec,
-    OPS[3].spec,
-    OPS[4].spec,
-    OPS[5].spec,
-    OPS[6].spec,
-    OPS[7].spec,
-    OPS[8].spec,
-    OPS[9].spec,
-    OPS[10].spec,
-];
+pub static OP_SPECS: &[OpSpec] =
+    &[OPS[0].spec, OPS[1].spec, OPS[2].spec, OPS[3].spec, OPS[4].spec, OPS[5].spec, OPS[6].spec, OPS[7].spec, OPS[8].spec, OPS[9].spec, OPS[10].spec];
 
 /// Default path of the settlement upload (after the protocol prefix).
 pub const UPLOAD_PATH: &str = "jpos/trans/upload";

@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 use super::*;
 use crate::backend::lottery::tests::{backend_with_timeout, noon_ms, temp_dir};
 use crate::backend::lottery::LotteryBackend;
-use crate::backend::{Backend, BackendError, Lease, PrepareContext, Prepared, Recovered, Recovery, Reply, ReportRequest, Stage, TerminalIdentity, TxRequest, Verdict};
+use crate::backend::{
+    Backend, BackendError, Lease, PrepareContext, Prepared, Recovered, Recovery, Reply, ReportRequest, Stage, TerminalIdentity, TxRequest, Verdict,
+};
 use crate::net::client::HttpsClient;
 
 /// A stand-in for the engine: journal ids, trace numbers, creation times.
@@ -249,7 +251,13 @@ async fn the_simulator_refuses_a_second_request_on_a_busy_station() {
     let token = token.expose_str().unwrap().to_string();
     let raw = || {
         let ts = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).format("%Y-%m-%d %H:%M:%S").to_string();
-        let env = crate::backend::lottery::wire::Envelope { app_key: DEMO_APP_KEY, access_token: Some(&token), timestamp: ts, sign_method: crate::backend::lottery::sign::SignMethod::Md5, param_json: "{}".into() };
+        let env = crate::backend::lottery::wire::Envelope {
+            app_key: DEMO_APP_KEY,
+            access_token: Some(&token),
+            timestamp: ts,
+            sign_method: crate::backend::lottery::sign::SignMethod::Md5,
+            param_json: "{}".into(),
+        };
         crate::backend::lottery::wire::encode_body(&env.signed_pairs(DEMO_APP_SECRET), crate::backend::lottery::wire::BodyFormat::Form)
     };
     let dir = temp_dir("raw");
@@ -296,7 +304,10 @@ async fn counts_prizes_and_html_reports() {
     assert_eq!((prize.ok().verdict.clone(), prize.ok().fields["prize"].clone()), (Verdict::Approved, json!(2_000)));
     assert!(prize.prepared.public["barCode"].as_str().unwrap().contains('*'));
     let none = lane.run("prize", json!({"barCode": "GW00000999"})).await;
-    assert_eq!((none.ok().verdict.clone(), none.ok().code.as_str(), none.ok().message_en.as_str()), (Verdict::Declined, "3202", "no redemption record for this ticket"));
+    assert_eq!(
+        (none.ok().verdict.clone(), none.ok().code.as_str(), none.ok().message_en.as_str()),
+        (Verdict::Declined, "3202", "no redemption record for this ticket")
+    );
 
     for (op, body) in [
         ("report-sales", json!({"beginDate": "2026/03/01", "endDate": "2026/03/10"})),
@@ -317,7 +328,16 @@ fn today_beijing() -> chrono::NaiveDate {
 
 async fn reconcile(lane: &Lane, records: &[Value]) -> Result<Reply, BackendError> {
     let empty = Map::new();
-    let req = ReportRequest { journal_id: 99, operation: "reconcile", identity: &lane.id, trace: "000099", created_at: "2026-03-11T17:00:00Z", date: today_beijing(), records, public: &empty };
+    let req = ReportRequest {
+        journal_id: 99,
+        operation: "reconcile",
+        identity: &lane.id,
+        trace: "000099",
+        created_at: "2026-03-11T17:00:00Z",
+        date: today_beijing(),
+        records,
+        public: &empty,
+    };
     lane.b.report(req).await
 }
 
@@ -369,7 +389,12 @@ async fn award_detail_rows_without_prize_balance_and_a_missing_row_is_named() {
         // What the host sends is exactly the document's row.
         let station = recs[0].ok().fields["station"].as_str().unwrap().to_string();
         let g = lane.b.pool().acquire_station(lane.b.pool().index_of(&station).unwrap(), None).await.unwrap();
-        let params = [("gameNo", json!("00000")), ("batchNo", json!("00000")), ("beginTime", json!(format!("{} 00:00:00", today_beijing()))), ("endTime", json!(format!("{} 23:59:59", today_beijing())))];
+        let params = [
+            ("gameNo", json!("00000")),
+            ("batchNo", json!("00000")),
+            ("beginTime", json!(format!("{} 00:00:00", today_beijing()))),
+            ("endTime", json!(format!("{} 23:59:59", today_beijing()))),
+        ];
         let d = lane.b.call_for_tests(g.station(), crate::backend::lottery::wire::AWARD_DETAIL, &params).await.unwrap();
         drop(g);
         let row = d.content.as_array().unwrap()[0].as_object().unwrap();

@@ -599,10 +599,10 @@ async fn an_older_batch_settles_once_balanced_only_on_equal_totals_and_is_closed
     let t = &l.terminals[TERM];
     assert_eq!(t.checkins, 2);
     let (b1, b2) = (&t.batches["000001"], &t.batches["000002"]);
-    assert_eq!(b1.records.iter().map(|r| (r.trace.as_str(), r.op.as_str(), r.amount_fen, r.reversed)).collect::<Vec<_>>(), [
-        (sale.original.trace.as_str(), "consume", 250, false),
-        (sale2.original.trace.as_str(), "consume", 50, false)
-    ]);
+    assert_eq!(
+        b1.records.iter().map(|r| (r.trace.as_str(), r.op.as_str(), r.amount_fen, r.reversed)).collect::<Vec<_>>(),
+        [(sale.original.trace.as_str(), "consume", 250, false), (sale2.original.trace.as_str(), "consume", 50, false)]
+    );
     assert!(b1.settled && b1.balanced == Some(true) && b1.settle_flag.as_deref() == Some("ss") && b1.settlements_refused == 1);
     let nz = |m: &BTreeMap<String, i64>| m.iter().filter(|(_, v)| **v != 0).map(|(k, v)| (k.clone(), *v)).collect::<BTreeMap<_, _>>();
     assert_eq!(b1.claimed.as_ref(), Some(&nz(&b1_totals)));
@@ -613,7 +613,10 @@ async fn an_older_batch_settles_once_balanced_only_on_equal_totals_and_is_closed
     assert_eq!(b2.claimed.as_ref().unwrap()["pointDebitAmount"], 100);
     assert_eq!(l.unbalanced_settlements(), [(TERM.to_string(), "000002".to_string())]);
     assert!(l.unsettled_batches_with_applied().is_empty());
-    assert_eq!(l.applied_sales().iter().map(|(_, b, r)| (b.as_str(), r.amount_fen)).collect::<Vec<_>>(), [("000001", 250), ("000001", 50), ("000002", 100), ("000002", 1)]);
+    assert_eq!(
+        l.applied_sales().iter().map(|(_, b, r)| (b.as_str(), r.amount_fen)).collect::<Vec<_>>(),
+        [("000001", 250), ("000001", 50), ("000002", 100), ("000002", 1)]
+    );
     assert_eq!(sim.applied_sales().len(), 4);
     // The reversal after settlement is the one violation.
     assert_eq!(sim.state_snapshot().violations.len(), 1, "{:?}", sim.state_snapshot().violations);
