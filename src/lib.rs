@@ -1,5 +1,7 @@
 //! posgate: counter devices, a local POS API, a crash-proof journal and vendor backends in one daemon.
 #![forbid(unsafe_code)]
+// Nothing that came from outside the process may panic the daemon: tests may unwrap, the product may not.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
 pub mod backend;
