@@ -8,7 +8,7 @@ use posgate::journal::{Begun, Change, JournalStore, NewRecord, SledJournal};
 async fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let dir = std::env::temp_dir().join(format!("openjournal-{}", std::process::id()));
-    let mut template = posgate::engine::Record::new("loyalty", "consume", "financial", "900001", "2026-01-01T00:00:00.000Z");
+    let mut template = posgate::engine::Record::new("loyalty", "consume", posgate::model::Class::Financial, "900001", "2026-01-01T00:00:00.000Z");
     template.amount_fen = 1;
     template.card = Some("622202*********0008".into());
     template.request =

@@ -111,7 +111,7 @@ async fn startup(args: &BenchArgs) -> Result<(), BenchError> {
     let t = Instant::now();
     {
         let j = crate::journal::SledJournal::open(&dir.join("journal")).map_err(|e| BenchError::Setup(e.to_string()))?;
-        let mut template = crate::engine::Record::new("loyalty", "consume", "financial", "900001", "2026-01-01T00:00:00.000Z");
+        let mut template = crate::engine::Record::new("loyalty", "consume", crate::model::Class::Financial, "900001", "2026-01-01T00:00:00.000Z");
         template.amount_fen = 1;
         template.card = Some("622202*********0008".into());
         template.request = serde_json::json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0})

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
-use crate::backend::TerminalIdentity;
+use crate::model::TerminalIdentity;
 use crate::secret::Secret;
 
 #[derive(Debug, Error)]

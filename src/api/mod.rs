@@ -3,7 +3,7 @@
 //! The server speaks to the engine only through [`Service`], so the HTTP layer can be tested
 //! against a small fake and the engine can change behind it. Routes are data ([`server::ROUTES`]),
 //! shared by the router and by the test that keeps the OpenAPI document complete.
-pub mod idempotency;
+pub use crate::model::idempotency;
 pub mod problem;
 pub mod server;
 pub mod sse;

@@ -16,27 +16,7 @@ use thiserror::Error;
 use crate::config::Profile;
 use crate::net::client::HttpsClient;
 
-/// Who is speaking: the identity fields every vendor request carries.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TerminalIdentity {
-    pub store: String,
-    pub terminal: String,
-    pub operator: String,
-}
-
-/// What to do when the outcome of a financial request is unknown.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Recovery {
-    /// Send the backend's reversal of the original until it answers "reversed".
-    Reverse,
-    /// Send the very same request again (the backend deduplicates it).
-    Resend,
-    /// Ask the backend what became of it before doing anything else.
-    Query,
-    /// Nothing automatic is safe: park it for a person at once.
-    Manual,
-}
+pub use crate::model::{Recovery, TerminalIdentity};
 
 /// How the engine must treat an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +31,19 @@ pub enum OpClass {
     Settle,
     /// A report over the journal's records of one day (for example reconciliation): journaled, no money.
     Report,
+}
+
+impl From<OpClass> for crate::model::Class {
+    fn from(c: OpClass) -> Self {
+        use crate::model::Class;
+        match c {
+            OpClass::SignOn => Class::SignOn,
+            OpClass::Inquiry => Class::Inquiry,
+            OpClass::Financial(_) => Class::Financial,
+            OpClass::Settle => Class::Settle,
+            OpClass::Report => Class::Report,
+        }
+    }
 }
 
 /// One operation a backend offers, named in kebab-case after the vendor interface.

@@ -207,7 +207,7 @@ mod tests {
     use super::*;
     use crate::devices::keyboard::Layout;
     use crate::devices::Classifier;
-    use crate::engine::clock::SystemClock;
+    use crate::model::clock::SystemClock;
 
     #[tokio::test]
     async fn missing_device_is_reported_once_and_shutdown_stops_the_task() {

@@ -7,8 +7,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{decode, run_port, Classifier, DecodeError, DeviceConfig, DeviceContext, DeviceEvent, DeviceKind, DeviceMsg, ReaderKind, ScanError, ScanStore};
 use crate::backend::CardData;
-use crate::engine::clock::Clock;
-use crate::engine::Event;
+use crate::model::clock::Clock;
+use crate::model::Event;
 
 pub struct Hub {
     store: ScanStore,
@@ -132,7 +132,7 @@ mod tests {
     use super::*;
     use crate::devices::keyboard::{Layout, SUPPORTED, UNSUPPORTED};
     use crate::devices::DeviceState;
-    use crate::engine::clock::SystemClock;
+    use crate::model::clock::SystemClock;
 
     #[tokio::test]
     async fn keyboard_devices_are_started() {

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::engine::clock::Clock;
+use crate::model::clock::Clock;
 
 pub use classify::{Classifier, ScanRule, Suggestion};
 pub use framer::{FrameEvent, Framer, FramingConfig, Terminator};

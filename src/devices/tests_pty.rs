@@ -18,7 +18,7 @@ use super::framer::{FramingConfig, Terminator};
 use super::scans::{ScanKind, ScanStore};
 use super::serial::{run_port, DeviceConfig};
 use super::{DeviceContext, DeviceMsg, DeviceState};
-use crate::engine::clock::SystemClock;
+use crate::model::clock::SystemClock;
 
 /// The pty tests run one at a time: tracing caches per-callsite interest process-wide, and two
 /// tests hitting the port task's log callsites at once (one with a capturing subscriber, one

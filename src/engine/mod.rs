@@ -3,10 +3,12 @@
 //! Invariants (see ARCHITECTURE.md): a record is durable before its request leaves the host; its
 //! outcome is durable before the POS app hears it; an unknown outcome becomes a persisted recovery
 //! entry in the same commit; a terminal sends no new financial request while it owes recovery.
-pub mod clock;
+/// The clock moved to `crate::model::clock`; kept here so `engine::clock::…` paths still read naturally.
+pub use crate::model::clock;
+mod outcome;
 mod recovery;
 mod report;
-pub mod seal;
+pub use crate::journal::seal;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,11 +21,12 @@ use tokio::sync::{broadcast, watch, Mutex, Notify, RwLock};
 pub use clock::{Clock, SystemClock};
 pub use types::*;
 
-use crate::backend::{self, Backend, BackendError, Lease, OpClass, OriginalRef, Prepared, Recovery, Reply, Stage, TxRequest, Verdict};
+use crate::backend::{self, Backend, BackendError, Lease, OpClass, OriginalRef, Prepared, Stage, TxRequest};
 use crate::config::Profile;
 use crate::journal::{Begun, Change, JournalStore, NewRecord, SledJournal};
 use crate::net::client::{HttpOptions, HttpsClient};
 use crate::testhook;
+use outcome::Outcome;
 use seal::Sealer;
 
 /// What the engine needs to open.
@@ -281,16 +284,6 @@ fn jerr(e: crate::journal::JournalError) -> EngineError {
     EngineError::Journal(e.to_string())
 }
 
-fn class_name(c: OpClass) -> &'static str {
-    match c {
-        OpClass::SignOn => "sign-on",
-        OpClass::Inquiry => "inquiry",
-        OpClass::Financial(_) => "financial",
-        OpClass::Settle => "settle",
-        OpClass::Report => "report",
-    }
-}
-
 impl Engine {
     /// Open the journal, build every profile's backend, turn records left pending by a crash into
     /// recovery entries, and start the recovery workers.
@@ -356,17 +349,10 @@ impl Engine {
         let now = self.clock.now_rfc3339();
         let mut change = Change::default();
         for mut rec in self.journal.pending().map_err(jerr)? {
-            let how = match (rec.class.as_str(), self.lanes.get(&rec.profile).and_then(|l| l.backend.spec(&rec.operation))) {
-                ("settle", _) => Some(Recovery::Resend),
-                ("financial", Some(s)) => match s.class {
-                    OpClass::Financial(h) => Some(h),
-                    _ => None,
-                },
-                ("financial", None) => Some(Recovery::Manual),
-                _ => None,
-            };
+            let lane = self.lanes.get(&rec.profile);
+            let how = outcome::policy(rec.class, lane.and_then(|l| l.backend.spec(&rec.operation)));
             rec.updated_at = now.clone();
-            if rec.class == "settle" {
+            if rec.class == Class::Settle {
                 if let Ok(mut st) = self.journal.profile_state(&rec.profile) {
                     if st.batch_open && st.batch.as_deref() == Some(rec.batch.as_str()) {
                         st.batch_open = false;
@@ -374,22 +360,13 @@ impl Engine {
                     }
                 }
             }
-            match how {
-                Some(how) => {
-                    rec.status = Status::Unknown;
-                    rec.recovery = Some(RecoveryState {
-                        how,
-                        attempts: 0,
-                        next_at_ms: self.clock.now_ms(),
-                        parked: how == Recovery::Manual,
-                        last_error: Some("the daemon stopped before the outcome was journaled".into()),
-                    });
-                }
-                None => {
-                    rec.status = Status::Failed;
-                    rec.error = Some("the daemon stopped before the answer; nothing is owed".into());
-                }
-            }
+            let timing = lane.map(|l| self.timing(l)).unwrap_or(outcome::Timing {
+                now_ms: self.clock.now_ms(),
+                backoff_initial_ms: 0,
+                backoff_max_ms: 0,
+                max_attempts: 1,
+            });
+            outcome::apply(&mut rec, how, Outcome::Interrupted, &timing);
             change.records.push(rec);
         }
         if !change.records.is_empty() {
@@ -409,7 +386,7 @@ impl Engine {
     }
 
     fn new_record(&self, lane: &Lane, operation: &str, class: OpClass, batch: &str, key: Option<&str>) -> Record {
-        let mut rec = Record::new(&lane.profile.name, operation, class_name(class), batch, &self.clock.now_rfc3339());
+        let mut rec = Record::new(&lane.profile.name, operation, class.into(), batch, &self.clock.now_rfc3339());
         rec.idempotency_key = key.map(str::to_string);
         if key.is_some() {
             rec.request_fingerprint = REQUEST_FINGERPRINT.try_with(Clone::clone).ok();
@@ -468,21 +445,15 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_reply(rec: &mut Record, reply: &Reply) {
-        rec.status = match reply.verdict {
-            Verdict::Approved => Status::Approved,
-            Verdict::Declined => Status::Declined,
-        };
-        rec.code = Some(reply.code.clone());
-        rec.message = Some(reply.message.clone());
-        rec.message_en = Some(reply.message_en.clone());
-        rec.result = reply.fields.clone();
-        rec.reference = reply.reference.clone();
-        rec.trans_time = reply.trans_time.clone();
-        if let Some(a) = reply.amount_fen {
-            rec.amount_fen = a;
+    /// The profile's recovery settings and the clock's now, for the outcome rule.
+    fn timing(&self, lane: &Lane) -> outcome::Timing {
+        let r = &lane.profile.recovery;
+        outcome::Timing {
+            now_ms: self.clock.now_ms(),
+            backoff_initial_ms: r.backoff_initial_ms,
+            backoff_max_ms: r.backoff_max_ms,
+            max_attempts: r.max_attempts,
         }
-        rec.recovery = None;
     }
 
     fn note_online(lane: &Lane, r: &Result<impl Sized, BackendError>) {
@@ -509,8 +480,8 @@ impl Engine {
         };
         let mut fingerprint = None;
         if let Some(key) = idempotency_key {
-            if !crate::api::valid_idempotency_key(key) {
-                return Err(EngineError::BadRequest(format!("Idempotency-Key {}", crate::api::idempotency::IDEMPOTENCY_KEY_RULE)));
+            if !crate::model::idempotency::valid_idempotency_key(key) {
+                return Err(EngineError::BadRequest(format!("Idempotency-Key {}", crate::model::idempotency::IDEMPOTENCY_KEY_RULE)));
             }
             let fp = self.sealer.fingerprint(operation, &body);
             if let Some(first) = self.journal.by_idempotency_key(profile, key).map_err(jerr)? {
@@ -783,7 +754,7 @@ impl Engine {
                 st.batch = Some(batch.clone());
                 st.batch_open = true;
                 st.session = s.session;
-                Self::apply_reply(&mut rec, &s.reply);
+                outcome::apply(&mut rec, None, Outcome::Answer(&s.reply), &self.timing(lane));
                 rec.batch = batch;
                 rec.updated_at = self.clock.now_rfc3339();
                 self.finish_durable(&rec, false, Some(st)).await?;
@@ -791,8 +762,7 @@ impl Engine {
                 Ok(Answer::of(&rec))
             }
             Err(e) => {
-                rec.status = Status::Failed;
-                rec.error = Some(e.to_string());
+                outcome::apply(&mut rec, None, Outcome::Error(&e), &self.timing(lane));
                 rec.updated_at = self.clock.now_rfc3339();
                 // The host may have opened a new batch whose number we never heard: the old one is
                 // not used again (its records were settled above); the next request signs on anew.
@@ -917,13 +887,8 @@ impl Engine {
             testhook::point(testhook::AFTER_SEND).await;
             Self::note_online(lane, &r);
             rec.updated_at = self.clock.now_rfc3339();
-            let mut approved = false;
-            match r {
-                Ok(reply) => {
-                    Self::apply_reply(&mut rec, &reply);
-                    approved = reply.verdict == Verdict::Approved && financial;
-                }
-                Err(e) if e.stage == Stage::SignOnFirst => {
+            if let Err(e) = &r {
+                if e.stage == Stage::SignOnFirst {
                     // Refused unapplied until the terminal signs on again (the host moved to another
                     // batch, for instance after a check-in whose answer was lost): journal the refusal,
                     // sign on once, and resend with a fresh trace in the new batch.
@@ -941,28 +906,16 @@ impl Engine {
                     superseded = Some(rec);
                     continue;
                 }
-                Err(e) if e.stage == Stage::Unknown => match class {
-                    OpClass::Financial(how) => {
-                        rec.status = Status::Unknown;
-                        rec.error = Some(e.to_string());
-                        rec.recovery = Some(RecoveryState {
-                            how,
-                            attempts: 0,
-                            next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64,
-                            parked: how == Recovery::Manual,
-                            last_error: Some(e.to_string()),
-                        });
-                    }
-                    _ => {
-                        rec.status = Status::Failed;
-                        rec.error = Some(e.to_string());
-                    }
-                },
-                Err(e) => {
-                    rec.status = Status::Failed;
-                    rec.error = Some(e.to_string());
-                }
             }
+            let outcome = match &r {
+                Ok(reply) => Outcome::Answer(reply),
+                Err(e) => Outcome::Error(e),
+            };
+            let how = match class {
+                OpClass::Financial(how) => Some(how),
+                _ => None,
+            };
+            let approved = outcome::apply(&mut rec, how, outcome, &self.timing(lane));
             if let Some(owed) = Owed::of(&rec) {
                 // Mirror first so no new financial request slips out between the commit and the mirror;
                 // the slot and the unit stay held until the outcome is known.
@@ -1060,7 +1013,13 @@ impl Engine {
         let totals: BTreeMap<String, i64> = rec.request.get("totals").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
         let (journal, profile, batch) = (self.journal.clone(), lane.profile.name.clone(), rec.batch.clone());
         let lines = move || -> Result<Vec<Value>, String> {
-            Ok(journal.batch_records(&profile, &batch).map_err(|e| e.to_string())?.iter().filter(|r| r.class == "financial").map(Record::view).collect())
+            Ok(journal
+                .batch_records(&profile, &batch)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter(|r| r.class == crate::model::Class::Financial)
+                .map(Record::view)
+                .collect())
         };
         let req = backend::SettleRequest {
             journal_id: rec.id,
@@ -1076,11 +1035,14 @@ impl Engine {
         testhook::point(testhook::SETTLE_SENT).await;
         Self::note_online(lane, &r);
         rec.updated_at = self.clock.now_rfc3339();
+        let outcome = match &r {
+            Ok(s) => Outcome::Answer(&s.reply),
+            Err(e) => Outcome::Error(e),
+        };
+        outcome::apply(&mut rec, outcome::policy(Class::Settle, None), outcome, &self.timing(lane));
         let mut state = None;
-        match r {
-            Ok(s) => {
-                Self::apply_reply(&mut rec, &s.reply);
-                rec.status = Status::Approved;
+        match (&r, rec.status) {
+            (Ok(s), _) => {
                 rec.result.insert("balanced".into(), json!(s.balanced));
                 rec.result.insert("uploaded".into(), json!(s.uploaded));
                 let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
@@ -1091,27 +1053,14 @@ impl Engine {
                 state = Some(st);
                 tracing::info!(profile = %lane.profile.name, batch = %rec.batch, balanced = s.balanced, "batch settled");
             }
-            Err(e) if e.stage == Stage::Unknown => {
-                let attempts = rec.recovery.as_ref().map(|r| r.attempts).unwrap_or(0);
-                let r = RecoveryState {
-                    how: Recovery::Resend,
-                    attempts,
-                    next_at_ms: self.clock.now_ms() + lane.profile.recovery.backoff_initial_ms as i64,
-                    parked: false,
-                    last_error: Some(e.to_string()),
-                };
-                rec.status = Status::Unknown;
-                rec.recovery = Some(r);
-                rec.error = Some(e.to_string());
+            (Err(_), Status::Unknown) => {
+                // Owed (first send unknown, or a resend that resolved nothing): the batch stays closed.
                 if let Some(owed) = Owed::of(&rec) {
                     lane.set_owed(rec.id, Some(owed));
                 }
                 lane.wake.notify_one();
             }
-            Err(e) => {
-                rec.status = Status::Failed;
-                rec.recovery = None;
-                rec.error = Some(e.to_string());
+            (Err(e), _) => {
                 rec.result.insert("stage".into(), json!(e.stage));
                 let mut st = self.journal.profile_state(&lane.profile.name).map_err(jerr)?;
                 if e.stage == Stage::NotSent {
@@ -1213,12 +1162,10 @@ impl Engine {
             "reversed" => false,
             other => return Err(EngineError::BadRequest(format!("`outcome` must be \"approved\" or \"reversed\", not {other:?}"))),
         };
-        rec.status = if approved { Status::Approved } else { Status::Reversed };
-        rec.recovery = None;
+        let said = format!("resolved by hand as {outcome}{}", note.map(|n| format!(": {n}")).unwrap_or_default());
+        let apply_totals = outcome::apply(&mut rec, None, Outcome::ByHand { approved, note: said }, &self.timing(&lane));
         rec.updated_at = self.clock.now_rfc3339();
-        rec.message = Some(format!("resolved by hand as {outcome}{}", note.map(|n| format!(": {n}")).unwrap_or_default()));
-        let settle = rec.class == "settle";
-        self.finish_durable(&rec, approved && !settle, None).await?;
+        self.finish_durable(&rec, apply_totals, None).await?;
         lane.set_owed(id, None);
         tracing::warn!(profile = %rec.profile, id, outcome, "recovery resolved by hand");
         Ok(rec.view())

@@ -2,18 +2,14 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 
 use super::{jerr, Engine, EngineError, Lane, Owed, Record, Status};
-use crate::backend::{Recovered, TxRequest, Verdict};
+use crate::backend::{Recovered, TxRequest};
 
-/// Backoff before attempt `attempts + 1`: initial × 2^attempts, capped, with jitter in [½, 1].
-fn backoff_ms(initial: u64, max: u64, attempts: u32) -> i64 {
-    let base = initial.saturating_mul(1u64 << attempts.min(30)).min(max).max(1);
-    let jitter = rand::thread_rng().gen_range(base / 2..=base);
-    jitter as i64
-}
+#[cfg(test)]
+use super::outcome::backoff_ms;
+use super::outcome::{self, Outcome};
 
 /// Releases a record's "attempt in progress" mark when dropped.
 pub(super) struct Busy<'a>(&'a std::sync::Mutex<std::collections::HashSet<u64>>, u64);
@@ -45,7 +41,7 @@ fn claim_in(set: &std::sync::Mutex<std::collections::HashSet<u64>>, id: u64) -> 
 
 /// One recovery attempt for journal record `id`. `Some(record)` once it is resolved.
 pub(super) async fn attempt(engine: &Engine, lane: &Lane, id: u64) -> Result<Option<Record>, EngineError> {
-    let is_settle = matches!(engine.journal.get(id).map_err(jerr)?, Some(r) if r.class == "settle");
+    let is_settle = matches!(engine.journal.get(id).map_err(jerr)?, Some(r) if r.class == crate::model::Class::Settle);
     if is_settle {
         // A settlement resend holds sign-on and the gate like the first send did, so no operation can
         // read the batch while it is being closed and no check-in opens another meanwhile.
@@ -66,11 +62,11 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
         lane.set_owed(id, None);
         return Ok(None);
     };
-    let Some(mut state) = rec.recovery.clone().filter(|_| rec.status == Status::Unknown) else {
+    let Some(state) = rec.recovery.clone().filter(|_| rec.status == Status::Unknown) else {
         lane.set_owed(id, None);
         return Ok(Some(rec));
     };
-    if rec.class == "settle" {
+    if rec.class == crate::model::Class::Settle {
         let session = engine.journal.profile_state(&lane.profile.name).map_err(jerr)?.session;
         let done = engine.settle_send(lane, rec, &session).await?;
         return Ok(done.status.is_final().then_some(done));
@@ -99,21 +95,19 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
     let r = lane.backend.recover(tx, state.how).await;
     Engine::note_online(lane, &r);
     rec.updated_at = engine.clock.now_rfc3339();
-    let mut approved = false;
-    match r {
-        Ok(Recovered::Reversed { code, message }) => {
-            rec.status = Status::Reversed;
-            rec.recovery = None;
-            rec.code = Some(code);
-            rec.message = Some(message);
-            tracing::info!(profile = %lane.profile.name, id, trace = %rec.trace, "reversed");
+    let outcome = match &r {
+        Ok(Recovered::Reversed { code, message }) => Outcome::Reversed { code: code.clone(), message: message.clone() },
+        Ok(Recovered::Settled(reply)) => Outcome::Answer(reply),
+        Ok(Recovered::Again(why)) => Outcome::NotYet(why.clone()),
+        Err(e) => Outcome::Error(e),
+    };
+    let approved = outcome::apply(&mut rec, Some(state.how), outcome, &engine.timing(lane));
+    match &rec.recovery {
+        None => tracing::info!(profile = %lane.profile.name, id, trace = %rec.trace, status = ?rec.status, "recovered"),
+        Some(st) if st.parked => tracing::error!(profile = %lane.profile.name, id, attempts = st.attempts, "recovery parked: needs attention"),
+        Some(st) => {
+            tracing::warn!(profile = %lane.profile.name, id, attempts = st.attempts, "recovery attempt failed: {}", st.last_error.as_deref().unwrap_or(""))
         }
-        Ok(Recovered::Settled(reply)) => {
-            approved = reply.verdict == Verdict::Approved;
-            Engine::apply_reply(&mut rec, &reply);
-        }
-        Ok(Recovered::Again(why)) => fail(engine, lane, &mut rec, &mut state, why),
-        Err(e) => fail(engine, lane, &mut rec, &mut state, e.to_string()),
     }
     let owed = Owed::of(&rec);
     engine.finish_durable(&rec, approved, None).await?;
@@ -122,20 +116,6 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
         engine.emit("recovery", serde_json::json!({"needs_attention": true, "record": rec.view()}));
     }
     Ok(rec.status.is_final().then_some(rec))
-}
-
-fn fail(engine: &Engine, lane: &Lane, rec: &mut Record, state: &mut crate::engine::RecoveryState, why: String) {
-    let s = &lane.profile.recovery;
-    state.attempts += 1;
-    state.last_error = Some(why.clone());
-    state.next_at_ms = engine.clock.now_ms() + backoff_ms(s.backoff_initial_ms, s.backoff_max_ms, state.attempts);
-    if state.attempts >= s.max_attempts {
-        state.parked = true;
-        tracing::error!(profile = %lane.profile.name, id = rec.id, attempts = state.attempts, "recovery parked: needs attention");
-    } else {
-        tracing::warn!(profile = %lane.profile.name, id = rec.id, attempts = state.attempts, "recovery attempt failed: {why}");
-    }
-    rec.recovery = Some(state.clone());
 }
 
 /// Per-profile loop: attempt every due entry, oldest first, then sleep until the next is due.

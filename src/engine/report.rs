@@ -124,7 +124,7 @@ impl Engine {
         let mut records = Vec::new();
         self.scan_back(&lane.profile.name, |r| {
             let d = local_date(created_ms(r));
-            if d >= first && d <= last && r.class != "report" {
+            if d >= first && d <= last && r.class != crate::model::Class::Report {
                 records.push(r.view());
             }
             d >= first
@@ -151,13 +151,11 @@ impl Engine {
         let r = lane.backend.report(req).await;
         Self::note_online(lane, &r);
         rec.updated_at = self.clock.now_rfc3339();
-        match r {
-            Ok(reply) => Self::apply_reply(&mut rec, &reply),
-            Err(e) => {
-                rec.status = Status::Failed;
-                rec.error = Some(e.to_string());
-            }
-        }
+        let outcome = match &r {
+            Ok(reply) => super::outcome::Outcome::Answer(reply),
+            Err(e) => super::outcome::Outcome::Error(e),
+        };
+        super::outcome::apply(&mut rec, None, outcome, &self.timing(lane));
         self.finish_durable(&rec, false, None).await?;
         if rec.result.get("balanced") == Some(&Value::Bool(false)) {
             // An unbalanced day is for a person to look at.

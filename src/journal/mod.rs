@@ -4,6 +4,7 @@
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
 pub mod mark;
+pub mod seal;
 mod sled_store;
 pub mod verify;
 
@@ -15,10 +16,13 @@ use thiserror::Error;
 
 pub use sled_store::SledJournal;
 
-use crate::engine::types::{JournalQuery, Record};
+use crate::model::{JournalQuery, Record};
 
 #[derive(Debug, Error, Clone)]
 pub enum JournalError {
+    /// The data key that seals vault fields (missing, wrong size, or a field that does not open).
+    #[error("{0}")]
+    Seal(String),
     #[error("journal store: {0}")]
     Store(String),
     #[error("journal sync (fsync) failed: {0}")]
@@ -125,10 +129,10 @@ pub trait JournalStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::types::Status;
+    use crate::model::Status;
 
     fn rec(profile: &str, batch: &str, key: Option<&str>) -> Record {
-        let mut r = Record::new(profile, "consume", "financial", batch, "2026-11-23T00:00:00.000Z");
+        let mut r = Record::new(profile, "consume", crate::model::Class::Financial, batch, "2026-11-23T00:00:00.000Z");
         r.amount_fen = 100;
         r.totals = vec![("pointDebitAmount".into(), 100)];
         r.idempotency_key = key.map(str::to_string);

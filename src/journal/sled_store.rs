@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::mark::{self, Mark, ProfileMark};
 use super::{next_trace, Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
-use crate::engine::types::{JournalQuery, Record, Status};
+use crate::model::{JournalQuery, Record, Status};
 
 /// sled's page cache. A store PC has little memory to spare and the hot set (open batches, owed
 /// recovery, recent records) is small; sled's default is 1 GiB.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::sled_store::{behind, split_batch_key, SledJournal};
 use super::{mark, ProfileState};
-use crate::engine::seal::Sealer;
-use crate::engine::types::{Record, Status};
+use crate::journal::seal::Sealer;
+use crate::model::{Record, Status};
 
 /// Problems listed one by one before the rest are only counted.
 const LIST_AT_MOST: usize = 20;
@@ -201,7 +201,7 @@ fn check_contents(j: &SledJournal, data_dir: &Path, r: &mut Report) {
                 None => {}
             }
         }
-        if rec.status == Status::Approved && rec.class == "financial" {
+        if rec.status == Status::Approved && rec.class == crate::model::Class::Financial {
             let m = sums.entry((rec.profile.clone(), rec.batch.clone())).or_default();
             for (key, d) in &rec.totals {
                 *m.entry(key.clone()).or_insert(0) += i128::from(*d);
@@ -420,7 +420,7 @@ mod tests {
         let sealer = Sealer::open(&d.join("journal.key"), true).unwrap();
         let j = SledJournal::open(&d.join("journal")).unwrap();
         for i in 0..n {
-            let mut r = Record::new("p", "consume", "financial", "000001", "2026-11-23T00:00:00.000Z");
+            let mut r = Record::new("p", "consume", crate::model::Class::Financial, "000001", "2026-11-23T00:00:00.000Z");
             r.totals = vec![("pointDebitAmount".into(), 100 + i as i64)];
             r.idempotency_key = Some(format!("k{i}"));
             let vault = serde_json::json!({"cardNo": "6222020000000000008"}).as_object().cloned().unwrap();

@@ -313,3 +313,49 @@ async fn a_batch_the_host_refused_to_settle_is_listed_and_settled_by_number_late
     assert_eq!(s, 400, "{v}");
     d.stop().await;
 }
+
+/// Regression: a settlement whose outcome was unknown, resent while the host was unreachable (refused
+/// before a byte left), was marked failed and its batch reopened, although the first send may have
+/// settled the batch at the host. The resend says nothing about the first send: the record stays owed,
+/// the batch stays closed, and once the host is back the resend settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_resend_not_sent_keeps_it_owed_and_the_batch_closed() {
+    let mut world = World::new("settle-resend-notsent").await;
+    let d = world.start(&[]).await;
+    let c = d.client.clone();
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(700, "S1"), None).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    let batch = v["batch"].as_str().unwrap_or_default().to_string();
+    // The host holds the settlement; then it goes away, taking the open connection with it.
+    world.sim.push_fault_on("jpos/trans/settle", Fault::Delay(Duration::from_secs(5)));
+    let settle = tokio::spawn({
+        let c = c.clone();
+        async move { c.post("/v1/profiles/loyalty/settle", json!({}), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    world.stop_sim();
+    let (s, v) = settle.await.expect("join").expect("settle answer");
+    assert_eq!((s, v["status"].as_str()), (202, Some("pending")), "{v}");
+    let id = v["id"].as_u64().expect("id");
+    // Let the resends meet the refused connection a few times.
+    let mut rec = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rec = c.get(&format!("/v1/journal/{id}")).await.expect("record").1;
+        if rec["recovery"]["attempts"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+    }
+    assert!(rec["recovery"]["attempts"].as_u64().unwrap_or(0) >= 2, "resends tried: {rec}");
+    assert_eq!(rec["state"], "unknown", "a resend that was not sent must not end the settlement: {rec}");
+    let (_, st) = c.get("/v1/status").await.expect("status");
+    assert_eq!(st["profiles"][0]["batch_open"], json!(false), "batch {batch} must stay closed: {st}");
+    // A sale meanwhile waits for the settlement rather than going into the closed batch.
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(10, "S2"), None).await.expect("consume");
+    assert_eq!(s, 409, "{v}");
+    world.restart_sim().await;
+    let st = wait_recovered(&c, Duration::from_secs(20)).await;
+    let rec = c.get(&format!("/v1/journal/{id}")).await.expect("record").1;
+    assert_eq!(rec["status"], "approved", "{rec} / {st}");
+    assert!(world.sim.state_snapshot().settlements.iter().any(|s| s.batch == batch), "settled at the host");
+}

@@ -70,6 +70,25 @@ impl World {
         ApiClient::unix(&self.socket)
     }
 
+    /// Take the simulator off the network: it stops accepting and drops open connections, so the next
+    /// request is refused before a byte leaves (not sent).
+    pub fn stop_sim(&mut self) {
+        if let Some(tx) = self.stop_sim.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Bring the same simulator (same state) back on the same address.
+    pub async fn restart_sim(&mut self) {
+        let pki = TestPki::ensure(&self.dir.join("pki")).expect("pki");
+        let listener = tokio::net::TcpListener::bind(self.sim_addr).await.expect("rebind sim");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(self.sim.clone().serve(listener, pki.acceptor().expect("acceptor"), async move {
+            let _ = rx.await;
+        }));
+        self.stop_sim = Some(tx);
+    }
+
     /// Start the real daemon binary on this world's config and wait until it answers.
     pub async fn start(&self, env: &[(&str, String)]) -> Daemon {
         Daemon::start(&self.config, &self.socket, env).await

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use rand::RngCore;
 use serde_json::{Map, Value};
 
-use super::EngineError;
+use super::JournalError;
 
 pub struct Sealer {
     cipher: Aes256Gcm,
@@ -29,13 +29,13 @@ impl Sealer {
     /// Load the data key from `path`. A missing key is made (0600) only when `may_create` says the
     /// journal has nothing sealed under an earlier key (a new data directory): a new key never opens
     /// the old sealed fields, so making one silently would only hide that recovery cannot replay them.
-    pub fn open(path: &Path, may_create: bool) -> Result<Sealer, EngineError> {
-        let err = |e: std::io::Error| EngineError::Journal(format!("{}: {e}", path.display()));
+    pub fn open(path: &Path, may_create: bool) -> Result<Sealer, JournalError> {
+        let err = |e: std::io::Error| JournalError::Seal(format!("{}: {e}", path.display()));
         let key = match std::fs::read(path) {
             Ok(k) if k.len() == 32 => k,
-            Ok(k) => return Err(EngineError::Journal(format!("{}: data key is {} bytes, want 32", path.display(), k.len()))),
+            Ok(k) => return Err(JournalError::Seal(format!("{}: data key is {} bytes, want 32", path.display(), k.len()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !may_create => {
-                return Err(EngineError::Journal(format!(
+                return Err(JournalError::Seal(format!(
                     "the journal data key {} is missing, but the journal holds fields sealed with it (card numbers recovery must replay). posgate does not make a new key for a used journal: it would never open them. Restore journal.key from the backup made with this journal (same data directory), then start again",
                     path.display()
                 )));
@@ -56,7 +56,7 @@ impl Sealer {
             }
             Err(e) => return Err(err(e)),
         };
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| EngineError::Journal(format!("data key: {e}")))?;
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| JournalError::Seal(format!("data key: {e}")))?;
         let derived = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), b"posgate/request-fingerprint/v1");
         Ok(Sealer { cipher, fingerprint_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()) })
     }
@@ -72,22 +72,22 @@ impl Sealer {
         hex::encode(ring::hmac::sign(&self.fingerprint_key, text.as_bytes()).as_ref())
     }
 
-    pub fn seal(&self, fields: &Map<String, Value>) -> Result<Option<String>, EngineError> {
+    pub fn seal(&self, fields: &Map<String, Value>) -> Result<Option<String>, JournalError> {
         if fields.is_empty() {
             return Ok(None);
         }
-        let plain = serde_json::to_vec(fields).map_err(|e| EngineError::Journal(e.to_string()))?;
+        let plain = serde_json::to_vec(fields).map_err(|e| JournalError::Seal(e.to_string()))?;
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_slice()).map_err(|_| EngineError::Journal("sealing failed".into()))?;
+        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), plain.as_slice()).map_err(|_| JournalError::Seal("sealing failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
         Ok(Some(base64::engine::general_purpose::STANDARD.encode(out)))
     }
 
-    pub fn unseal(&self, sealed: Option<&str>) -> Result<Map<String, Value>, EngineError> {
+    pub fn unseal(&self, sealed: Option<&str>) -> Result<Map<String, Value>, JournalError> {
         let Some(s) = sealed else { return Ok(Map::new()) };
-        let bad = || EngineError::Journal("a sealed journal field does not open with this data key".into());
+        let bad = || JournalError::Seal("a sealed journal field does not open with this data key".into());
         let raw = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad())?;
         if raw.len() < 12 {
             return Err(bad());
