@@ -701,12 +701,14 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
         if !seen.insert(k.to_string()) {
             return Err(Problem::invalid_param(&k, "given more than once"));
         }
-        if v.is_empty() && matches!(k.as_ref(), "profile" | "batch") {
+        if v.is_empty() && matches!(k.as_ref(), "profile" | "batch" | "reference") {
             continue; // an empty text filter means "no filter"; typed parameters must be given right
         }
         match k.as_ref() {
             "profile" => q.profile = Some(v.into_owned()),
             "batch" => q.batch = Some(v.into_owned()),
+            "reference" if v.chars().count() > 200 => return Err(Problem::invalid_param("reference", "longer than 200 characters")),
+            "reference" => q.reference = Some(v.into_owned()),
             "status" => {
                 if !STATUS_WORDS.contains(&v.as_ref()) {
                     return Err(Problem::invalid_param("status", format!("{v:?} is not one of {}", STATUS_WORDS.join(", "))));
@@ -727,7 +729,7 @@ fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
                 );
             }
             other => {
-                return Err(Problem::invalid_param(other, "unknown; known parameters: profile, batch, status, date, limit, before"));
+                return Err(Problem::invalid_param(other, "unknown; known parameters: profile, batch, reference, status, date, limit, before"));
             }
         }
     }

@@ -114,6 +114,8 @@ pub trait JournalStore: Send + Sync + 'static {
     async fn sync(&self) -> Result<(), JournalError>;
     fn get(&self, id: u64) -> Result<Option<Record>, JournalError>;
     fn by_idempotency_key(&self, profile: &str, key: &str) -> Result<Option<Record>, JournalError>;
+    /// The records of `profile` that carry the vendor's `reference`, oldest first.
+    fn by_reference(&self, profile: &str, reference: &str) -> Result<Vec<Record>, JournalError>;
     fn totals(&self, profile: &str, batch: &str) -> Result<BTreeMap<String, i64>, JournalError>;
     /// Records of one batch, oldest first.
     fn batch_records(&self, profile: &str, batch: &str) -> Result<Vec<Record>, JournalError>;
@@ -173,6 +175,30 @@ mod tests {
             j.commit(change).unwrap();
             j.sync().await.unwrap();
         }
+    }
+
+    /// The index by vendor reference finds exactly the records carrying it, and `list` uses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_are_found_by_the_vendors_reference() {
+        let d = dir("byref");
+        let j = SledJournal::open(&d).unwrap();
+        let mut ids = Vec::new();
+        for (profile, reference) in [("p", Some("ud001")), ("p", Some("ud0012")), ("q", Some("ud001")), ("p", None), ("p", Some("ud001"))] {
+            let Begun::Created(mut r) = j.begin(NewRecord { record: rec(profile, "000001", None), allocate_trace: true }).unwrap() else { panic!() };
+            r.status = Status::Approved;
+            r.reference = reference.map(str::to_string);
+            ids.push(r.id);
+            j.commit(Change { records: vec![r], ..Default::default() }).unwrap();
+        }
+        j.sync().await.unwrap();
+        let found: Vec<u64> = j.by_reference("p", "ud001").unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(found, vec![ids[0], ids[4]], "exact reference, this profile only");
+        assert!(j.by_reference("p", "ud00").unwrap().is_empty(), "no prefix matches");
+        let q = JournalQuery { reference: Some("ud001".into()), ..Default::default() };
+        let listed: Vec<u64> = j.list(&q).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(listed, vec![ids[4], ids[2], ids[0]], "every profile, newest first");
+        drop(j);
+        cleanup(&d);
     }
 
     /// The review's case: the journal rolled back to an earlier state (here a copy taken after 2 of

@@ -65,6 +65,12 @@ pub(super) fn split_batch_key(k: &[u8]) -> (String, String) {
     (profile, batch)
 }
 
+/// `profile \0 reference \0 id`: the vendor's reference for a record (`serialNo`, `orderId`, a lottery
+/// `transacId`), so an answer, a notification or a person naming only the vendor's number finds the record.
+fn reference_index_key(profile: &str, reference: &str, id: u64) -> Vec<u8> {
+    batch_index_key(profile, reference, id)
+}
+
 fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     let mut k = batch_key(profile, batch);
     k.push(0);
@@ -96,6 +102,8 @@ pub struct SledJournal {
     pub(super) totals: sled::Tree,
     pub(super) profiles: sled::Tree,
     pub(super) idem: sled::Tree,
+    /// Vendor reference → records (see `reference_index_key`).
+    pub(super) refidx: sled::Tree,
     syncer: Arc<Syncer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -173,6 +181,7 @@ impl SledJournal {
             totals: tree("totals")?,
             profiles: tree("profiles")?,
             idem: tree("idem")?,
+            refidx: tree("refidx")?,
             syncer: Arc::new(Syncer {
                 state: Mutex::new(SyncState { requested: 0, stop: false }),
                 wake: Condvar::new(),
@@ -560,8 +569,8 @@ impl JournalStore for SledJournal {
     }
 
     fn commit(&self, change: Change) -> Result<(), JournalError> {
-        (&self.records, &self.pending, &self.recovery, &self.batchidx, &self.totals, &self.profiles)
-            .transaction(|(records, pending, recovery, batchidx, totals, profiles)| {
+        (&self.records, &self.pending, &self.recovery, &self.batchidx, &self.totals, &self.profiles, &self.refidx)
+            .transaction(|(records, pending, recovery, batchidx, totals, profiles, refidx)| {
                 for rec in &change.records {
                     let key = rec.id.to_be_bytes();
                     records.insert(&key, encode(rec).map_err(abort)?)?;
@@ -576,6 +585,9 @@ impl JournalStore for SledJournal {
                         recovery.remove(&key)?;
                     }
                     batchidx.insert(batch_index_key(&rec.profile, &rec.batch, rec.id), &[])?;
+                    if let Some(r) = rec.reference.as_deref().filter(|r| !r.is_empty()) {
+                        refidx.insert(reference_index_key(&rec.profile, r, rec.id), &[])?;
+                    }
                 }
                 let mut grouped: BTreeMap<Vec<u8>, Vec<(&str, i64)>> = BTreeMap::new();
                 for (p, b, k, d) in &change.totals {
@@ -645,6 +657,24 @@ impl JournalStore for SledJournal {
         }
     }
 
+    fn by_reference(&self, profile: &str, reference: &str) -> Result<Vec<Record>, JournalError> {
+        let mut prefix = batch_key(profile, reference);
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.refidx.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(store_err)?;
+            // Exact reference only: the id is the last 8 bytes after the separator.
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let id = &k[k.len() - 8..];
+            if let Some(v) = self.records.get(id).map_err(store_err)? {
+                out.push(decode(id, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
     fn totals(&self, profile: &str, batch: &str) -> Result<BTreeMap<String, i64>, JournalError> {
         match self.totals.get(batch_key(profile, batch)).map_err(store_err)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt("totals".into(), e.to_string())),
@@ -686,6 +716,20 @@ impl JournalStore for SledJournal {
         };
         let mut out = Vec::new();
         let before = q.before.unwrap_or(u64::MAX);
+        if let Some(reference) = &q.reference {
+            // By the vendor's reference: the index names the few records that carry it.
+            let mut found = Vec::new();
+            let profiles: Vec<String> = match &q.profile {
+                Some(p) => vec![p.clone()],
+                None => self.profiles.iter().keys().filter_map(|k| k.ok()).map(|k| String::from_utf8_lossy(&k).into_owned()).collect(),
+            };
+            for p in profiles {
+                found.extend(self.by_reference(&p, reference)?.into_iter().filter(|r| r.id < before && keep(r)));
+            }
+            found.sort_by(|a, b| b.id.cmp(&a.id));
+            found.truncate(limit);
+            return Ok(found);
+        }
         if let Some(p) = &q.profile {
             // One profile: walk its index, so other profiles' records cost nothing.
             let lower = profile_index_key(p, 0);

@@ -173,4 +173,6 @@ pub struct JournalQuery {
     pub limit: Option<usize>,
     /// Only ids below this one (for paging backwards).
     pub before: Option<u64>,
+    /// The vendor's reference (`serialNo`, `orderId`, `transacId`), through the journal's index.
+    pub reference: Option<String>,
 }
