@@ -726,7 +726,7 @@ impl JournalStore for SledJournal {
             for p in profiles {
                 found.extend(self.by_reference(&p, reference)?.into_iter().filter(|r| r.id < before && keep(r)));
             }
-            found.sort_by(|a, b| b.id.cmp(&a.id));
+            found.sort_by_key(|r| std::cmp::Reverse(r.id));
             found.truncate(limit);
             return Ok(found);
         }
