@@ -3,6 +3,7 @@
 //! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
+pub mod common;
 pub mod lottery;
 pub mod loyalty;
 
