@@ -4,6 +4,7 @@
 //! outcome is durable before the POS app hears it; an unknown outcome becomes a persisted recovery
 //! entry in the same commit; a terminal sends no new financial request while it owes recovery.
 pub mod clock;
+mod jobs;
 mod recovery;
 mod report;
 pub mod seal;
@@ -261,6 +262,8 @@ pub struct Engine {
     sealer: Sealer,
     stop: watch::Sender<bool>,
     started_ms: i64,
+    /// Itself, for the long jobs it runs in the background (`jobs.rs`).
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
 
 tokio::task_local! {
@@ -321,7 +324,9 @@ impl Engine {
             clock,
             sealer,
             stop: watch::channel(false).0,
+            me: std::sync::OnceLock::new(),
         });
+        let _ = engine.me.set(Arc::downgrade(&engine));
         engine.adopt_pending().await?;
         for rec in engine.journal.recovering().map_err(jerr)? {
             let Some(lane) = engine.lanes.get(&rec.profile) else { continue };
@@ -348,6 +353,7 @@ impl Engine {
                 tokio::spawn(report::daily(Arc::downgrade(&engine), lane.clone(), job, engine.stop.subscribe()));
             }
         }
+        engine.resume_jobs_at_start()?;
         Ok(engine)
     }
 
@@ -356,6 +362,9 @@ impl Engine {
         let now = self.clock.now_rfc3339();
         let mut change = Change::default();
         for mut rec in self.journal.pending().map_err(jerr)? {
+            if rec.class == jobs::CLASS {
+                continue; // a long job resumes where its journal says (jobs.rs)
+            }
             let how = match (rec.class.as_str(), self.lanes.get(&rec.profile).and_then(|l| l.backend.spec(&rec.operation))) {
                 ("settle", _) => Some(Recovery::Resend),
                 ("financial", Some(s)) => match s.class {
@@ -548,6 +557,7 @@ impl Engine {
                 }
                 self.settle(&lane, idempotency_key, batch).await
             }
+            OpClass::Report if lane.backend.is_job(operation) => self.start_job(&lane, operation, body, idempotency_key).await,
             OpClass::Report => self.report(&lane, operation, body, idempotency_key).await,
             class => {
                 let original = if spec.needs_original {
@@ -569,7 +579,9 @@ impl Engine {
                 let recent = lane.recent_snapshot();
                 let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent, card: card.as_ref() };
                 let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
-                self.transact(&lane, operation, class, prepared, original, idempotency_key).await
+                let answer = self.transact(&lane, operation, class, prepared, original, idempotency_key).await?;
+                self.note_catalog(&lane, operation, &answer);
+                Ok(answer)
             }
         }
     }
