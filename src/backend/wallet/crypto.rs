@@ -70,7 +70,7 @@ pub fn tsig_input(order_md5: &str, app_id: &str, ts: &str, nonce: &str) -> Strin
 /// What signs the tsig.
 #[derive(Debug, Clone)]
 pub enum TsigKey {
-    Rsa(RsaSigner, RsaHash),
+    Rsa(Box<RsaSigner>, RsaHash),
     Md5(Secret),
 }
 

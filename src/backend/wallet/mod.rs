@@ -55,6 +55,9 @@ fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
     PrepareError::invalid(field, why)
 }
 
+/// An order object as sent (or as orderMD5 is computed over).
+type Order = Map<String, Value>;
+
 /// The wallet backend of one profile.
 pub struct WalletBackend {
     http: HttpsClient,
@@ -108,7 +111,7 @@ impl WalletBackend {
             m => {
                 let pem = profile.secret("tsig_private_key")?;
                 let k = RsaSigner::from_pem(pem).map_err(|e| field("secrets.tsig_private_key", e.to_string()))?;
-                TsigKey::Rsa(k, if m == TsigMode::RsaSha1 { RsaHash::Sha1 } else { RsaHash::Sha256 })
+                TsigKey::Rsa(Box::new(k), if m == TsigMode::RsaSha1 { RsaHash::Sha1 } else { RsaHash::Sha256 })
             }
         };
         let md5_plain = match profile.option_str("md5_over", "sent")?.as_str() {
@@ -172,7 +175,7 @@ impl WalletBackend {
     }
 
     /// The order object of `w` for `tx`, in the document's field order, and the one orderMD5 is computed over.
-    fn order(&self, w: &WireOp, tx: &TxRequest<'_>) -> Result<(Map<String, Value>, Map<String, Value>), BackendError> {
+    fn order(&self, w: &WireOp, tx: &TxRequest<'_>) -> Result<(Order, Order), BackendError> {
         let mut order = Map::new();
         let mut for_md5 = Map::new();
         for f in w.fields {
