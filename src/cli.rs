@@ -76,6 +76,12 @@ pub enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Long jobs (wallet delivery): `jobs resume ID` resumes a paused one and prints its progress.
+    /// (Interrupted jobs also resume by themselves when the daemon starts.)
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Run a report operation (lottery `reconcile`, `report-sales`, …) and print its text rendering.
     Report {
         profile: String,
@@ -193,4 +199,16 @@ pub struct BenchArgs {
     /// Run only this part: consume, scan, startup, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+}
+
+/// `posgate jobs <action>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsAction {
+    /// Resume a paused job where its journal says, and print its progress until it ends.
+    Resume {
+        /// The job's journal id.
+        id: u64,
+        #[command(flatten)]
+        connect: Connect,
+    },
 }

@@ -62,6 +62,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(finish_op(client(&connect)?.post(&format!("/v1/profiles/{profile}/settle"), body, None).await))
         }
         Command::Run { profile, operation, body, idempotency_key, connect } => {
+            // `--body @file`: a large body (a POSP delivery file) from a file.
+            let body = match body.strip_prefix('@') {
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("Error: --body {body}: {e}");
+                        return Ok(exit::USAGE);
+                    }
+                },
+                None => body,
+            };
             let body: Value = match serde_json::from_str(&body) {
                 Ok(v) => v,
                 Err(e) => {
@@ -69,7 +80,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     return Ok(exit::USAGE);
                 }
             };
-            Ok(finish_op(client(&connect)?.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await))
+            let c = client(&connect)?;
+            let r = c.post(&format!("/v1/profiles/{profile}/{operation}"), body, idempotency_key.as_deref()).await;
+            match r {
+                // A long job (wallet delivery): print its progress until it ends.
+                Ok((s, v)) if s < 400 && v.get("chunks_total").is_some() && v["status"] == "pending" => follow_job(&c, v).await,
+                r => Ok(finish_op(r)),
+            }
+        }
+        Command::Jobs { action: posgate::cli::JobsAction::Resume { id, connect } } => {
+            let c = client(&connect)?;
+            match c.post(&format!("/v1/jobs/{id}/resume"), json!({}), None).await {
+                Ok((s, v)) if s < 400 => follow_job(&c, v).await,
+                r => Ok(finish_op(r)),
+            }
         }
         other => run_other(other).await.map(|()| 0),
     }
@@ -77,7 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn run_other(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Checkin { .. } | Command::Settle { .. } | Command::Run { .. } => unreachable!("handled by run"),
+        Command::Checkin { .. } | Command::Settle { .. } | Command::Run { .. } | Command::Jobs { .. } => unreachable!("handled by run"),
         Command::Serve { config } => {
             init_logging();
             let cfg = DaemonConfig::load(&config)?;
@@ -208,6 +232,64 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         sock.display()
     );
     println!("    POSGATE_SOCKET={} posgate journal", sock.display());
+    println!("  wallet simulator on https://{} (account 13912345678, payment code 123456):", setup.wallet_addr);
+    println!("    export POSGATE_SOCKET={}", sock.display());
+    println!("    posgate run wallet pay --body '{{\"consumerId\":\"13912345678\",\"paymentCode\":\"123456\",\"sum\":5000}}'");
+    println!("    posgate run wallet pay-cancel --body '{{\"original\": <the pay's id>}}'");
+    println!(
+        "    posgate run wallet delivery --body @{}   ({} orders: 3 requests, progress shown)",
+        setup.delivery_file.display(),
+        posgate::demo::DEMO_DELIVERY_ORDERS
+    );
     posgate::daemon::run(setup.config, posgate::daemon::shutdown_signal()).await?;
     Ok(())
+}
+
+/// One progress line of a job.
+fn job_line(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    format!(
+        "job {}: {} {} steps {}/{} chunks {}/{} accepted {}/{} failures {} unmatched {}{}",
+        n("id"),
+        v["state"].as_str().unwrap_or("?"),
+        v["phase"].as_str().unwrap_or(""),
+        n("steps_done"),
+        n("steps_total"),
+        n("chunks_done"),
+        n("chunks_total"),
+        n("accepted"),
+        n("items_total"),
+        n("failures"),
+        n("unmatched"),
+        v["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+    )
+}
+
+/// Print a job's progress lines until it ends or pauses; then its record (failures, unmatched parts).
+async fn follow_job(c: &ApiClient, first: Value) -> anyhow::Result<u8> {
+    let id = first["id"].as_u64().context("the job's answer has no id")?;
+    let mut last = String::new();
+    loop {
+        let (s, rec) = c.get(&format!("/v1/journal/{id}")).await?;
+        if s >= 400 {
+            return Ok(finish_op(Ok((s, rec))));
+        }
+        let r = &rec["result"];
+        let failures = r["failures"].as_array().map(Vec::len).unwrap_or(0);
+        let unmatched = r["report"]["unmatched"].as_array().map(Vec::len).unwrap_or(0);
+        let v = json!({"id": id, "state": r["state"], "phase": r["phase"], "steps_done": r["steps_done"], "steps_total": r["steps_total"],
+            "chunks_done": r["chunks_done"], "chunks_total": r["chunks_total"], "accepted": r["accepted"], "items_total": r["items_total"],
+            "failures": failures, "unmatched": unmatched, "error": r["error"]});
+        let line = job_line(&v);
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        let state = r["state"].as_str().unwrap_or_default();
+        if rec["status"] != "pending" || state == "paused" {
+            print(&json!({"id": id, "status": rec["status"], "state": state, "failures": r["failures"], "report": r["report"], "error": rec["error"]}));
+            return Ok(if rec["status"] == "approved" && failures == 0 && unmatched == 0 { 0 } else { exit::for_answer(202, &json!({"status": "pending"})) });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -208,8 +208,13 @@ impl Profile {
             return Err(ConfigError::field(path, at(&raw.name.span()), "name", "must be non-empty ASCII letters, digits, '-' or '_'"));
         }
         let backend = raw.backend.get_ref().clone();
-        if !["loyalty", "lottery"].contains(&backend.as_str()) {
-            return Err(ConfigError::field(path, at(&raw.backend.span()), "backend", format!("unknown backend kind {backend:?} (known: loyalty, lottery)")));
+        if !["loyalty", "lottery", "wallet"].contains(&backend.as_str()) {
+            return Err(ConfigError::field(
+                path,
+                at(&raw.backend.span()),
+                "backend",
+                format!("unknown backend kind {backend:?} (known: loyalty, lottery, wallet)"),
+            ));
         }
         let base_url = raw.base_url.get_ref().trim_end_matches('/').to_string();
         match url::Url::parse(&base_url) {

@@ -14,6 +14,10 @@ use crate::sim::loyalty::{LoyaltySim, SimConfig};
 pub const LOYALTY_PROFILE: &str = include_str!("../terminal-profiles/loyalty.toml");
 /// The example lottery profile shipped in `terminal-profiles/`.
 pub const LOTTERY_PROFILE: &str = include_str!("../terminal-profiles/lottery.toml");
+/// The example wallet profile shipped in `terminal-profiles/`.
+pub const WALLET_PROFILE: &str = include_str!("../terminal-profiles/wallet.toml");
+/// Offline card orders the demo wallet platform holds, so a delivery of several chunks can be shown.
+pub const DEMO_DELIVERY_ORDERS: usize = 4_500;
 
 /// A running simulator and the daemon configuration that points at it.
 pub struct DemoSetup {
@@ -22,6 +26,10 @@ pub struct DemoSetup {
     pub loyalty_addr: std::net::SocketAddr,
     pub lottery: Arc<LotterySim>,
     pub lottery_addr: std::net::SocketAddr,
+    pub wallet: Arc<crate::sim::wallet::WalletSim>,
+    pub wallet_addr: std::net::SocketAddr,
+    /// A POSP delivery file of the demo's offline orders (`posgate run wallet delivery --body @FILE`).
+    pub delivery_file: PathBuf,
     pub token: String,
 }
 
@@ -115,12 +123,25 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     write_private(&data_dir.join("secrets/lottery-app-secret.txt"), crate::sim::lottery::DEMO_APP_SECRET.as_bytes())?;
     write_private(&data_dir.join("secrets/lottery-station-password.txt"), crate::sim::lottery::DEMO_PASSWORD.as_bytes())?;
 
+    let wallet = Arc::new(crate::sim::wallet::WalletSim::demo());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
+    let wallet_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(wallet.clone().serve(listener, pki.acceptor().map_err(|e| e.to_string())?, std::future::pending::<()>()));
+    write_private(&data_dir.join("secrets/wallet-app-key.txt"), crate::sim::wallet::DEMO_APP_KEY.as_bytes())?;
+    write_private(&data_dir.join("secrets/wallet-tsig-key.pem"), crate::sim::wallet::TEST_PRIVATE_KEY.as_bytes())?;
+    let orders: Vec<serde_json::Value> =
+        wallet.seed_offline_orders(DEMO_DELIVERY_ORDERS).into_iter().map(|id| serde_json::json!({"orderId": id, "accountType": "OAC"})).collect();
+    let delivery_file = data_dir.join("wallet-delivery.json");
+    std::fs::write(&delivery_file, serde_json::json!({ "orders": orders }).to_string()).map_err(|e| io(&delivery_file, e))?;
+
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
     let mut profiles = Vec::new();
-    for (file, text, example, actual) in
-        [("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr), ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr)]
-    {
+    for (file, text, example, actual) in [
+        ("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr),
+        ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr),
+        ("wallet.toml", WALLET_PROFILE, "https://127.0.0.1:18445", wallet_addr),
+    ] {
         let path = profiles_dir.join(file);
         // The demo serves around the clock, so a newcomer in any time zone sees a redeem go through.
         let text = text.replace(example, &format!("https://{actual}")).replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
@@ -133,9 +154,10 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         unix_socket: Some(unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"))),
         tcp,
         token: Some(Secret::new(token.as_bytes().to_vec())),
-        max_body_bytes: 64 * 1024,
+        // A POSP delivery file of 4,500 orders is about 200 KB.
+        max_body_bytes: 1024 * 1024,
         profiles,
         devices: Vec::new(),
     };
-    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, token })
+    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, wallet, wallet_addr, delivery_file, token })
 }

@@ -38,6 +38,14 @@ pub trait Service: Send + Sync + 'static {
     async fn recoveries(&self) -> Result<Vec<Value>, EngineError>;
     /// Put a parked entry back into the recovery queue.
     async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError>;
+    /// A profile's cached catalog (`GET /v1/profiles/{p}/products`).
+    async fn products(&self, profile: &str) -> Result<Value, EngineError> {
+        Err(EngineError::UnknownProfile(profile.to_string()))
+    }
+    /// Resume a paused job (`POST /v1/jobs/{id}/resume`).
+    async fn resume_job(&self, id: u64) -> Result<Value, EngineError> {
+        Err(EngineError::NoRecord(id))
+    }
     /// Close a recovery entry by hand with the outcome the vendor confirmed.
     async fn resolve_recovery(&self, _id: u64, _outcome: &str, _note: Option<&str>) -> Result<Value, EngineError> {
         Err(EngineError::BadRequest("this service resolves nothing".into()))
@@ -69,6 +77,12 @@ impl Service for Engine {
     }
     async fn retry_recovery(&self, id: u64) -> Result<Value, EngineError> {
         Engine::retry_recovery(self, id).await
+    }
+    async fn products(&self, profile: &str) -> Result<Value, EngineError> {
+        Engine::products(self, profile)
+    }
+    async fn resume_job(&self, id: u64) -> Result<Value, EngineError> {
+        Engine::resume_job(self, id)
     }
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         Engine::subscribe(self)

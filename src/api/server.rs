@@ -58,6 +58,8 @@ pub enum Handler {
     ResolveReversal,
     RetryReversal,
     OpenApi,
+    Products,
+    ResumeJob,
 }
 
 /// One route: method, path pattern (`{name}` matches one non-empty segment) and handler.
@@ -80,6 +82,8 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", pattern: "/v1/reversals/{id}/retry", handler: Handler::RetryReversal },
     Route { method: "POST", pattern: "/v1/reversals/{id}/resolve", handler: Handler::ResolveReversal },
     Route { method: "GET", pattern: "/v1/openapi", handler: Handler::OpenApi },
+    Route { method: "GET", pattern: "/v1/profiles/{profile}/products", handler: Handler::Products },
+    Route { method: "POST", pattern: "/v1/jobs/{id}/resume", handler: Handler::ResumeJob },
 ];
 
 /// Which listener a request came in on; TCP requests must carry the bearer token.
@@ -550,6 +554,16 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
             let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
             let next_before = if records.len() >= limit { records.last().and_then(|r| r.get("id")).cloned() } else { None };
             Ok(json_response(StatusCode::OK, &json!({ "records": records, "next_before": next_before })))
+        }
+        Handler::Products => {
+            let profile = params.first().cloned().unwrap_or_default();
+            let v = svc.products(&profile).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &v))
+        }
+        Handler::ResumeJob => {
+            let id = parse_id(&params)?;
+            let v = svc.resume_job(id).await.map_err(|e| Problem::from_engine(&e))?;
+            Ok(json_response(StatusCode::OK, &v))
         }
         Handler::JournalRecord => {
             let id = parse_id(&params)?;

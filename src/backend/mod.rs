@@ -3,8 +3,11 @@
 //! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
+pub mod common;
+pub mod job;
 pub mod lottery;
 pub mod loyalty;
+pub mod wallet;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -380,6 +383,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn lease_slot(&self, _slot: &str) -> Result<Option<Lease>, BackendError> {
         Ok(None)
     }
+    /// Whether `operation` is a long job (`engine::jobs`): planned with [`Backend::job_plan`], sent with
+    /// [`Backend::job_send`].
+    fn is_job(&self, _operation: &str) -> bool {
+        false
+    }
+    /// Plan a job; nothing is sent.
+    fn job_plan(&self, req: job::JobPlanRequest<'_>) -> Result<job::JobPlan, BackendError> {
+        Err(BackendError::new(self.kind(), Stage::NotSent, format!("{} is not a job", req.operation)))
+    }
+    /// Send one step or chunk of a job. `Ok`: a definite answer.
+    async fn job_send(&self, req: job::JobSend<'_>) -> Result<job::JobOutcome, BackendError> {
+        Err(BackendError::new(self.kind(), Stage::NotSent, format!("{} is not a job", req.operation)))
+    }
+    /// The answer field an approved `operation` fills the profile's catalog with (wallet `products`).
+    fn catalog_field(&self, _operation: &str) -> Option<&'static str> {
+        None
+    }
 }
 
 impl dyn Backend {
@@ -393,7 +413,13 @@ pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, c
     match profile.backend.as_str() {
         "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
         "lottery" => Ok(Arc::new(lottery::LotteryBackend::new(profile, http)?)),
-        other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty, lottery)"))),
+        "wallet" => Ok(Arc::new(wallet::WalletBackend::new(profile, http)?)),
+        other => Err(crate::config::ConfigError::field(
+            &profile.source,
+            None,
+            "backend",
+            format!("unknown backend kind {other:?} (known: loyalty, lottery, wallet)"),
+        )),
     }
 }
 

@@ -5,6 +5,7 @@
 //! entry in the same commit; a terminal sends no new financial request while it owes recovery.
 /// The clock moved to `crate::model::clock`; kept here so `engine::clock::…` paths still read naturally.
 pub use crate::model::clock;
+mod jobs;
 mod outcome;
 mod recovery;
 mod report;
@@ -264,6 +265,8 @@ pub struct Engine {
     sealer: Sealer,
     stop: watch::Sender<bool>,
     started_ms: i64,
+    /// Itself, for the long jobs it runs in the background (`jobs.rs`).
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
 
 tokio::task_local! {
@@ -314,7 +317,9 @@ impl Engine {
             clock,
             sealer,
             stop: watch::channel(false).0,
+            me: std::sync::OnceLock::new(),
         });
+        let _ = engine.me.set(Arc::downgrade(&engine));
         engine.adopt_pending().await?;
         for rec in engine.journal.recovering().map_err(jerr)? {
             let Some(lane) = engine.lanes.get(&rec.profile) else { continue };
@@ -341,6 +346,7 @@ impl Engine {
                 tokio::spawn(report::daily(Arc::downgrade(&engine), lane.clone(), job, engine.stop.subscribe()));
             }
         }
+        engine.resume_jobs_at_start()?;
         Ok(engine)
     }
 
@@ -349,6 +355,9 @@ impl Engine {
         let now = self.clock.now_rfc3339();
         let mut change = Change::default();
         for mut rec in self.journal.pending().map_err(jerr)? {
+            if rec.class == Class::Job {
+                continue; // a long job resumes where its journal says (jobs.rs)
+            }
             let lane = self.lanes.get(&rec.profile);
             let how = outcome::policy(rec.class, lane.and_then(|l| l.backend.spec(&rec.operation)));
             rec.updated_at = now.clone();
@@ -519,6 +528,7 @@ impl Engine {
                 }
                 self.settle(&lane, idempotency_key, batch).await
             }
+            OpClass::Report if lane.backend.is_job(operation) => self.start_job(&lane, operation, body, idempotency_key).await,
             OpClass::Report => self.report(&lane, operation, body, idempotency_key).await,
             class => {
                 let original = if spec.needs_original {
@@ -540,7 +550,9 @@ impl Engine {
                 let recent = lane.recent_snapshot();
                 let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent, card: card.as_ref() };
                 let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
-                self.transact(&lane, operation, class, prepared, original, idempotency_key).await
+                let answer = self.transact(&lane, operation, class, prepared, original, idempotency_key).await?;
+                self.note_catalog(&lane, operation, &answer);
+                Ok(answer)
             }
         }
     }

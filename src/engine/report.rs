@@ -93,7 +93,7 @@ impl Engine {
     }
 
     /// Walk a profile's records newest first while `keep_going` says so.
-    fn scan_back(&self, profile: &str, mut keep_going: impl FnMut(&Record) -> bool) -> Result<(), EngineError> {
+    pub(super) fn scan_back(&self, profile: &str, mut keep_going: impl FnMut(&Record) -> bool) -> Result<(), EngineError> {
         let mut before = None;
         loop {
             let q = JournalQuery { profile: Some(profile.to_string()), limit: Some(1000), before, ..Default::default() };

@@ -47,6 +47,9 @@ pub enum Class {
     Settle,
     /// A report over the journal (reconciliation): no money.
     Report,
+    /// A long job (a wallet delivery): its plan and each step's outcome are journaled in the record,
+    /// and it resumes where the journal says (`engine::jobs`), never through recovery.
+    Job,
 }
 
 impl Class {
@@ -57,6 +60,7 @@ impl Class {
             Class::Financial => "financial",
             Class::Settle => "settle",
             Class::Report => "report",
+            Class::Job => "job",
         }
     }
 }

@@ -6,5 +6,6 @@ pub mod faults;
 pub mod lottery;
 pub mod loyalty;
 pub mod server;
+pub mod wallet;
 
 pub use faults::Fault;

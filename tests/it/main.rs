@@ -12,3 +12,4 @@ mod schemathesis;
 mod soak;
 mod strict;
 mod support;
+mod wallet;

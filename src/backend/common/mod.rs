@@ -1,0 +1,2 @@
+//! Pieces every vendor backend may share.
+pub mod sign;
