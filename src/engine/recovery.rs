@@ -62,6 +62,13 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
         lane.set_owed(id, None);
         return Ok(None);
     };
+    if rec.status == Status::Pending {
+        // Its sender mirrors the owed entry before it commits the unknown outcome: a recovery woken in
+        // that gap (another lane's expedite) read `pending`, cleared the mirror, and a settlement went
+        // out beside a sale whose reversal the host then refused for good (found by the soak, seed 77).
+        // The record is not ours yet; the mirror stays until the sender's commit.
+        return Ok(None);
+    }
     let Some(state) = rec.recovery.clone().filter(|_| rec.status == Status::Unknown) else {
         lane.set_owed(id, None);
         return Ok(Some(rec));
