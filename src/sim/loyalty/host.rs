@@ -172,6 +172,12 @@ impl LoyaltySim {
             _ if !st.stores.contains(store) => return Answer::fail("03", "unknown store"),
             _ => return Answer::fail("97", "unknown terminal"),
         }
+        // A check-in changes the batch and the keys, a settlement closes the batch: a terminal sends
+        // either only when nothing else of it is in flight (a request beside it lands on either side).
+        let beside = st.in_flight.get(&terminal).copied().unwrap_or(0).saturating_sub(1);
+        if beside > 0 && (name == "checkin" || name == "settle") {
+            st.violations.push(format!("{name} of {terminal} sent beside {beside} other requests of the terminal in flight"));
+        }
         match (name, reversal) {
             ("checkin", _) => self.checkin(&mut st, &terminal),
             ("settle", _) => self.settle(&mut st, &terminal, form),

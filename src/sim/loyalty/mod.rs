@@ -19,6 +19,9 @@
 //!   voided, refunded, reversed, other card, other time, settled batch for a void): **22**
 //! - unknown ticket id: **56**; wrong verify code at activation: **55**
 //!
+//! A check-in or settlement that arrives while another request of the same terminal is in flight (the host
+//! still working on it) is recorded in `violations`: the terminal must send either alone.
+//!
 //! Reversals (`…Reversal`) need no check-in and no PIN and are taken for ANY unsettled batch of the
 //! terminal, not only the current one: the original applied and not yet reversed is undone (**00**); a
 //! second reversal answers **12** and changes nothing; a reversal whose original never arrived (or was
@@ -272,6 +275,24 @@ struct State {
     declined_77: u64,
     /// (terminal, batch) -> settlements refused because the batch was settled already.
     settle_refused: BTreeMap<(String, String), u64>,
+    /// terminal -> requests of it the host is working on now (arrived, not yet answered or abandoned).
+    in_flight: HashMap<String, u32>,
+}
+
+/// Counts one request as in flight at its terminal until the host is done with it (answered, or the
+/// client closed the connection and the server dropped the work).
+struct InFlight<'a> {
+    sim: &'a LoyaltySim,
+    terminal: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = State::lock(&self.sim.state);
+        if let Some(n) = st.in_flight.get_mut(&self.terminal) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// The simulated loyalty backend. Share it as `Arc<LoyaltySim>`: `serve` runs on one clone while tests
@@ -322,6 +343,7 @@ impl LoyaltySim {
                 refusals: Vec::new(),
                 declined_77: 0,
                 settle_refused: BTreeMap::new(),
+                in_flight: HashMap::new(),
             }),
             cfg,
             faults: FaultPlan::default(),
@@ -467,6 +489,9 @@ impl LoyaltySim {
         let financial = reversal || matches!(w.spec.class, OpClass::Financial(_));
         let fault = self.faults.take(&rest, financial);
         let form: Form = wire::decode_form(&body).into_iter().collect();
+        let terminal = form.get("terminalNo").cloned().unwrap_or_default();
+        *State::lock(&self.state).in_flight.entry(terminal.clone()).or_insert(0) += 1;
+        let _flight = InFlight { sim: self, terminal };
         let refusal = {
             let mut st = State::lock(&self.state);
             let at = st.refusals.iter().position(|(e, _)| *e == rest);

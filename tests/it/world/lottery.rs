@@ -100,14 +100,18 @@ impl VendorWorld for LotteryWorld {
     const CRASH_LIVES: usize = 60;
     const SETTLES: bool = false;
 
+    /// The strict host: a `transacId` that reached it before is answered 15 (crash loop) or 10030 (soak),
+    /// never with the earlier payment, so a resend learns nothing and the daemon must ask (getPrize).
     async fn start(name: &str, mode: Mode) -> Self {
-        match mode {
+        let w = match mode {
             // A lost answer holds its station (the host may still be working on it) for station_hold_ms,
             // also across the restart: short where the host never answers late.
             Mode::Crash => world_with(name, OPEN_RISK, &tuned(1000, "station_hold_ms = 300")).await,
             // Answers later than the client's timeout: the hold must outlast them.
             Mode::Soak => world_with(name, OPEN_RISK, &tuned(400, "station_hold_ms = 900")).await,
-        }
+        };
+        w.sim.answer_resends_with(Some(if mode == Mode::Crash { "15" } else { "10030" }));
+        w
     }
 
     fn config(&self) -> &Path {

@@ -231,6 +231,10 @@ pub async fn finish<W: VendorWorld>(c: &ApiClient, all: &Mutex<Vec<Told>>) -> Ve
             }
         }
     }
+    let failed: Vec<Value> = lock(all).iter().filter(|t| t.status() == "failed").filter_map(|t| t.answer.clone()).take(5).collect();
+    if !failed.is_empty() {
+        eprintln!("{}: requests that ended failed (first 5): {failed:#?}", W::NAME);
+    }
     failures.extend(traces_unique(c).await);
     failures
 }
