@@ -335,3 +335,28 @@ async fn hostile_redeem_answers_end_settled_by_the_resend_never_declined() {
     assert_eq!(snap.overlaps, 0, "{:?}", snap.violations);
     d.stop().await;
 }
+
+/// Finding (strict-host harness: `soak_lottery` ended a redeem `failed` this way): a station's session
+/// superseded (1021), the login that follows loses its answer (the host logged the station in), and the
+/// POS's redeem ends `failed` ("not sent: station … login: … closed by the server"), where a lost loyalty
+/// check-in is healed by signing on again. A login is safe to repeat (the host supersedes the earlier
+/// token), so the redeem could log in again and go on. Nothing is paid wrongly (the generic ledger checks
+/// pass). Fails on today's code; the fix belongs to the lottery backend (`src/backend/lottery`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon finding for the lottery backend: one lost login answer fails the redeem"]
+async fn a_lost_login_answer_logs_in_again_and_the_redeem_goes_on() {
+    let w = world_with("lottery-lostlogin", OPEN_RISK, &tuned(2000, "station_hold_ms = 300")).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000500"), Some("first")).await.expect("redeem");
+    assert_eq!(v["status"], json!("approved"), "{v}");
+    for n in 1..=4 {
+        w.sim.log_in_elsewhere(&format!("2101{n:04}"));
+    }
+    w.sim.push_fault_on("proxy/station/login", Fault::DropAfterCommit);
+    let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000501"), Some("lost-login")).await.expect("redeem");
+    assert_eq!(v["status"], json!("approved"), "{v}");
+    let l = w.sim.ledger();
+    assert_eq!(l.paid.get("GW00000501").map(Vec::len), Some(1), "{l:?}");
+    assert!(l.violations.is_empty() && l.overlaps == 0, "{l:?}");
+    d.stop().await;
+}
