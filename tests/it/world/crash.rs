@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::{env_or, finish, lock, send, Mode, Told, VendorWorld};
+use super::{env_or, finish, lock, send, side, Kind, Mode, Told, VendorWorld};
 use crate::support::{wait_recovered, Daemon};
 
 /// Wait for the daemon's `posgate-crashpoint` line (never returns when it does not come).
@@ -28,7 +28,7 @@ async fn crashed(d: &mut Daemon) {
 
 /// One life: recovery of what the last life left, then a few rounds of work; true when the armed
 /// crash point was reached.
-async fn one_life<W: VendorWorld>(w: &W, d: &mut Daemon, all: &Arc<Mutex<Vec<Told>>>, rng: &mut StdRng, with_settle: bool) -> bool {
+async fn one_life<W: VendorWorld>(w: &Arc<W>, d: &mut Daemon, all: &Arc<Mutex<Vec<Told>>>, rng: &mut StdRng, with_settle: bool, with_side: bool) -> bool {
     // Start-up resolves what the last life left owed before the terminal takes new work. Recovery itself
     // resends (settlements too), so the armed point may be reached right here: a crash like any other.
     let client = d.client.clone();
@@ -60,6 +60,13 @@ async fn one_life<W: VendorWorld>(w: &W, d: &mut Daemon, all: &Arc<Mutex<Vec<Tol
                 true
             }));
         }
+        if with_side {
+            let (c, w) = (d.client.clone(), w.clone());
+            tasks.push(tokio::spawn(async move {
+                side(&*w, &c).await;
+                true
+            }));
+        }
         let all_done = async {
             for t in tasks {
                 let _ = t.await;
@@ -78,7 +85,7 @@ pub async fn run<W: VendorWorld>() {
     let iters: usize = env_or("POSGATE_CRASH_ITERS", W::CRASH_LIVES);
     let seed: u64 = env_or("POSGATE_CRASH_SEED", 0x5eed_0001);
     eprintln!("crash loop {}: {iters} lives, seed {seed}", W::NAME);
-    let w = W::start(&format!("crash-{}", W::NAME), Mode::Crash).await;
+    let w = Arc::new(W::start(&format!("crash-{}", W::NAME), Mode::Crash).await);
     let mut rng = StdRng::seed_from_u64(seed);
     let all = Arc::new(Mutex::new(Vec::<Told>::new()));
     let points = W::CRASH_POINTS;
@@ -91,13 +98,15 @@ pub async fn run<W: VendorWorld>() {
             w.random_fault(&mut rng);
         }
         // The answer of one request of any kind lost (check-in, settlement, reports too).
+        let mut with_side = rng.gen_bool(0.1);
         if rng.gen_bool(0.3) {
             let kind = W::KINDS[rng.gen_range(0..W::KINDS.len())];
             *lost.entry(format!("{kind:?}")).or_default() += 1;
             w.lose_next_answer(kind);
+            with_side |= kind == Kind::Report;
         }
         let mut d = Daemon::start(w.config(), w.socket(), &[("POSGATE_CRASH_AT", format!("{point}:{nth}"))]).await;
-        if one_life(&w, &mut d, &all, &mut rng, W::SETTLES && point.contains("settle")).await {
+        if one_life(&w, &mut d, &all, &mut rng, W::SETTLES && point.contains("settle"), with_side).await {
             *hits.entry(point).or_default() += 1;
         }
         d.kill9().await;

@@ -141,7 +141,10 @@ impl VendorWorld for LotteryWorld {
         let path = match kind {
             Kind::SignOn => "proxy/station/login",
             Kind::Financial | Kind::Reversal | Kind::Settlement => "proxy/validate/thirdAward",
-            Kind::Report => "migt/account/awardSummary",
+            Kind::Report => {
+                self.sim.push_fault_on("migt/account/awardDetail", Fault::DropAfterCommit);
+                "migt/account/awardSummary"
+            }
         };
         self.sim.push_fault_on(path, Fault::DropAfterCommit);
     }
@@ -163,6 +166,11 @@ impl VendorWorld for LotteryWorld {
     fn soak_faults(&self, seed: u64) {
         self.sim.set_slow_redeems(120, Duration::from_millis(700), seed);
         self.sim.set_random_faults(80, seed ^ 1);
+    }
+
+    /// Today's reconciliation (awardSummary and awardDetail, whose answers may be lost).
+    fn side_request(&self) -> Option<(&'static str, Value)> {
+        Some(("reconcile", json!({"date": beijing_today()})))
     }
 
     fn quiet(&self) {

@@ -102,6 +102,11 @@ pub trait VendorWorld: Send + Sync + Sized + 'static {
     fn random_fault(&self, rng: &mut StdRng);
     /// The faults a soak runs under besides lost answers (slow answers and the like).
     fn soak_faults(&self, _seed: u64) {}
+    /// A request beside the POS traffic whose answer the run does not judge (a report, a reconciliation),
+    /// sent now and then so that lost answers of [`Kind::Report`] happen; `None`: the backend has none.
+    fn side_request(&self) -> Option<(&'static str, Value)> {
+        None
+    }
     /// Stop every fault.
     fn quiet(&self);
     /// Compare the host's books with what the POS was told, after the run was drained and settled;
@@ -138,6 +143,13 @@ pub async fn send(c: &ApiClient, profile: &str, all: &Mutex<Vec<Told>>, i: usize
         }
     }
     false
+}
+
+/// Send the world's side request once, if it has one; its answer is not judged.
+pub async fn side<W: VendorWorld>(w: &W, c: &ApiClient) {
+    if let Some((op, body)) = w.side_request() {
+        let _ = c.post(&format!("/v1/profiles/{}/{op}", W::PROFILE), body, None).await;
+    }
 }
 
 /// The lock of the shared request list (a panicking lane must not hide the others' results).

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::{env_or, finish, lock, send, Mode, Told, VendorWorld};
+use super::{env_or, finish, lock, send, side, Mode, Told, VendorWorld};
 use crate::support::Daemon;
 
 pub const LANES: usize = 8;
@@ -69,6 +69,14 @@ pub async fn run<W: VendorWorld>() {
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 let _ = c.post(&format!("/v1/profiles/{}/settle", W::PROFILE), json!({}), None).await;
+            }));
+        }
+        if rng.gen_bool(0.3) {
+            let (c, w) = (d.client.clone(), w.clone());
+            let wait = Duration::from_millis(rng.gen_range(100..1000));
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                side(&*w, &c).await;
             }));
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2000))).await;
