@@ -26,9 +26,17 @@ async fn crashed(d: &mut Daemon) {
     std::future::pending::<()>().await
 }
 
-/// One life: recovery of what the last life left, then a few rounds of work; true when the armed
-/// crash point was reached.
-async fn one_life<W: VendorWorld>(w: &Arc<W>, d: &mut Daemon, all: &Arc<Mutex<Vec<Told>>>, rng: &mut StdRng, with_settle: bool, with_side: bool) -> bool {
+/// One life: recovery of what the last life left, then a few rounds of work (a fault of the world's
+/// choosing before `fault_round`); true when the armed crash point was reached.
+async fn one_life<W: VendorWorld>(
+    w: &Arc<W>,
+    d: &mut Daemon,
+    all: &Arc<Mutex<Vec<Told>>>,
+    rng: &mut StdRng,
+    with_settle: bool,
+    with_side: bool,
+    fault_round: Option<usize>,
+) -> bool {
     // Start-up resolves what the last life left owed before the terminal takes new work. Recovery itself
     // resends (settlements too), so the armed point may be reached right here: a crash like any other.
     let client = d.client.clone();
@@ -36,7 +44,10 @@ async fn one_life<W: VendorWorld>(w: &Arc<W>, d: &mut Daemon, all: &Arc<Mutex<Ve
         _ = crashed(d) => return true,
         _ = wait_recovered(&client, Duration::from_secs(30)) => {}
     }
-    for _round in 0..6 {
+    for round in 0..6 {
+        if fault_round == Some(round) {
+            w.random_fault(rng);
+        }
         let mut tasks = Vec::new();
         for _ in 0..3 {
             let pick = {
@@ -94,9 +105,6 @@ pub async fn run<W: VendorWorld>() {
     for life in 0..iters {
         let point = points[life % points.len()];
         let nth = rng.gen_range(1..=3);
-        if rng.gen_bool(0.35) {
-            w.random_fault(&mut rng);
-        }
         // The answer of one request of any kind lost (check-in, settlement, reports too).
         let mut with_side = rng.gen_bool(0.1);
         if rng.gen_bool(0.3) {
@@ -106,7 +114,9 @@ pub async fn run<W: VendorWorld>() {
             with_side |= kind == Kind::Report;
         }
         let mut d = Daemon::start(w.config(), w.socket(), &[("POSGATE_CRASH_AT", format!("{point}:{nth}"))]).await;
-        if one_life(&w, &mut d, &all, &mut rng, W::SETTLES && point.contains("settle"), with_side).await {
+        // In the middle of the life, so that what the host does to sessions meets this life's.
+        let fault_round = rng.gen_bool(0.35).then(|| rng.gen_range(0..3));
+        if one_life(&w, &mut d, &all, &mut rng, W::SETTLES && point.contains("settle"), with_side, fault_round).await {
             *hits.entry(point).or_default() += 1;
         }
         d.kill9().await;

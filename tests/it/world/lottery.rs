@@ -153,12 +153,16 @@ impl VendorWorld for LotteryWorld {
         self.sim.set_random_drops(per_mille, seed);
     }
 
+    /// A redeem reset, refused with 500, answered with garbage or lost; or the host ends sessions by
+    /// itself (every token expired: 27; a station logged in from elsewhere: 1021).
     fn random_fault(&self, rng: &mut StdRng) {
-        let f = match rng.gen_range(0..4) {
+        let f = match rng.gen_range(0..6) {
             0 => Fault::Reset,
             1 => Fault::Http500,
             2 => Fault::Garbage,
-            _ => Fault::DropAfterCommit,
+            3 => Fault::DropAfterCommit,
+            4 => return self.sim.expire_tokens(),
+            _ => return self.sim.log_in_elsewhere(&format!("2101{:04}", rng.gen_range(1..=4))),
         };
         self.sim.push_fault(f);
     }

@@ -71,6 +71,9 @@ impl VendorWorld for LoyaltyWorld {
         self.world.sim.set_random_drops(per_mille, seed);
     }
 
+    /// A reset, a 500, garbage, a delay or a lost answer of the next money request. (The host moving the
+    /// terminal to a new batch by itself, `move_to_new_batch`, belongs here too once the engine heals a
+    /// 77 whose check-in answer is lost: see the ignored test at the end of this file.)
     fn random_fault(&self, rng: &mut StdRng) {
         let f = match rng.gen_range(0..5) {
             0 => Fault::DropAfterCommit,
@@ -133,7 +136,14 @@ impl VendorWorld for LoyaltyWorld {
         if ledger.traces_reused != 0 {
             failures.push(format!("{} requests reused a trace (the host refused them with 94)", ledger.traces_reused));
         }
-        let by_77: Vec<&Told> = told.iter().filter(|t| t.answer.as_ref().is_some_and(|v| v["code"] == "77" || v.to_string().contains("SignOnFirst"))).collect();
+        let by_77: Vec<&Told> = told
+            .iter()
+            .filter(|t| {
+                t.answer.as_ref().is_some_and(|v| {
+                    v["code"] == "77" || v.to_string().contains("SignOnFirst") || v["error"].as_str().is_some_and(|e| e.starts_with("refused until the terminal signs on again"))
+                })
+            })
+            .collect();
         if let Some(first) = by_77.first() {
             failures.push(format!("{} sales ended turned down by a 77 (the daemon was outside the host's batch); first: {:?}", by_77.len(), first.answer));
         }
@@ -166,4 +176,38 @@ impl VendorWorld for LoyaltyWorld {
         );
         failures
     }
+}
+
+/// Finding (strict-host harness: `crash_loop_loyalty` ended a sale `failed` this way): the host moved the
+/// terminal to a new batch (its next sale is told 77), the daemon signs on to heal it and that check-in's
+/// answer is lost. The sale, never applied, ends `failed` ("refused until the terminal signs on again")
+/// for good: the POS asking again with the same key is told so, instead of the daemon signing on again
+/// and sending it. Money-safe (nothing applied), but the cashier is turned down by a 77, which the soak
+/// counts as a failure. Fails on today's code; the healing lives in the engine (`src/engine/mod.rs`,
+/// `transact`'s `SignOnFirst` arm), so it is ignored until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon finding for the engine: a lost check-in answer while healing a 77 ends the sale failed"]
+async fn a_lost_checkin_answer_while_healing_a_77_still_ends_the_sale_approved() {
+    let world = World::new("heal-77-lost-checkin").await;
+    let d = world.start(&[]).await;
+    let sale = |key: &str, reference: &str| {
+        (json!({"cardNo": CARDS[0], "consumeType": "01", "pointAmount": 100, "cashAmount": 0, "registerTraceNo": reference}), key.to_string())
+    };
+    let (body, key) = sale("first", "H1");
+    let (_, v) = d.client.post("/v1/profiles/loyalty/consume", body, Some(&key)).await.expect("consume");
+    assert_eq!(v["status"], json!("approved"), "{v}");
+    world.sim.move_to_new_batch(TERMINAL);
+    world.sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
+    let (body, key) = sale("second", "H2");
+    let mut last = Value::Null;
+    for _ in 0..50 {
+        last = d.client.post("/v1/profiles/loyalty/consume", body.clone(), Some(&key)).await.map(|(_, v)| v).unwrap_or(Value::Null);
+        if super::FINAL.contains(&last["status"].as_str().unwrap_or("")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["status"], json!("approved"), "{last}");
+    assert_eq!(world.sim.ledger().applied_sales().iter().filter(|(_, _, r)| r.register_trace_no.as_deref() == Some("H2")).count(), 1);
+    d.stop().await;
 }
