@@ -1,206 +1,22 @@
-//! The lottery backend through the real daemon: tickets paid exactly once across SIGKILLs and lost answers,
-//! station totals equal to the backend's, reconciliation and risk rules over the local API.
+//! The lottery backend through the real daemon: reconciliation, risk rules, units and hostile answers over the local API
+//! (tickets paid exactly once across SIGKILLs and lost answers: `world::crash_loop_lottery`, `world::soak_lottery`).
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use posgate::client::ApiClient;
-use posgate::net::tls::TestPki;
 use posgate::sim::faults::Fault;
-use posgate::sim::lottery::{LotterySim, DEMO_APP_SECRET, DEMO_PASSWORD};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::support::{scratch, wait_recovered, Daemon};
-
-struct LotteryWorld {
-    dir: PathBuf,
-    sim: Arc<LotterySim>,
-    config: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for LotteryWorld {
-    fn drop(&mut self) {
-        if std::env::var_os("POSGATE_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
+use crate::support::{wait_recovered, Daemon};
+use crate::world::lottery::{all_records, beijing_today, tuned, world_with, LotteryWorld, OPEN_RISK};
 
 /// The shipped example profile against a simulator, with the risk section replaced by `risk`.
 async fn world(name: &str, risk: &str) -> LotteryWorld {
     world_with(name, risk, &|p| p).await
 }
 
-/// [`world`] with the profile text edited further by `edit`.
-async fn world_with(name: &str, risk: &str, edit: &dyn Fn(String) -> String) -> LotteryWorld {
-    let dir = scratch(name);
-    let pki = TestPki::ensure(&dir.join("pki")).expect("pki");
-    std::fs::create_dir_all(dir.join("secrets")).expect("secrets");
-    std::fs::write(dir.join("secrets/lottery-app-secret.txt"), DEMO_APP_SECRET).expect("secret");
-    std::fs::write(dir.join("secrets/lottery-station-password.txt"), DEMO_PASSWORD).expect("secret");
-    let sim = Arc::new(LotterySim::demo());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(sim.clone().serve(listener, pki.acceptor().expect("acceptor"), std::future::pending::<()>()));
-    let example = posgate::demo::LOTTERY_PROFILE;
-    let cut = example.find("[options.risk]").expect("the example has a risk section");
-    let profile = format!("{}[options.risk]\n{risk}\n", &example[..cut])
-        .replace("https://127.0.0.1:18444", &format!("https://{addr}"))
-        .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
-        .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
-        .replace("max_attempts = 12", "max_attempts = 50");
-    let profile = edit(profile);
-    std::fs::create_dir_all(dir.join("terminal-profiles")).expect("profiles");
-    std::fs::write(dir.join("terminal-profiles/lottery.toml"), profile).expect("profile");
-    let config = dir.join("posgate.toml");
-    std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\n").expect("config");
-    let socket = dir.join("posgate.sock");
-    LotteryWorld { dir, sim, config, socket }
-}
-
 fn redeem_body(user: &str, bar: &str) -> Value {
     json!({"userId": user, "userRealIp": "127.0.0.1", "barCode": bar})
-}
-
-const FINAL: [&str; 4] = ["approved", "declined", "reversed", "failed"];
-
-#[derive(Debug, Clone)]
-struct Ticket {
-    bar: String,
-    key: String,
-    status: Option<String>,
-    prize: i64,
-}
-
-async fn send(c: &ApiClient, t: &Ticket) -> Option<(String, i64)> {
-    let (_, v) = c.post("/v1/profiles/lottery/redeem", redeem_body(&format!("u{}", &t.bar[2..]), &t.bar), Some(&t.key)).await.ok()?;
-    let st = v.get("status").and_then(Value::as_str)?.to_string();
-    if st == "approved" {
-        // The journal record carries what was paid, from the answer.
-        assert_eq!(v["amount_fen"], v["result"]["prize"], "{v}");
-    }
-    FINAL.contains(&st.as_str()).then(|| (st, v["amount_fen"].as_i64().unwrap_or(0)))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_ticket_is_paid_once_across_sigkill_and_lost_answers() {
-    let lives: usize = std::env::var("POSGATE_LOTTERY_LIVES").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    // A lost answer holds its station (the host may still be working on it) for station_hold_ms, also
-    // across the restart: keep it short here, where the host never answers late.
-    let w = world_with("lottery-crash", OPEN_RISK, &tuned(1000, "station_hold_ms = 300")).await;
-    let mut rng = StdRng::seed_from_u64(0x10_77e5);
-    let mut tickets: Vec<Ticket> = Vec::new();
-    let points = ["before_send", "after_send", "after_outcome"];
-    let mut hits = 0;
-    for life in 0..lives {
-        let point = points[life % points.len()];
-        // Most lives lose a redeem answer after the backend paid it.
-        if rng.gen_bool(0.6) {
-            w.sim.push_fault(Fault::DropAfterCommit);
-        }
-        let mut d = Daemon::start(&w.config, &w.socket, &[("POSGATE_CRASH_AT", format!("{point}:{}", rng.gen_range(1..=3)))]).await;
-        let c = d.client.clone();
-        // Start-up resends what the last life left unknown before new redeems are taken.
-        wait_recovered(&c, Duration::from_secs(30)).await;
-        let mut work = Vec::new();
-        for _ in 0..4 {
-            let open: Vec<usize> = (0..tickets.len()).filter(|&i| tickets[i].status.is_none()).collect();
-            let i = if !open.is_empty() && rng.gen_bool(0.5) {
-                open[rng.gen_range(0..open.len())]
-            } else {
-                let n = tickets.len();
-                // Mostly winners, some losers, some already paid elsewhere.
-                let bar = match rng.gen_range(0..10) {
-                    0 => format!("GL{:08}", n + 1),
-                    1 => format!("GE{:08}", n + 1),
-                    _ => format!("GW{:08}", n + 1),
-                };
-                tickets.push(Ticket { key: format!("t-{n}"), bar, status: None, prize: 0 });
-                n
-            };
-            let (c, t) = (c.clone(), tickets[i].clone());
-            work.push(tokio::spawn(async move { (i, send(&c, &t).await) }));
-        }
-        let crashed = async {
-            while let Some(l) = d.stderr.recv().await {
-                if l.starts_with("posgate-crashpoint") {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
-        };
-        let finished = async {
-            let mut out = Vec::new();
-            for t in work {
-                if let Ok(r) = t.await {
-                    out.push(r);
-                }
-            }
-            out
-        };
-        tokio::select! {
-            _ = crashed => hits += 1,
-            out = tokio::time::timeout(Duration::from_secs(10), finished) => {
-                for (i, r) in out.unwrap_or_default() {
-                    if let Some((st, prize)) = r {
-                        tickets[i].status = Some(st);
-                        tickets[i].prize = prize;
-                    }
-                }
-            }
-        }
-        d.kill9().await;
-    }
-    assert!(hits >= lives / 4, "crash points reached only {hits} times in {lives} lives");
-
-    let d = Daemon::start(&w.config, &w.socket, &[]).await;
-    let c = d.client.clone();
-    wait_recovered(&c, Duration::from_secs(60)).await;
-    for t in tickets.iter_mut().filter(|t| t.status.is_none()) {
-        for _ in 0..100 {
-            if let Some((st, prize)) = send(&c, t).await {
-                t.status = Some(st);
-                t.prize = prize;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let snap = w.sim.state_snapshot();
-    let mut paid_fen = 0;
-    for t in &tickets {
-        let status = t.status.as_deref().unwrap_or_else(|| panic!("ticket without a final answer: {t:?}"));
-        let want = usize::from(status == "approved" && t.bar.starts_with("GW"));
-        assert_eq!(snap.times_paid(&t.bar), want, "ticket {t:?} paid {} times", snap.times_paid(&t.bar));
-        if want == 1 {
-            paid_fen += t.prize;
-        }
-    }
-    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
-    assert!(tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count() > 10, "too few tickets paid to prove anything: {tickets:?}");
-    // Station totals through the API equal the simulator's own, and the prizes the POS was told.
-    let (s, v) = c.post("/v1/profiles/lottery/count", json!({}), None).await.expect("count");
-    assert_eq!(s, 200, "{v}");
-    let sim_total: i64 = snap.counts.values().map(|(_, fen)| fen).sum();
-    assert_eq!(v["result"]["amount"].as_i64(), Some(sim_total), "{v}");
-    assert_eq!(sim_total, paid_fen);
-    // And today's reconciliation balances.
-    // The business day is the backend's (+08:00), whatever this host's zone and hour; the daemon under
-    // test reads the same wall clock.
-    #[allow(clippy::disallowed_methods)]
-    let today = chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00")).date_naive().to_string();
-    let (s, v) = c.post("/v1/profiles/lottery/reconcile", json!({"date": today}), None).await.expect("reconcile");
-    assert_eq!((s, v["result"]["balanced"].clone()), (200, json!(true)), "{v}");
-    eprintln!(
-        "lottery: {} tickets, {} paid, {paid_fen} fen, {hits} crashes",
-        tickets.len(),
-        tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count()
-    );
-    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,41 +89,6 @@ async fn the_daily_reconciliation_runs_once_for_yesterday_even_across_a_restart(
 }
 
 /// Relaxed risk rules: every ticket may go.
-const OPEN_RISK: &str = "hours = \"00:00-00:00\"\nmin_interval_s = 0\ndaily_tickets = 100000\ndaily_amount_fen = 10000000000\ndaily_abnormal = 100000";
-
-/// A profile edit: `timeout_ms`, and extra `[options]` lines.
-fn tuned(timeout_ms: u64, options: &'static str) -> impl Fn(String) -> String {
-    move |p: String| {
-        p.replace("timeout_ms = 5000", &format!("timeout_ms = {timeout_ms}")).replace("merchant = \"01\"", &format!("merchant = \"01\"\n{options}"))
-    }
-}
-
-/// The business day of the simulated host (+08:00), as the daemon under test sees it.
-#[allow(clippy::disallowed_methods)]
-fn beijing_today() -> String {
-    chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00")).date_naive().to_string()
-}
-
-/// Every journal record of the lottery profile (paged).
-async fn all_records(c: &ApiClient) -> Vec<Value> {
-    let mut out: Vec<Value> = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let q = match before {
-            Some(b) => format!("/v1/journal?profile=lottery&limit=1000&before={b}"),
-            None => "/v1/journal?profile=lottery&limit=1000".to_string(),
-        };
-        let (s, v) = c.get(&q).await.expect("journal");
-        assert_eq!(s, 200, "{v}");
-        let page = v["records"].as_array().cloned().unwrap_or_default();
-        let Some(last) = page.last().and_then(|r| r["id"].as_u64()) else { return out };
-        before = Some(last);
-        out.extend(page);
-    }
-}
-
-/// Findings 7 and 8: `u_1` / `u-2` were sent although 8.4 allows letters and digits only; report-award
-/// sent `00000` for a missing game and batch, which the host refuses (13). Both refused, nothing sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_id_and_report_award_refusals_send_nothing() {
     let w = world("lottery-letter", OPEN_RISK).await;
@@ -509,102 +290,6 @@ async fn one_unknown_ticket_does_not_hold_back_the_others() {
     d.stop().await;
 }
 
-/// Finding 1 under load: the host answers after the client's timeout, 8 lanes, SIGKILL every ~1.5 s.
-/// The simulator sees no two requests on one station at once; each ticket is paid once and told so;
-/// the journal's per-station counts (`result.station` of approved records) equal the host's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn soak_slow_host_8_lanes_sigkill_no_station_overlap_and_station_counts_match() {
-    let secs: u64 = std::env::var("POSGATE_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let w = world_with("lottery-soak", OPEN_RISK, &tuned(400, "station_hold_ms = 900")).await;
-    w.sim.set_slow_redeems(120, Duration::from_millis(700), 0x50a6);
-    w.sim.set_random_faults(80, 0x50a7);
-    let tickets: Arc<std::sync::Mutex<Vec<Ticket>>> = Arc::default();
-    let mut rng = StdRng::seed_from_u64(0x50a8);
-    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
-    let mut lives = 0;
-    while tokio::time::Instant::now() < until {
-        lives += 1;
-        let d = Daemon::start(&w.config, &w.socket, &[]).await;
-        let mut lanes = Vec::new();
-        for lane in 0..8u64 {
-            let (c, tickets) = (d.client.clone(), tickets.clone());
-            let mut rng = StdRng::seed_from_u64(lane * 7919 + lives);
-            lanes.push(tokio::spawn(async move {
-                loop {
-                    let t = {
-                        let mut all = tickets.lock().expect("tickets");
-                        let open: Vec<usize> = (0..all.len()).filter(|&i| all[i].status.is_none()).collect();
-                        if !open.is_empty() && (rng.gen_bool(0.3) || all.len() >= 1800) {
-                            all[open[rng.gen_range(0..open.len())]].clone()
-                        } else if all.len() < 1800 {
-                            let n = all.len() + 1;
-                            let bar = if rng.gen_range(0..10) == 0 { format!("GL{:08}", n % 200 + 1) } else { format!("GW{n:08}") };
-                            let t = Ticket { key: format!("s-{n}"), bar, status: None, prize: 0 };
-                            all.push(t.clone());
-                            t
-                        } else {
-                            return;
-                        }
-                    };
-                    match send(&c, &t).await {
-                        Some((st, prize)) => {
-                            let mut all = tickets.lock().expect("tickets");
-                            if let Some(x) = all.iter_mut().find(|x| x.key == t.key) {
-                                x.status = Some(st);
-                                x.prize = prize;
-                            }
-                        }
-                        // Refused (409 while a unit is owed) or the daemon is gone: do not spin.
-                        None => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(1000..2000))).await;
-        d.kill9().await;
-        for l in lanes {
-            l.abort();
-        }
-    }
-    w.sim.clear_faults();
-    eprintln!("soak: {lives} lives done; recovering");
-    let d = Daemon::start(&w.config, &w.socket, &[]).await;
-    let c = d.client.clone();
-    wait_recovered(&c, Duration::from_secs(60)).await;
-    eprintln!("soak: recovered");
-    let mut tickets = tickets.lock().expect("tickets").clone();
-    // GL bar codes repeat across keys: only the first key of a bar code can be paid; count by key.
-    for t in tickets.iter_mut().filter(|t| t.status.is_none()) {
-        for _ in 0..100 {
-            if let Some((st, prize)) = send(&c, t).await {
-                t.status = Some(st);
-                t.prize = prize;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    eprintln!("soak: every ticket answered");
-    let snap = w.sim.state_snapshot();
-    assert_eq!(snap.overlaps, 0, "two requests on one station at once: {:?}", snap.violations);
-    for t in tickets.iter().filter(|t| t.bar.starts_with("GW")) {
-        let status = t.status.as_deref().unwrap_or_else(|| panic!("ticket without a final answer: {t:?}"));
-        assert_eq!(snap.times_paid(&t.bar), usize::from(status == "approved"), "ticket {t:?}");
-    }
-    // The journal's stations and amounts equal the host's.
-    let mut journal: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-    for r in all_records(&c).await.iter().filter(|r| r["operation"] == "redeem" && r["status"] == "approved") {
-        let e = journal.entry(r["result"]["station"].as_str().unwrap_or("?").to_string()).or_default();
-        e.0 += 1;
-        e.1 += r["amount_fen"].as_i64().unwrap_or(0);
-    }
-    assert_eq!(journal, snap.paid_by_station());
-    let paid = tickets.iter().filter(|t| t.status.as_deref() == Some("approved")).count();
-    assert!(paid > 10, "too few tickets paid to prove anything: {paid}");
-    eprintln!("lottery soak: {lives} lives, {} tickets, {paid} paid, {} requests", tickets.len(), snap.requests);
-    d.stop().await;
-}
-
 /// Issue 16: a redeem answered with a wrong-typed `success`, a `ret` the document does not define, or
 /// another ticket's answer was booked as a decline (the host had paid) or as the other ticket's payment.
 /// Now each is an unknown outcome, settled by the resend of the same transacId: paid once, told so,
@@ -648,5 +333,30 @@ async fn hostile_redeem_answers_end_settled_by_the_resend_never_declined() {
     assert_eq!(st["profiles"][0]["needs_attention"], json!(0), "{st}");
     let snap = w.sim.state_snapshot();
     assert_eq!(snap.overlaps, 0, "{:?}", snap.violations);
+    d.stop().await;
+}
+
+/// Finding (strict-host harness: `soak_lottery` ended a redeem `failed` this way): a station's session
+/// superseded (1021), the login that follows loses its answer (the host logged the station in), and the
+/// POS's redeem ends `failed` ("not sent: station … login: … closed by the server"), where a lost loyalty
+/// check-in is healed by signing on again. A login is safe to repeat (the host supersedes the earlier
+/// token), so the redeem could log in again and go on. Nothing is paid wrongly (the generic ledger checks
+/// pass). Fails on today's code; the fix belongs to the lottery backend (`src/backend/lottery`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon finding for the lottery backend: one lost login answer fails the redeem"]
+async fn a_lost_login_answer_logs_in_again_and_the_redeem_goes_on() {
+    let w = world_with("lottery-lostlogin", OPEN_RISK, &tuned(2000, "station_hold_ms = 300")).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000500"), Some("first")).await.expect("redeem");
+    assert_eq!(v["status"], json!("approved"), "{v}");
+    for n in 1..=4 {
+        w.sim.log_in_elsewhere(&format!("2101{n:04}"));
+    }
+    w.sim.push_fault_on("proxy/station/login", Fault::DropAfterCommit);
+    let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000501"), Some("lost-login")).await.expect("redeem");
+    assert_eq!(v["status"], json!("approved"), "{v}");
+    let l = w.sim.ledger();
+    assert_eq!(l.paid.get("GW00000501").map(Vec::len), Some(1), "{l:?}");
+    assert!(l.violations.is_empty() && l.overlaps == 0, "{l:?}");
     d.stop().await;
 }

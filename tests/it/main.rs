@@ -1,7 +1,6 @@
 //! The one integration-test binary: the real daemon binary, real sled on disk, real TLS, real sockets.
 mod api;
 mod bigans;
-mod crash;
 mod devices;
 mod journal_guard;
 mod lottery;
@@ -9,7 +8,7 @@ mod money;
 mod net;
 mod order;
 mod schemathesis;
-mod soak;
 mod strict;
 mod support;
 mod wallet;
+mod world;

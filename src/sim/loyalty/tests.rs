@@ -158,6 +158,12 @@ fn stage(d: &Done) -> Stage {
 }
 
 async fn start() -> (Arc<LoyaltySim>, Lane, tokio::sync::oneshot::Sender<()>) {
+    let (sim, lane, stop, _) = start_at().await;
+    (sim, lane, stop)
+}
+
+/// [`start`], and a function that makes another lane of the same terminal against the same simulator.
+async fn start_at() -> (Arc<LoyaltySim>, Lane, tokio::sync::oneshot::Sender<()>, impl Fn() -> Lane) {
     let dir = std::env::temp_dir().join(format!("posgate-loyalty-sim-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
@@ -168,9 +174,8 @@ async fn start() -> (Arc<LoyaltySim>, Lane, tokio::sync::oneshot::Sender<()>) {
     tokio::spawn(sim.clone().serve(listener, pki.acceptor().unwrap(), async move {
         let _ = stopped.await;
     }));
-    let b = crate::backend::loyalty::tests::backend_for(&format!("https://127.0.0.1:{port}"), &dir, DEMO_MASTER_KEY_HEX, DEMO_STORE, "10000001");
-    let lane = Lane {
-        b,
+    let lane = move || Lane {
+        b: crate::backend::loyalty::tests::backend_for(&format!("https://127.0.0.1:{port}"), &dir, DEMO_MASTER_KEY_HEX, DEMO_STORE, "10000001"),
         id: TerminalIdentity { store: DEMO_STORE.into(), terminal: "10000001".into(), operator: "01".into() },
         session: Value::Null,
         batch: String::new(),
@@ -179,7 +184,7 @@ async fn start() -> (Arc<LoyaltySim>, Lane, tokio::sync::oneshot::Sender<()>) {
         totals: BTreeMap::new(),
         lines: Vec::new(),
     };
-    (sim, lane, stop)
+    (sim, lane(), stop, lane)
 }
 
 fn consume(card: &str, fen: i64, pin: Option<&str>, reg: &str) -> Value {
@@ -684,5 +689,39 @@ async fn backend_maps_77_99_a0_to_sign_on_first_and_a_reversal_answered_77_is_ag
     assert_eq!(balance(&sim, NOPIN), 19_300);
     assert!(matches!(lane.reverse(&lost, None).await.unwrap(), Recovered::Reversed { code, .. } if code == "00"));
     assert_eq!(balance(&sim, NOPIN), 20_000);
+    let _ = stop.send(());
+}
+
+/// The host sees what the daemon promises (ARCHITECTURE: one sign-on at a time): a check-in or a
+/// settlement sent while another request of the terminal is in flight is a violation; alone, it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkin_or_settlement_beside_a_request_in_flight_is_a_violation() {
+    let (sim, mut lane, stop, another) = start_at().await;
+    lane.sign_on().await;
+    let mut other = another();
+    other.trace = 500;
+    other.sign_on().await;
+    lane.sign_on().await;
+    assert!(sim.state_snapshot().violations.is_empty(), "{:?}", sim.state_snapshot().violations);
+    for op in ["checkin", "settle"] {
+        other.sign_on().await;
+        lane.sign_on().await;
+        sim.push_fault(Fault::Delay(std::time::Duration::from_millis(700)));
+        let slow = tokio::spawn(async move {
+            let d = lane.run("consume", consume(NOPIN, 100, None, "F1"), None).await;
+            (lane, d)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if op == "checkin" {
+            other.sign_on().await;
+        } else {
+            other.batch = sim.state_snapshot().batches[TERM].clone();
+            let _ = other.try_settle().await;
+        }
+        lane = slow.await.unwrap().0;
+        let v = sim.state_snapshot().violations;
+        let beside: Vec<_> = v.iter().filter(|m| m.starts_with(&format!("{op} of {TERM} sent beside 1 other request"))).collect();
+        assert_eq!(beside.len(), 1, "{v:?}");
+    }
     let _ = stop.send(());
 }
