@@ -80,11 +80,15 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Checkin { .. } | Command::Settle { .. } | Command::Run { .. } => unreachable!("handled by run"),
         Command::Serve { config } => {
             init_logging();
-            let cfg = DaemonConfig::load(&config)?;
+            let cfg = posgate::backend::registry::load_config(&config)?;
             posgate::daemon::run(cfg, posgate::daemon::shutdown_signal()).await?;
             Ok(())
         }
         Command::Demo(args) => demo(args).await,
+        Command::Backends => {
+            print!("{}", posgate::backend::registry::markdown());
+            Ok(())
+        }
         Command::Status { connect } => {
             let (s, v) = client(&connect)?.get("/v1/status").await?;
             finish(s, v)

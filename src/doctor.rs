@@ -3,7 +3,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::client::ApiClient;
-use crate::config::DaemonConfig;
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +48,7 @@ fn mode_of(p: &Path) -> Option<u32> {
 /// Run every check. Never prints a secret; contacts only the configured backends (handshake, no request).
 pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
     let mut r = Report::default();
-    let cfg = match DaemonConfig::load(config_path) {
+    let cfg = match crate::backend::registry::load_config(config_path) {
         Ok(c) => {
             r.push(Level::Ok, format!("config {} loads: {} profile(s), {} device(s)", config_path.display(), c.profiles.len(), c.devices.len()));
             Some(c)

@@ -3,8 +3,10 @@
 //! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
+pub mod common;
 pub mod lottery;
 pub mod loyalty;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -395,13 +397,9 @@ impl dyn Backend {
     }
 }
 
-/// Build the backend a profile names.
+/// Build the backend a profile names, through [`registry::KINDS`].
 pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, crate::config::ConfigError> {
-    match profile.backend.as_str() {
-        "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
-        "lottery" => Ok(Arc::new(lottery::LotteryBackend::new(profile, http)?)),
-        other => Err(crate::config::ConfigError::field(&profile.source, None, "backend", format!("unknown backend kind {other:?} (known: loyalty, lottery)"))),
-    }
+    (registry::check(profile)?.build)(profile, http)
 }
 
 /// Mask a card number as first 6 + last 4; shorter numbers keep only the last 4.

@@ -35,6 +35,7 @@ use bytes::Bytes;
 use chrono::{FixedOffset, NaiveTime};
 use serde_json::{json, Map, Value};
 
+use crate::backend::common::{self, scrub};
 use crate::backend::{
     mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRequest,
     SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
@@ -51,9 +52,6 @@ use self::wire::{Answer, BodyFormat, Envelope, Kind, Owner, WireOp};
 
 /// The profile `backend =` value.
 pub const KIND: &str = "lottery";
-
-/// Body keys that belong to the engine's envelope rather than the vendor request; ignored if present.
-const ENVELOPE_KEYS: &[&str] = &["original", "scan", "scanId", "scan_id"];
 
 /// Answer fields that are yuan (whole yuan, `balance` a decimal) and become integer fen in [`Reply::fields`].
 pub const MONEY_FIELDS: &[&str] = &["price", "prize", "balance", "amountPrize", "AmountPrize", "amount"];
@@ -126,11 +124,6 @@ fn net_error(e: NetError) -> BackendError {
 
 fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
     PrepareError::invalid(field, why)
-}
-
-/// Shorten text from outside for an error detail (no more than ~200 characters).
-fn scrub(text: &str) -> String {
-    crate::backend::loyalty::scrub(text)
 }
 
 /// Parse `+08:00` / `-05:30` / `Z`.
@@ -462,12 +455,8 @@ impl LotteryBackend {
                 return Err(net_error(e));
             }
         };
-        let text = String::from_utf8_lossy(&reply.body);
-        match reply.status {
-            200..=299 => wire::parse_answer(&reply.body).map_err(|e| err(Stage::Unknown, format!("{path}: {e}: {}", scrub(&text)))),
-            400..=499 => Err(err(Stage::Rejected, format!("{path}: HTTP {}: {}", reply.status, scrub(&text)))),
-            s => Err(err(Stage::Unknown, format!("{path}: HTTP {s}: {}", scrub(&text)))),
-        }
+        let body = common::answer_body(KIND, path, &reply)?;
+        wire::parse_answer(body).map_err(|e| err(Stage::Unknown, format!("{path}: {e}: {}", scrub(&String::from_utf8_lossy(body)))))
     }
 
     /// Log one station in and keep its token. Any failure means the caller's own request was not sent.
@@ -1151,17 +1140,7 @@ impl Backend for LotteryBackend {
         let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown lottery operation {operation:?}")))?;
         let station_ok =
             matches!(operation, "password" | "count" | "reset-count" | "prize" | "report-sales" | "report-balance" | "report-trace" | "report-award");
-        for k in body.keys() {
-            if wire::DAEMON_OWNED.contains(&k.as_str()) {
-                return Err(PrepareError::DaemonOwned(k.clone()));
-            }
-            if ENVELOPE_KEYS.contains(&k.as_str()) || (k == wire::STATION_KEY && station_ok) {
-                continue;
-            }
-            if !w.fields.iter().any(|f| f.owner == Owner::Pos && f.name == k) {
-                return Err(invalid(k, format!("is not a field of `{operation}`")));
-            }
-        }
+        common::check_body_keys(operation, body, w.fields, wire::DAEMON_OWNED, &|k| k == wire::STATION_KEY && station_ok)?;
         let mut p = Prepared::default();
         if station_ok {
             match body.get(wire::STATION_KEY) {
@@ -1212,6 +1191,7 @@ impl Backend for LotteryBackend {
                 Kind::Password => {
                     p.transient.insert(f.name.into(), Value::String(v));
                 }
+                other => return Err(invalid(f.name, format!("the lottery backend has no {other:?} fields"))),
             }
         }
         if operation == "password" {
