@@ -91,6 +91,10 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
         }
         Command::Status { connect } => {
             let (s, v) = client(&connect)?.get("/v1/status").await?;
+            // A profile's warnings (plain HTTP, …) go to stderr as well, where a person sees them.
+            for w in v["profiles"].as_array().into_iter().flatten().flat_map(|p| p["warnings"].as_array().into_iter().flatten()) {
+                eprintln!("WARN {}", w.as_str().unwrap_or_default());
+            }
             finish(s, v)
         }
         Command::Report { profile, operation, body, json, connect } => {

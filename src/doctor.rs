@@ -76,7 +76,16 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
                     None => r.push(Level::Fail, format!("profile {}: secret {name} ({}) is missing", p.name, file.display())),
                 }
             }
-            match crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.connect_timeout, p.tls_timeout).await {
+            for w in crate::backend::registry::warnings(p) {
+                r.push(Level::Warn, w);
+            }
+            let probe = if p.plain_http {
+                crate::net::client::tcp_probe(&p.base_url, p.connect_timeout).await.map(|()| "plain HTTP, no certificate to verify".to_string())
+            } else {
+                crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.client_cert.as_ref(), p.connect_timeout, p.tls_timeout).await
+            };
+            match probe {
+                Ok(v) if p.plain_http => r.push(Level::Ok, format!("profile {}: backend reachable ({v})", p.name)),
                 Ok(v) => r.push(Level::Ok, format!("profile {}: backend reachable, certificate verified ({v})", p.name)),
                 Err(e) => r.push(Level::Fail, format!("profile {}: backend: {}", p.name, e.detail())),
             }

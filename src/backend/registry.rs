@@ -100,6 +100,19 @@ pub fn load_profile(path: &Path) -> Result<Profile, ConfigError> {
     Ok(p)
 }
 
+/// What a person should know about a profile's setup, one line each (`GET /v1/status`, `posgate status`,
+/// `posgate doctor`): today, that it speaks plain HTTP.
+pub fn warnings(p: &Profile) -> Vec<String> {
+    let mut out = Vec::new();
+    if p.plain_http {
+        out.push(format!(
+            "profile {}: plain HTTP to {} (no TLS, allowed by allow_plain_http): only the vendor's signatures and encryption protect the payloads",
+            p.name, p.base_url
+        ));
+    }
+    out
+}
+
 /// The list of backends as the README and ARCHITECTURE show it (between their `backends:begin` and
 /// `backends:end` markers; a test keeps them equal), and as `posgate backends` prints it.
 pub fn markdown() -> String {

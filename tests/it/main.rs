@@ -8,6 +8,7 @@ mod lottery;
 mod money;
 mod net;
 mod order;
+mod plain_http;
 mod schemathesis;
 mod soak;
 mod strict;
