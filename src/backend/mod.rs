@@ -172,6 +172,22 @@ pub struct Reply {
     pub amount_fen: Option<i64>,
 }
 
+impl Reply {
+    /// An approval made here, nothing sent (code `local`): the default sign-on and settlement.
+    pub fn local(message_en: &str) -> Reply {
+        Reply {
+            verdict: Verdict::Approved,
+            code: "local".into(),
+            message: message_en.into(),
+            message_en: message_en.into(),
+            fields: Map::new(),
+            reference: None,
+            trans_time: None,
+            amount_fen: None,
+        }
+    }
+}
+
 /// The result of one recovery attempt.
 #[derive(Debug, Clone)]
 pub enum Recovered {
@@ -361,12 +377,20 @@ pub trait Backend: Send + Sync + 'static {
     fn operations(&self) -> &'static [OpSpec];
     /// Validate the POS body and split it into what may be journaled, vaulted or only sent.
     fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, ctx: &PrepareContext<'_>) -> Result<Prepared, PrepareError>;
-    async fn sign_on(&self, identity: &TerminalIdentity, journal_id: u64, trace: &str) -> Result<SignOn, BackendError>;
+    /// Sign the terminal on. The default, for vendors without a sign-on, is local: nothing is sent, the
+    /// engine opens a fresh batch of its own, and the reply is approved with code `local`.
+    async fn sign_on(&self, _identity: &TerminalIdentity, _journal_id: u64, _trace: &str) -> Result<SignOn, BackendError> {
+        Ok(SignOn { batch: None, session: Value::Null, reply: Reply::local("signed on locally: this backend has no sign-on") })
+    }
     /// Send one operation. `Ok` means a definite answer.
     async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError>;
     /// One recovery attempt for an operation whose outcome was unknown.
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError>;
-    async fn settle(&self, req: SettleRequest<'_>) -> Result<Settled, BackendError>;
+    /// Close the batch. The default, for vendors without a settlement, is a local close: nothing is sent,
+    /// the batch is balanced by definition (the engine's totals are the only ones).
+    async fn settle(&self, _req: SettleRequest<'_>) -> Result<Settled, BackendError> {
+        Ok(Settled { balanced: true, uploaded: false, reply: Reply::local("batch closed locally: this backend has no settlement") })
+    }
     /// Whether `prepare` needs `PrepareContext::recent` (local risk rules).
     fn wants_history(&self) -> bool {
         false

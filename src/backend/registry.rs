@@ -11,6 +11,9 @@ use crate::net::client::HttpsClient;
 /// Builds one profile's backend from its validated profile and its HTTP client.
 pub type BuildFn = fn(&Profile, HttpsClient) -> Result<Arc<dyn Backend>, ConfigError>;
 
+/// A backend builder that may capture state (tests build their own backend): `Engine::open_with`.
+pub type BuildWith = dyn Fn(&Profile, HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> + Send + Sync;
+
 /// One backend kind.
 #[derive(Clone, Copy)]
 pub struct KindEntry {
