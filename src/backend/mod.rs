@@ -342,6 +342,32 @@ pub struct PrepareContext<'a> {
     pub card: Option<&'a CardData>,
 }
 
+/// One journal record as a report sees it: what the POS was told, what was asked, what came back.
+/// Deserializes from the API's record view (`GET /v1/journal`), whose `request` is `public` here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportRecord {
+    pub id: u64,
+    pub operation: String,
+    /// The POS status word: approved, declined, reversed, pending, failed.
+    pub status: String,
+    /// The amount the record moved, in fen (for a lottery redeem: the prize, once known).
+    pub amount_fen: i64,
+    /// When the engine created it (RFC 3339, UTC).
+    pub created_at: String,
+    pub trace: String,
+    pub batch: String,
+    /// The vendor's response code, once answered.
+    pub code: Option<String>,
+    /// The vendor's reference for it (`serialNo`, a ticket number), once answered.
+    pub reference: Option<String>,
+    /// The POS request as journaled (cards and bar codes masked).
+    #[serde(rename = "request")]
+    pub public: Map<String, Value>,
+    /// The answer's fields as journaled.
+    pub result: Map<String, Value>,
+}
+
 /// A report over one day's records (for `OpClass::Report` operations).
 #[derive(Debug, Clone)]
 pub struct ReportRequest<'a> {
@@ -353,8 +379,8 @@ pub struct ReportRequest<'a> {
     /// The day reported on: the backend's business day.
     pub date: chrono::NaiveDate,
     /// The profile's records created from the local day before `date` to the local day after it, oldest
-    /// first (public views, as the API shows them). The backend keeps those of its own business day.
-    pub records: &'a [Value],
+    /// first. The backend keeps those of its own business day.
+    pub records: &'a [ReportRecord],
     /// The POS body (minus `date`).
     pub public: &'a Map<String, Value>,
 }

@@ -37,8 +37,8 @@ use serde_json::{json, Map, Value};
 
 use crate::backend::common::{self, scrub};
 use crate::backend::{
-    mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRequest,
-    SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
+    mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRecord,
+    ReportRequest, SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
 };
 use crate::config::{ConfigError, Profile};
 use crate::money;
@@ -901,7 +901,7 @@ pub struct Remote {
 /// are compared per station and (gameNo, batchNo), a record taking its game and batch from its row.
 /// A record's `transacId` is read from its result, or rebuilt from its trace and creation time
 /// (records whose answer never came).
-pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merchant: &str, tz: FixedOffset) -> Map<String, Value> {
+pub fn compare(date: chrono::NaiveDate, records: &[ReportRecord], remote: &Remote, merchant: &str, tz: FixedOffset) -> Map<String, Value> {
     use std::collections::BTreeMap;
     struct Local {
         id: Value,
@@ -913,30 +913,20 @@ pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merc
     }
     let mut local: BTreeMap<String, Local> = BTreeMap::new();
     // The engine sends a day either side; keep the redeems of this business day in the backend's zone.
-    let on_date = |r: &&Value| {
-        r.get("created_at")
-            .and_then(Value::as_str)
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-            .is_some_and(|t| t.with_timezone(&tz).date_naive() == date)
-    };
-    for r in records.iter().filter(|r| r.get("operation").and_then(Value::as_str) == Some("redeem")).filter(on_date) {
-        let result = r.get("result");
-        let transac = result.and_then(|x| x.get("transacId")).and_then(Value::as_str).map(str::to_string).or_else(|| {
-            let created = r.get("created_at").and_then(Value::as_str)?;
-            let trace = r.get("trace").and_then(Value::as_str)?;
-            transac_id(merchant, created, trace, tz).ok()
-        });
+    let on_date = |r: &&ReportRecord| chrono::DateTime::parse_from_rfc3339(&r.created_at).is_ok_and(|t| t.with_timezone(&tz).date_naive() == date);
+    for r in records.iter().filter(|r| r.operation == "redeem").filter(on_date) {
+        let transac = r.result.get("transacId").and_then(Value::as_str).map(str::to_string).or_else(|| transac_id(merchant, &r.created_at, &r.trace, tz).ok());
         let Some(transac) = transac else { continue };
-        let prize = result.and_then(|x| x.get("prize")).and_then(Value::as_i64).or_else(|| r.get("amount_fen").and_then(Value::as_i64)).unwrap_or(0);
+        let prize = r.result.get("prize").and_then(Value::as_i64).unwrap_or(r.amount_fen);
         local.insert(
             transac,
             Local {
-                id: r.get("id").cloned().unwrap_or(Value::Null),
-                status: text(r.get("status")),
-                ticket: text(result.and_then(|x| x.get("ticketNo"))),
+                id: Value::from(r.id),
+                status: r.status.clone(),
+                ticket: text(r.result.get("ticketNo")),
                 prize,
-                bar: text(r.get("request").and_then(|x| x.get("barCode"))),
-                station: text(result.and_then(|x| x.get("station"))),
+                bar: text(r.public.get("barCode")),
+                station: text(r.result.get("station")),
             },
         );
     }
