@@ -39,6 +39,8 @@ pub enum Command {
     },
     /// Run the daemon with the built-in simulators and the example profiles.
     Demo(DemoArgs),
+    /// List the backend kinds this build knows (the profile's `backend =`), their documents and example profiles.
+    Backends,
     /// Show version, profiles (batch, trace, online, pending recovery) and devices.
     Status {
         #[command(flatten)]

@@ -104,13 +104,21 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Checkin { .. } | Command::Settle { .. } | Command::Run { .. } | Command::Jobs { .. } => unreachable!("handled by run"),
         Command::Serve { config } => {
             init_logging();
-            let cfg = DaemonConfig::load(&config)?;
+            let cfg = posgate::backend::registry::load_config(&config)?;
             posgate::daemon::run(cfg, posgate::daemon::shutdown_signal()).await?;
             Ok(())
         }
         Command::Demo(args) => demo(args).await,
+        Command::Backends => {
+            print!("{}", posgate::backend::registry::markdown());
+            Ok(())
+        }
         Command::Status { connect } => {
             let (s, v) = client(&connect)?.get("/v1/status").await?;
+            // A profile's warnings (plain HTTP, …) go to stderr as well, where a person sees them.
+            for w in v["profiles"].as_array().into_iter().flatten().flat_map(|p| p["warnings"].as_array().into_iter().flatten()) {
+                eprintln!("WARN {}", w.as_str().unwrap_or_default());
+            }
             finish(s, v)
         }
         Command::Report { profile, operation, body, json, connect } => {

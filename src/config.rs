@@ -119,7 +119,15 @@ struct RawProfile {
     name: Spanned<String>,
     backend: Spanned<String>,
     base_url: Spanned<String>,
+    /// Permits an `http://` base_url: for vendors whose documents give only plain-HTTP endpoints and
+    /// protect their payloads with signatures and encryption instead.
+    #[serde(default)]
+    allow_plain_http: bool,
     ca_file: Option<Spanned<String>>,
+    /// A client certificate (PEM chain) for vendors that require mutual TLS; needs `client_key`.
+    client_cert: Option<Spanned<String>>,
+    /// The client certificate's private key (PEM).
+    client_key: Option<Spanned<String>>,
     store: String,
     terminal: String,
     #[serde(default = "default_operator")]
@@ -168,9 +176,17 @@ const MAX_ANSWER_CEILING: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub name: String,
+    /// The backend kind, checked against `backend::registry` where profiles are loaded and built.
     pub backend: String,
+    /// The line of `backend =`, for the registry check's error.
+    pub backend_line: Option<usize>,
     pub base_url: String,
+    /// True when `base_url` is `http://` (permitted only by `allow_plain_http = true`): no TLS at all,
+    /// so `doctor` and the status output say so.
+    pub plain_http: bool,
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM paths) for mutual TLS, both or neither.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub identity: TerminalIdentity,
     /// TCP connect to the backend.
     pub connect_timeout: Duration,
@@ -207,30 +223,42 @@ impl Profile {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(ConfigError::field(path, at(&raw.name.span()), "name", "must be non-empty ASCII letters, digits, '-' or '_'"));
         }
+        // The kind is checked against the registry where profiles are loaded (`backend::registry`), so
+        // config depends on no backend.
         let backend = raw.backend.get_ref().clone();
-        if !["loyalty", "lottery", "wallet"].contains(&backend.as_str()) {
-            return Err(ConfigError::field(
-                path,
-                at(&raw.backend.span()),
-                "backend",
-                format!("unknown backend kind {backend:?} (known: loyalty, lottery, wallet)"),
-            ));
-        }
         let base_url = raw.base_url.get_ref().trim_end_matches('/').to_string();
-        match url::Url::parse(&base_url) {
-            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
-            Ok(_) => return Err(ConfigError::field(path, at(&raw.base_url.span()), "base_url", "must be an https:// URL with a host")),
-            Err(e) => return Err(ConfigError::field(path, at(&raw.base_url.span()), "base_url", format!("not a URL: {e}"))),
-        }
-        let ca_file = match &raw.ca_file {
-            Some(f) => {
-                let p = dir.join(f.get_ref());
-                if !p.is_file() {
-                    return Err(ConfigError::field(path, at(&f.span()), "ca_file", format!("{} does not exist", p.display())));
-                }
-                Some(p)
+        let base_at = at(&raw.base_url.span());
+        let plain_http = match url::Url::parse(&base_url) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => false,
+            Ok(u) if u.scheme() == "http" && u.host().is_some() && raw.allow_plain_http => true,
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => {
+                return Err(ConfigError::field(
+                    path,
+                    base_at,
+                    "base_url",
+                    "is plain http:// (unencrypted); set `allow_plain_http = true` in this profile if the vendor offers only http://",
+                ))
             }
-            None => None,
+            Ok(_) if raw.allow_plain_http => return Err(ConfigError::field(path, base_at, "base_url", "must be an https:// or http:// URL with a host")),
+            Ok(_) => return Err(ConfigError::field(path, base_at, "base_url", "must be an https:// URL with a host")),
+            Err(e) => return Err(ConfigError::field(path, base_at, "base_url", format!("not a URL: {e}"))),
+        };
+        let existing = |f: &Spanned<String>, field: &str| -> Result<PathBuf, ConfigError> {
+            let p = dir.join(f.get_ref());
+            if !p.is_file() {
+                return Err(ConfigError::field(path, at(&f.span()), field, format!("{} does not exist", p.display())));
+            }
+            Ok(p)
+        };
+        let ca_file = raw.ca_file.as_ref().map(|f| existing(f, "ca_file")).transpose()?;
+        let client_cert = match (&raw.client_cert, &raw.client_key) {
+            (None, None) => None,
+            (Some(_), _) | (_, Some(_)) if plain_http => {
+                return Err(ConfigError::field(path, base_at, "client_cert", "a client certificate needs an https:// base_url"));
+            }
+            (Some(c), Some(k)) => Some((existing(c, "client_cert")?, existing(k, "client_key")?)),
+            (Some(c), None) => return Err(ConfigError::field(path, at(&c.span()), "client_key", "required with `client_cert`")),
+            (None, Some(k)) => return Err(ConfigError::field(path, at(&k.span()), "client_cert", "required with `client_key`")),
         };
         let mut secrets = BTreeMap::new();
         let mut secret_files = BTreeMap::new();
@@ -264,8 +292,11 @@ impl Profile {
         Ok(Profile {
             name,
             backend,
+            backend_line: at(&raw.backend.span()),
             base_url,
+            plain_http,
             ca_file,
+            client_cert,
             identity: TerminalIdentity { store: raw.store, terminal: raw.terminal, operator: raw.operator },
             connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
             tls_timeout: Duration::from_millis(tls_timeout_ms),
@@ -434,5 +465,41 @@ mod tests {
         assert!(d.check(10_000_001, false).is_err_and(|e| e.contains("at most 10000000 fen")));
         assert!(d.check(-1, false).is_err());
         assert!(d.check(10_000_000, true).is_ok());
+    }
+
+    #[test]
+    fn plain_http_needs_the_explicit_option() {
+        let p = Path::new("/x/wallet.toml");
+        let head = "name = \"w\"\nbackend = \"wallet\"\n";
+        let tail = "store = \"1\"\nterminal = \"2\"\n";
+        let e = Profile::parse(p, &format!("{head}base_url = \"http://127.0.0.1:8080/api\"\n{tail}")).expect_err("plain without the option").to_string();
+        assert!(e.contains("/x/wallet.toml:3") && e.contains("base_url") && e.contains("allow_plain_http = true"), "{e}");
+        let ok = Profile::parse(p, &format!("{head}base_url = \"http://127.0.0.1:8080/api\"\nallow_plain_http = true\n{tail}")).expect("allowed");
+        assert!(ok.plain_http);
+        assert_eq!(ok.backend_line, Some(2));
+        let tls = Profile::parse(p, &format!("{head}base_url = \"https://h\"\nallow_plain_http = true\n{tail}")).expect("https stays fine");
+        assert!(!tls.plain_http);
+        let e = Profile::parse(p, &format!("{head}base_url = \"ftp://h\"\nallow_plain_http = true\n{tail}")).expect_err("ftp").to_string();
+        assert!(e.contains(":3") && e.contains("https:// or http://"), "{e}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_files_and_tls() {
+        let dir = std::env::temp_dir().join(format!("posgate-cfg-cc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("c.pem"), "x").unwrap();
+        std::fs::write(dir.join("k.pem"), "x").unwrap();
+        let p = dir.join("a.toml");
+        let base = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
+        let ok = Profile::parse(&p, &format!("{base}client_cert = \"c.pem\"\nclient_key = \"k.pem\"\n")).expect("both");
+        assert_eq!(ok.client_cert, Some((dir.join("c.pem"), dir.join("k.pem"))));
+        let e = Profile::parse(&p, &format!("{base}client_cert = \"c.pem\"\n")).expect_err("no key").to_string();
+        assert!(e.contains(":6") && e.contains("client_key"), "{e}");
+        let e = Profile::parse(&p, &format!("{base}client_cert = \"c.pem\"\nclient_key = \"nope.pem\"\n")).expect_err("missing file").to_string();
+        assert!(e.contains(":7") && e.contains("does not exist"), "{e}");
+        let plain = base.replace("https://h", "http://h");
+        let e =
+            Profile::parse(&p, &format!("{plain}allow_plain_http = true\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"\n")).expect_err("plain").to_string();
+        assert!(e.contains("needs an https://"), "{e}");
     }
 }

@@ -4,15 +4,15 @@ use std::sync::Arc;
 
 use rand::RngCore;
 
-use crate::config::{DaemonConfig, Profile};
+use crate::config::DaemonConfig;
 use crate::net::tls::TestPki;
 use crate::secret::Secret;
 use crate::sim::lottery::LotterySim;
 use crate::sim::loyalty::{LoyaltySim, SimConfig};
 
-/// The example loyalty profile shipped in `terminal-profiles/`.
+/// The example loyalty profile shipped in `terminal-profiles/` (the registry's).
 pub const LOYALTY_PROFILE: &str = include_str!("../terminal-profiles/loyalty.toml");
-/// The example lottery profile shipped in `terminal-profiles/`.
+/// The example lottery profile shipped in `terminal-profiles/` (the registry's).
 pub const LOTTERY_PROFILE: &str = include_str!("../terminal-profiles/lottery.toml");
 /// The example wallet profile shipped in `terminal-profiles/`.
 pub const WALLET_PROFILE: &str = include_str!("../terminal-profiles/wallet.toml");
@@ -126,7 +126,8 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     let wallet = Arc::new(crate::sim::wallet::WalletSim::demo());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
     let wallet_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(wallet.clone().serve(listener, pki.acceptor().map_err(|e| e.to_string())?, std::future::pending::<()>()));
+    // The wallet's document gives plain http:// endpoints: its simulator speaks plain HTTP too.
+    tokio::spawn(wallet.clone().serve_plain(listener, std::future::pending::<()>()));
     write_private(&data_dir.join("secrets/wallet-app-key.txt"), crate::sim::wallet::DEMO_APP_KEY.as_bytes())?;
     write_private(&data_dir.join("secrets/wallet-tsig-key.pem"), crate::sim::wallet::TEST_PRIVATE_KEY.as_bytes())?;
     let orders: Vec<serde_json::Value> =
@@ -136,17 +137,20 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
 
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
+    // Each registered kind's example profile, pointed at its simulator; a kind without one is left out.
+    let sims = [(crate::backend::loyalty::KIND, addr), (crate::backend::lottery::KIND, lottery_addr), (crate::backend::wallet::KIND, wallet_addr)];
     let mut profiles = Vec::new();
-    for (file, text, example, actual) in [
-        ("loyalty.toml", LOYALTY_PROFILE, "https://127.0.0.1:18443", addr),
-        ("lottery.toml", LOTTERY_PROFILE, "https://127.0.0.1:18444", lottery_addr),
-        ("wallet.toml", WALLET_PROFILE, "https://127.0.0.1:18445", wallet_addr),
-    ] {
+    for kind in crate::backend::registry::KINDS {
+        let (Some(example), Some((_, actual))) = (kind.demo_url, sims.iter().find(|(k, _)| *k == kind.name)) else { continue };
+        let file = Path::new(kind.example_profile).file_name().map(|f| f.to_os_string()).unwrap_or_else(|| format!("{}.toml", kind.name).into());
         let path = profiles_dir.join(file);
         // The demo serves around the clock, so a newcomer in any time zone sees a redeem go through.
-        let text = text.replace(example, &format!("https://{actual}")).replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
+        let text = kind
+            .example_text
+            .replace(example, &format!("{}://{actual}", example.split("://").next().unwrap_or("https")))
+            .replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-        profiles.push(Profile::load(&path).map_err(|e| e.to_string())?);
+        profiles.push(crate::backend::registry::load_profile(&path).map_err(|e| e.to_string())?);
     }
 
     let config = DaemonConfig {

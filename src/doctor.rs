@@ -3,7 +3,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::client::ApiClient;
-use crate::config::DaemonConfig;
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +48,7 @@ fn mode_of(p: &Path) -> Option<u32> {
 /// Run every check. Never prints a secret; contacts only the configured backends (handshake, no request).
 pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
     let mut r = Report::default();
-    let cfg = match DaemonConfig::load(config_path) {
+    let cfg = match crate::backend::registry::load_config(config_path) {
         Ok(c) => {
             r.push(Level::Ok, format!("config {} loads: {} profile(s), {} device(s)", config_path.display(), c.profiles.len(), c.devices.len()));
             Some(c)
@@ -77,7 +76,16 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
                     None => r.push(Level::Fail, format!("profile {}: secret {name} ({}) is missing", p.name, file.display())),
                 }
             }
-            match crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.connect_timeout, p.tls_timeout).await {
+            for w in crate::backend::registry::warnings(p) {
+                r.push(Level::Warn, w);
+            }
+            let probe = if p.plain_http {
+                crate::net::client::tcp_probe(&p.base_url, p.connect_timeout).await.map(|()| "plain HTTP, no certificate to verify".to_string())
+            } else {
+                crate::net::client::tls_probe(&p.base_url, p.ca_file.as_deref(), p.client_cert.as_ref(), p.connect_timeout, p.tls_timeout).await
+            };
+            match probe {
+                Ok(v) if p.plain_http => r.push(Level::Ok, format!("profile {}: backend reachable ({v})", p.name)),
                 Ok(v) => r.push(Level::Ok, format!("profile {}: backend reachable, certificate verified ({v})", p.name)),
                 Err(e) => r.push(Level::Fail, format!("profile {}: backend: {}", p.name, e.detail())),
             }

@@ -7,6 +7,7 @@ pub mod common;
 pub mod job;
 pub mod lottery;
 pub mod loyalty;
+pub mod registry;
 pub mod wallet;
 
 use std::collections::BTreeMap;
@@ -166,6 +167,22 @@ pub struct Reply {
     pub amount_fen: Option<i64>,
 }
 
+impl Reply {
+    /// An approval made here, nothing sent (code `local`): the default sign-on and settlement.
+    pub fn local(message_en: &str) -> Reply {
+        Reply {
+            verdict: Verdict::Approved,
+            code: "local".into(),
+            message: message_en.into(),
+            message_en: message_en.into(),
+            fields: Map::new(),
+            reference: None,
+            trans_time: None,
+            amount_fen: None,
+        }
+    }
+}
+
 /// The result of one recovery attempt.
 #[derive(Debug, Clone)]
 pub enum Recovered {
@@ -320,6 +337,32 @@ pub struct PrepareContext<'a> {
     pub card: Option<&'a CardData>,
 }
 
+/// One journal record as a report sees it: what the POS was told, what was asked, what came back.
+/// Deserializes from the API's record view (`GET /v1/journal`), whose `request` is `public` here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportRecord {
+    pub id: u64,
+    pub operation: String,
+    /// The POS status word: approved, declined, reversed, pending, failed.
+    pub status: String,
+    /// The amount the record moved, in fen (for a lottery redeem: the prize, once known).
+    pub amount_fen: i64,
+    /// When the engine created it (RFC 3339, UTC).
+    pub created_at: String,
+    pub trace: String,
+    pub batch: String,
+    /// The vendor's response code, once answered.
+    pub code: Option<String>,
+    /// The vendor's reference for it (`serialNo`, a ticket number), once answered.
+    pub reference: Option<String>,
+    /// The POS request as journaled (cards and bar codes masked).
+    #[serde(rename = "request")]
+    pub public: Map<String, Value>,
+    /// The answer's fields as journaled.
+    pub result: Map<String, Value>,
+}
+
 /// A report over one day's records (for `OpClass::Report` operations).
 #[derive(Debug, Clone)]
 pub struct ReportRequest<'a> {
@@ -331,8 +374,8 @@ pub struct ReportRequest<'a> {
     /// The day reported on: the backend's business day.
     pub date: chrono::NaiveDate,
     /// The profile's records created from the local day before `date` to the local day after it, oldest
-    /// first (public views, as the API shows them). The backend keeps those of its own business day.
-    pub records: &'a [Value],
+    /// first. The backend keeps those of its own business day.
+    pub records: &'a [ReportRecord],
     /// The POS body (minus `date`).
     pub public: &'a Map<String, Value>,
 }
@@ -355,12 +398,20 @@ pub trait Backend: Send + Sync + 'static {
     fn operations(&self) -> &'static [OpSpec];
     /// Validate the POS body and split it into what may be journaled, vaulted or only sent.
     fn prepare(&self, operation: &str, body: &Map<String, Value>, original: Option<&OriginalRef>, ctx: &PrepareContext<'_>) -> Result<Prepared, PrepareError>;
-    async fn sign_on(&self, identity: &TerminalIdentity, journal_id: u64, trace: &str) -> Result<SignOn, BackendError>;
+    /// Sign the terminal on. The default, for vendors without a sign-on, is local: nothing is sent, the
+    /// engine opens a fresh batch of its own, and the reply is approved with code `local`.
+    async fn sign_on(&self, _identity: &TerminalIdentity, _journal_id: u64, _trace: &str) -> Result<SignOn, BackendError> {
+        Ok(SignOn { batch: None, session: Value::Null, reply: Reply::local("signed on locally: this backend has no sign-on") })
+    }
     /// Send one operation. `Ok` means a definite answer.
     async fn execute(&self, tx: TxRequest<'_>) -> Result<Reply, BackendError>;
     /// One recovery attempt for an operation whose outcome was unknown.
     async fn recover(&self, tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError>;
-    async fn settle(&self, req: SettleRequest<'_>) -> Result<Settled, BackendError>;
+    /// Close the batch. The default, for vendors without a settlement, is a local close: nothing is sent,
+    /// the batch is balanced by definition (the engine's totals are the only ones).
+    async fn settle(&self, _req: SettleRequest<'_>) -> Result<Settled, BackendError> {
+        Ok(Settled { balanced: true, uploaded: false, reply: Reply::local("batch closed locally: this backend has no settlement") })
+    }
     /// Whether `prepare` needs `PrepareContext::recent` (local risk rules).
     fn wants_history(&self) -> bool {
         false
@@ -408,19 +459,9 @@ impl dyn Backend {
     }
 }
 
-/// Build the backend a profile names.
+/// Build the backend a profile names, through [`registry::KINDS`].
 pub fn build(profile: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, crate::config::ConfigError> {
-    match profile.backend.as_str() {
-        "loyalty" => Ok(Arc::new(loyalty::LoyaltyBackend::new(profile, http)?)),
-        "lottery" => Ok(Arc::new(lottery::LotteryBackend::new(profile, http)?)),
-        "wallet" => Ok(Arc::new(wallet::WalletBackend::new(profile, http)?)),
-        other => Err(crate::config::ConfigError::field(
-            &profile.source,
-            None,
-            "backend",
-            format!("unknown backend kind {other:?} (known: loyalty, lottery, wallet)"),
-        )),
-    }
+    (registry::check(profile)?.build)(profile, http)
 }
 
 /// Mask a card number as first 6 + last 4; shorter numbers keep only the last 4.

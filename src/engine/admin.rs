@@ -26,6 +26,8 @@ impl Engine {
                     owed_ids: owed.keys().copied().collect(),
                     unsettled_batches: st.unsettled.clone(),
                     totals,
+                    plain_http: lane.profile.plain_http,
+                    warnings: crate::backend::registry::warnings(&lane.profile),
                 }
             })
             .collect();

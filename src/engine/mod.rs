@@ -95,6 +95,12 @@ impl Engine {
     /// Open the journal, build every profile's backend, turn records left pending by a crash into
     /// recovery entries, and start the recovery workers.
     pub async fn open(cfg: EngineConfig, clock: Arc<dyn Clock>) -> Result<Arc<Engine>, EngineError> {
+        Self::open_with(cfg, clock, &backend::build).await
+    }
+
+    /// [`Engine::open`] with the backends made by `build` instead of the registry's (tests with a
+    /// backend of their own).
+    pub async fn open_with(cfg: EngineConfig, clock: Arc<dyn Clock>, build: &backend::registry::BuildWith) -> Result<Arc<Engine>, EngineError> {
         // Refuses a journal behind its high-water mark (lost records would reuse trace numbers and keys).
         let journal = SledJournal::open(&cfg.data_dir.join("journal")).map_err(jerr)?;
         let key_path = cfg.data_dir.join("journal.key");
@@ -109,7 +115,7 @@ impl Engine {
         for p in cfg.profiles {
             let http = HttpsClient::new(&HttpOptions::for_profile(&p))
                 .map_err(|e| EngineError::Config(format!("profile {} ({}): {e}", p.name, p.source.display())))?;
-            let backend = backend::build(&p, http).map_err(|e| EngineError::Config(e.to_string()))?;
+            let backend = build(&p, http).map_err(|e| EngineError::Config(e.to_string()))?;
             lanes.insert(p.name.clone(), Arc::new(Lane::new(p, backend)));
         }
         let engine = Arc::new(Engine {

@@ -200,4 +200,126 @@ mod tests {
         let spread: std::collections::HashSet<i64> = (0..100).map(|_| backoff_ms(200, 60_000, 5)).collect();
         assert!(spread.len() > 10, "{spread:?}");
     }
+
+    /// A backend whose every request goes unanswered and whose outcome is learnt by asking the vendor
+    /// (`Recovery::Query`), each query answered from a script; sign-on and settlement are the defaults.
+    mod query {
+        use std::collections::VecDeque;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use serde_json::{json, Map, Value};
+
+        use crate::backend::{
+            Backend, BackendError, OpClass, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, Stage, TxRequest, Verdict,
+        };
+        use crate::engine::{Engine, EngineConfig, SystemClock};
+
+        const OPS: &[OpSpec] = &[
+            OpSpec { name: "checkin", class: OpClass::SignOn, needs_original: false },
+            OpSpec { name: "pay", class: OpClass::Financial(Recovery::Query), needs_original: false },
+            OpSpec { name: "settle", class: OpClass::Settle, needs_original: false },
+        ];
+
+        #[derive(Default)]
+        struct QueryBackend {
+            script: Mutex<VecDeque<Recovered>>,
+            asked: Mutex<Vec<Recovery>>,
+        }
+
+        #[async_trait::async_trait]
+        impl Backend for QueryBackend {
+            fn kind(&self) -> &'static str {
+                "query-test"
+            }
+            fn operations(&self) -> &'static [OpSpec] {
+                OPS
+            }
+            fn prepare(&self, _op: &str, body: &Map<String, Value>, _o: Option<&OriginalRef>, _c: &PrepareContext<'_>) -> Result<Prepared, PrepareError> {
+                let fen = body.get("amount").and_then(Value::as_i64).ok_or_else(|| PrepareError::Missing("amount".into()))?;
+                let mut p = Prepared { amount_fen: fen, totals: vec![("payCount".into(), 1), ("payAmount".into(), fen)], ..Prepared::default() };
+                p.public.insert("amount".into(), json!(fen));
+                Ok(p)
+            }
+            async fn execute(&self, _tx: TxRequest<'_>) -> Result<Reply, BackendError> {
+                Err(BackendError::new("query-test", Stage::Unknown, "no answer within the timeout"))
+            }
+            async fn recover(&self, _tx: TxRequest<'_>, how: Recovery) -> Result<Recovered, BackendError> {
+                self.asked.lock().unwrap().push(how);
+                Ok(self.script.lock().unwrap().pop_front().unwrap_or(Recovered::Again("the vendor cannot say yet".into())))
+            }
+        }
+
+        fn reply(verdict: Verdict, code: &str) -> Reply {
+            Reply {
+                verdict,
+                code: code.into(),
+                message: code.into(),
+                message_en: code.into(),
+                fields: Map::new(),
+                reference: None,
+                trans_time: None,
+                amount_fen: None,
+            }
+        }
+
+        async fn settled(e: &Engine, id: u64) -> Value {
+            for _ in 0..500 {
+                let v = e.journal_record(id).unwrap();
+                if v["state"] != "unknown" && v["state"] != "pending" {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("record {id} was never resolved: {}", e.journal_record(id).unwrap());
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_query_recovery_settles_approved_declined_or_never_happened() {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = crate::net::tls::TestPki::ensure(dir.path()).unwrap();
+            let text = format!(
+                "name = \"q\"\nbackend = \"query-test\"\nbase_url = \"https://127.0.0.1:9\"\nca_file = \"{}\"\nstore = \"1\"\nterminal = \"2\"\n[recovery]\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n",
+                pki.ca_file.display()
+            );
+            let profile = crate::config::Profile::parse(&dir.path().join("q.toml"), &text).unwrap();
+            let backend = Arc::new(QueryBackend::default());
+            let b = backend.clone();
+            let build = move |_: &crate::config::Profile, _| -> Result<Arc<dyn Backend>, crate::config::ConfigError> { Ok(b.clone()) };
+            let cfg = EngineConfig { data_dir: dir.path().join("data"), profiles: vec![profile] };
+            let e = Engine::open_with(cfg, Arc::new(SystemClock), &build).await.unwrap();
+
+            // The vendor cannot say at first, then says it was approved: booked, in the totals.
+            backend.script.lock().unwrap().extend([Recovered::Again("cannot say".into()), Recovered::Settled(reply(Verdict::Approved, "00"))]);
+            let a = e.run("q", "pay", json!({"amount": 500}), None).await.unwrap();
+            assert_eq!((a.http_status, a.body["state"].clone()), (202, json!("unknown")), "{}", a.body);
+            let id = a.body["id"].as_u64().unwrap();
+            let v = settled(&e, id).await;
+            assert_eq!((v["status"].clone(), v["code"].clone()), (json!("approved"), json!("00")), "{v}");
+            assert!(backend.asked.lock().unwrap().iter().all(|h| *h == Recovery::Query));
+            assert_eq!(backend.asked.lock().unwrap().len(), 2);
+
+            // Declined by the vendor: nothing booked.
+            backend.script.lock().unwrap().push_back(Recovered::Settled(reply(Verdict::Declined, "51")));
+            let id = e.run("q", "pay", json!({"amount": 700}), None).await.unwrap().body["id"].as_u64().unwrap();
+            assert_eq!(settled(&e, id).await["status"], "declined");
+
+            // Never happened at the vendor.
+            backend.script.lock().unwrap().push_back(Recovered::Reversed { code: "none".into(), message: "no such order".into() });
+            let id = e.run("q", "pay", json!({"amount": 900}), None).await.unwrap().body["id"].as_u64().unwrap();
+            assert_eq!(settled(&e, id).await["status"], "reversed");
+
+            let st = e.status();
+            assert_eq!(st["profiles"][0]["totals"], json!({"payAmount": 500, "payCount": 1}), "{st}");
+            // The default settlement closes the batch here, balanced, nothing sent.
+            let s = e.run("q", "settle", json!({}), None).await.unwrap();
+            assert_eq!(
+                (s.body["status"].clone(), s.body["code"].clone(), s.body["result"]["balanced"].clone()),
+                (json!("approved"), json!("local"), json!(true)),
+                "{}",
+                s.body
+            );
+            e.shutdown().await;
+        }
+    }
 }

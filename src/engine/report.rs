@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::{jerr, Answer, Engine, EngineError, JournalQuery, Lane, ProfileStatus, Record, Status};
-use crate::backend::{DailyJob, HistoryItem, OpClass, ReportRequest};
+use crate::backend::{DailyJob, HistoryItem, OpClass, ReportRecord, ReportRequest};
 
 /// How far back `PrepareContext::recent` reaches.
 const RECENT_MS: i64 = 48 * 3600 * 1000;
@@ -125,7 +125,7 @@ impl Engine {
         self.scan_back(&lane.profile.name, |r| {
             let d = local_date(created_ms(r));
             if d >= first && d <= last && r.class != crate::model::Class::Report {
-                records.push(r.view());
+                records.push(report_record(r));
             }
             d >= first
         })?;
@@ -216,6 +216,23 @@ impl Engine {
             out.push(v);
         }
         Value::Array(out)
+    }
+}
+
+/// A journal record as a report operation sees it (typed, no sealed fields).
+fn report_record(r: &Record) -> ReportRecord {
+    ReportRecord {
+        id: r.id,
+        operation: r.operation.clone(),
+        status: r.status.pos_word().to_string(),
+        amount_fen: r.amount_fen,
+        created_at: r.created_at.clone(),
+        trace: r.trace.clone(),
+        batch: r.batch.clone(),
+        code: r.code.clone(),
+        reference: r.reference.clone(),
+        public: r.request.clone(),
+        result: r.result.clone(),
     }
 }
 
@@ -342,5 +359,33 @@ pub(super) async fn daily(engine: Weak<Engine>, lane: Arc<Lane>, job: DailyJob, 
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{report_record, Record, Status};
+    use crate::backend::ReportRecord;
+
+    /// The typed record a report gets is the record view the API shows (tests and tools write views).
+    #[test]
+    fn a_report_record_is_the_records_api_view_typed() {
+        let mut r = Record::new("lottery", "redeem", crate::model::Class::Financial, "000001", "2026-03-10T02:00:00.000Z");
+        r.id = 42;
+        r.trace = "000007".into();
+        r.status = Status::Approved;
+        r.amount_fen = 500;
+        r.code = Some("10000".into());
+        r.reference = Some("00101-00001-T1".into());
+        r.request.insert("barCode".into(), json!("GW0000****0001"));
+        r.result.insert("transacId".into(), json!("0120260310100000000007"));
+        r.sealed = Some("sealed-bar-code".into());
+        let typed = report_record(&r);
+        let from_view: ReportRecord = serde_json::from_value(r.view()).expect("view");
+        assert_eq!(typed, from_view);
+        assert_eq!((typed.status.as_str(), typed.public["barCode"].clone(), typed.amount_fen), ("approved", json!("GW0000****0001"), 500));
+        assert!(!format!("{typed:?}").contains("sealed-bar-code"));
     }
 }

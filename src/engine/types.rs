@@ -26,6 +26,10 @@ pub struct ProfileStatus {
     /// opened; settle each with `posgate settle PROFILE --batch N`.
     pub unsettled_batches: Vec<String>,
     pub totals: BTreeMap<String, i64>,
+    /// True when the profile's backend is spoken to in plain HTTP (`allow_plain_http`): no TLS.
+    pub plain_http: bool,
+    /// Things a person should know about the profile's setup (plain HTTP, for one), one line each.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Error)]

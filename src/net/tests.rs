@@ -12,14 +12,14 @@ use tokio::net::{TcpListener, TcpStream};
 use super::client::{HttpOptions, HttpsClient, NetError};
 
 /// A CA of the test's own, written to a file the client trusts.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-    file: PathBuf,
+pub(super) struct Ca {
+    pub(super) cert: rcgen::Certificate,
+    pub(super) key: rcgen::KeyPair,
+    pub(super) file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-fn new_ca() -> Ca {
+pub(super) fn new_ca() -> Ca {
     named_ca("net test CA")
 }
 
@@ -79,7 +79,7 @@ enum After {
     Announce(u64),
 }
 
-async fn read_request<S: AsyncReadExt + Unpin>(s: &mut S) -> bool {
+pub(super) async fn read_request<S: AsyncReadExt + Unpin>(s: &mut S) -> bool {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -175,6 +175,7 @@ fn client(ca: &Ca) -> HttpsClient {
         tls_timeout: Duration::from_millis(300),
         timeout: Duration::from_millis(1000),
         max_answer_bytes: 1024 * 1024,
+        ..HttpOptions::default()
     })
     .expect("client")
 }

@@ -7,6 +7,7 @@ mod lottery;
 mod money;
 mod net;
 mod order;
+mod plain_http;
 mod schemathesis;
 mod strict;
 mod support;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use posgate::client::ApiClient;
-use posgate::net::tls::TestPki;
 use posgate::sim::faults::Fault;
 use posgate::sim::wallet::{WalletSim, DEMO_APP_KEY, TEST_PRIVATE_KEY};
 use serde_json::{json, Value};
@@ -32,16 +31,16 @@ impl Drop for WalletWorld {
 /// The shipped example profile against a fresh simulator, with short timeouts and backoff.
 async fn world(name: &str, app_key: &str) -> WalletWorld {
     let dir = scratch(name);
-    let pki = TestPki::ensure(&dir.join("pki")).expect("pki");
     std::fs::create_dir_all(dir.join("secrets")).expect("secrets");
     std::fs::write(dir.join("secrets/wallet-app-key.txt"), app_key).expect("key");
     std::fs::write(dir.join("secrets/wallet-tsig-key.pem"), TEST_PRIVATE_KEY).expect("pem");
     let sim = Arc::new(WalletSim::demo());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(sim.clone().serve(listener, pki.acceptor().expect("acceptor"), std::future::pending::<()>()));
+    // Plain HTTP, as the vendor's document gives it (the profile says `allow_plain_http = true`).
+    tokio::spawn(sim.clone().serve_plain(listener, std::future::pending::<()>()));
     let profile = posgate::demo::WALLET_PROFILE
-        .replace("https://127.0.0.1:18445", &format!("https://{addr}"))
+        .replace("http://127.0.0.1:18445", &format!("http://{addr}"))
         .replace("timeout_ms = 5000", "timeout_ms = 2000")
         .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
         .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")

@@ -153,9 +153,8 @@ pub const UNKNOWN_EN: &str = "unknown return code";
 
 /// `(中文, English, table)` for a `ret`; unknown codes get [`UNKNOWN_ZH`] / [`UNKNOWN_EN`].
 pub fn lookup(ret: &str) -> (&'static str, &'static str, Table) {
-    let ret = ret.trim();
     for (table, rows) in [(Table::Lottery, LOTTERY), (Table::System, SYSTEM), (Table::Business, BUSINESS)] {
-        if let Some(&(_, zh, en)) = rows.iter().find(|(c, _, _)| *c == ret) {
+        if let Some((zh, en)) = crate::backend::common::lookup_code(rows, ret) {
             return (zh, en, table);
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Wire details live in [`wire`] (paths, fields, envelope), [`sign`] (MD5 / SHA-1 signatures), [`codes`]
 //! (the three return-code tables), [`risk`] (section 6 rules, checked before sending) and [`stations`]
-//! (the pool: the backend is serial per station). This file turns the engine's vendor-neutral calls into
-//! those requests and back.
+//! (the pool: the backend is serial per station); `answer.rs` makes answers into replies, `query.rs` learns
+//! a redeem's fate by query, `reconcile.rs` runs the daily reconciliation. This file turns the engine's
+//! vendor-neutral calls into those requests and back.
 //!
 //! Exactly-once redemption: `transacId` = merchant (2) + `YYYYMMDDHHMMSS` of the record's creation time in
 //! the profile's timezone + the engine's 6-digit trace. Both ingredients are durable before the first send,
@@ -21,7 +22,10 @@
 //! that the `transacId` reached the host, or when resends keep failing ([`QUERY_AFTER`] in a row), the
 //! outcome is learnt from getPrize (8.9) and that day's awardDetail (which `transacId` won). `Recovery::Query`
 //! runs the query alone.
+mod answer;
 pub mod codes;
+mod query;
+mod reconcile;
 pub mod risk;
 pub mod sign;
 pub mod stations;
@@ -35,15 +39,21 @@ use bytes::Bytes;
 use chrono::{FixedOffset, NaiveTime};
 use serde_json::{json, Map, Value};
 
+use crate::backend::common::{self, scrub};
 use crate::backend::{
-    mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRequest,
-    SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
+    mask_card, Backend, BackendError, DailyJob, Lease, OpSpec, OriginalRef, PrepareContext, PrepareError, Prepared, Recovered, Recovery, Reply, ReportRecord,
+    ReportRequest, SettleRequest, Settled, SignOn, Stage, TerminalIdentity, TxRequest, Verdict,
 };
 use crate::config::{ConfigError, Profile};
 use crate::money;
 use crate::net::client::{HttpsClient, NetError};
 use crate::secret::Secret;
 
+use self::answer::plain_reply;
+pub use self::answer::{content_fields, redeem_reply, ticket_level, transac_id, AMBIGUOUS, MONEY_FIELDS, SEEN_BEFORE};
+pub use self::query::QUERY_AFTER;
+use self::reconcile::text;
+pub use self::reconcile::{compare, Remote, Summary, SummaryScope};
 use self::risk::RiskRules;
 use self::sign::SignMethod;
 use self::stations::{Station, StationGuard, StationPool};
@@ -51,38 +61,6 @@ use self::wire::{Answer, BodyFormat, Envelope, Kind, Owner, WireOp};
 
 /// The profile `backend =` value.
 pub const KIND: &str = "lottery";
-
-/// Body keys that belong to the engine's envelope rather than the vendor request; ignored if present.
-const ENVELOPE_KEYS: &[&str] = &["original", "scan", "scanId", "scan_id"];
-
-/// Answer fields that are yuan (whole yuan, `balance` a decimal) and become integer fen in [`Reply::fields`].
-pub const MONEY_FIELDS: &[&str] = &["price", "prize", "balance", "amountPrize", "AmountPrize", "amount"];
-
-/// Redeem answers after which nothing can be said about whether the ticket was paid: the outcome is
-/// unknown and the same `transacId` is sent again (server errors, "try later", database failures).
-pub const AMBIGUOUS: &[&str] = &["1", "32", "1001", "1002", "1005", "1023", "1024", "1025", "1026", "1043", "1044"];
-
-/// Answers to a resend that say only that this `transacId` reached the host before (15 流水号已经存在,
-/// 10030 交易流水号重复): the outcome is learnt by query.
-pub const SEEN_BEFORE: &[&str] = &["15", "10030"];
-
-/// Resends in a row that settle nothing before a recovery attempt also asks the host by query.
-pub const QUERY_AFTER: u32 = 3;
-
-/// How awardSummary is asked (profile option `summary_scope`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SummaryScope {
-    /// `00000`/`00000` (the table's "all"); where the host refuses that, once per (gameNo, batchNo).
-    All,
-    /// Once per (gameNo, batchNo) named by the day's awardDetail rows (the v0.8 history line).
-    PerBatch,
-}
-
-/// Ticket-level answers: a resend that gets one of these has learnt the ticket's fate.
-pub fn ticket_level(ret: &str) -> bool {
-    let n: u32 = ret.trim().parse().unwrap_or(0);
-    matches!(n, 1027..=1029 | 1039..=1042 | 1301..=1316 | 8001..=8007 | 10000 | 10023..=10028)
-}
 
 /// The lottery backend of one profile.
 pub struct LotteryBackend {
@@ -128,11 +106,6 @@ fn invalid(field: &str, why: impl Into<String>) -> PrepareError {
     PrepareError::invalid(field, why)
 }
 
-/// Shorten text from outside for an error detail (no more than ~200 characters).
-fn scrub(text: &str) -> String {
-    crate::backend::loyalty::scrub(text)
-}
-
 /// Parse `+08:00` / `-05:30` / `Z`.
 pub fn parse_offset(s: &str) -> Option<FixedOffset> {
     let s = s.trim();
@@ -152,160 +125,8 @@ pub fn parse_offset(s: &str) -> Option<FixedOffset> {
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
-/// `transacId` = merchant + YYYYMMDDHHMMSS (record creation time in `tz`) + 6-digit trace.
-pub fn transac_id(merchant: &str, created_at: &str, trace: &str, tz: FixedOffset) -> Result<String, String> {
-    let t = chrono::DateTime::parse_from_rfc3339(created_at).map_err(|e| format!("created_at {created_at:?}: {e}"))?;
-    if trace.len() != 6 || !trace.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("trace {trace:?} is not 6 digits"));
-    }
-    Ok(format!("{merchant}{}{trace}", t.with_timezone(&tz).format("%Y%m%d%H%M%S")))
-}
-
-/// Answer content converted for the journal: only the fields the answer table of the interface at
-/// `path` defines ([`wire::answer_fields`]), text bounded ([`wire::FIELD_MAX_CHARS`], a report
-/// [`wire::REPORT_MAX_CHARS`]), whole-yuan and decimal-yuan amounts to fen, tokens dropped.
-pub fn content_fields(content: &Value, path: &str) -> Map<String, Value> {
-    let mut out = Map::new();
-    let Value::Object(m) = content else {
-        match content {
-            Value::Null => {}
-            Value::String(s) => {
-                out.insert("content".into(), Value::String(wire::bound(s, wire::FIELD_MAX_CHARS)));
-            }
-            other => {
-                out.insert("content".into(), Value::String(wire::bound(&other.to_string(), wire::FIELD_MAX_CHARS)));
-            }
-        }
-        return out;
-    };
-    let known = wire::answer_fields(path);
-    for (k, v) in m {
-        if k == "token" || k == "access_token" || !known.contains(&k.as_str()) {
-            continue;
-        }
-        let max = if k == "report" { wire::REPORT_MAX_CHARS } else { wire::FIELD_MAX_CHARS };
-        let v = if MONEY_FIELDS.contains(&k.as_str()) {
-            match money::json_yuan_to_fen(v) {
-                Ok(f) => Value::from(f),
-                Err(_) => Value::Null,
-            }
-        } else {
-            match v {
-                Value::String(s) => Value::String(wire::bound(s, max)),
-                Value::Number(_) | Value::Bool(_) | Value::Null => v.clone(),
-                other => Value::String(wire::bound(&other.to_string(), max)),
-            }
-        };
-        out.insert(k.clone(), v);
-    }
-    out
-}
-
 fn str_of<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     m.get(k).and_then(Value::as_str)
-}
-
-/// The reply for a non-redeem answer from the interface at `path`: `success=true` is approved.
-fn plain_reply(a: &Answer, path: &str, station: &str) -> Reply {
-    let (zh, en, _) = codes::lookup(&a.ret);
-    let mut fields = content_fields(&a.content, path);
-    if let Some(Value::String(html)) = fields.get("report") {
-        let text = wire::bound(&wire::html_to_text(html), wire::REPORT_MAX_CHARS);
-        fields.insert("report_text".into(), Value::String(text));
-    }
-    fields.insert("station".into(), Value::String(station.to_string()));
-    Reply {
-        verdict: if a.success { Verdict::Approved } else { Verdict::Declined },
-        code: a.ret.clone(),
-        message: if a.msg.is_empty() { zh.to_string() } else { a.msg.clone() },
-        message_en: en.to_string(),
-        fields,
-        reference: None,
-        trans_time: None,
-        amount_fen: None,
-    }
-}
-
-/// The reply for a thirdAward answer sent on `station`. `Err(Unknown)` for every answer that is not one
-/// the document gives to a redeem: an ambiguous code, a code no decline table names
-/// ([`codes::REDEEM_DECLINES`]), a `success` that contradicts the code, a required `content` field missing
-/// or of the wrong type ([`wire::redeem_required`]), or a `transacId` that is not ours (another request's
-/// answer). The resend or query settles those.
-///
-/// 1307 is our own earlier payment only when `transacIdOrg` equals ours AND `awardStation` is one of the
-/// profile's stations (`ours`); the reply then names `awardStation` as its `station`: the journal says
-/// where the host paid it, not where the resend went. Any other 1307 is "already redeemed".
-pub fn redeem_reply(a: &Answer, transac: &str, station: &str, ours: &dyn Fn(&str) -> bool) -> Result<Reply, BackendError> {
-    let ret = a.ret.as_str();
-    let unknown = |why: String| Err(err(Stage::Unknown, format!("redeem {transac}: {why}: the outcome is unknown")));
-    if !codes::defined(ret) {
-        return unknown(format!("ret {} is not a code the document defines", scrub(ret)));
-    }
-    if AMBIGUOUS.contains(&ret) {
-        return unknown(format!("ret {ret} ({}) says nothing about the ticket", scrub(&a.msg)));
-    }
-    let expected = if codes::redeem_success(ret) || ret == "1307" {
-        true
-    } else if codes::redeem_declined(ret) {
-        false
-    } else {
-        return unknown(format!("ret {ret} is not an answer the document gives to a redeem"));
-    };
-    if a.success != expected {
-        return unknown(format!("success={} contradicts ret {ret}", a.success));
-    }
-    let required = wire::redeem_required(ret);
-    let content = a.content.as_object();
-    if content.is_none() && (!required.is_empty() || !a.content.is_null()) {
-        return unknown(format!("ret {ret} came with content that is {}, not an object", wire::json_kind(&a.content)));
-    }
-    let empty = Map::new();
-    let content = content.unwrap_or(&empty);
-    for (name, ty) in required {
-        match content.get(*name) {
-            None | Some(Value::Null) => return unknown(format!("ret {ret} without `{name}`, which the document requires")),
-            Some(v) if !ty.admits(v) => return unknown(format!("ret {ret} with `{name}` {}, not the document's {ty:?}", wire::json_kind(v))),
-            Some(_) => {}
-        }
-    }
-    // The echo: an answer naming another transacId answers another request.
-    if let Some(theirs) = content.get("transacId") {
-        if theirs.as_str() != Some(transac) {
-            tracing::warn!(station, field = "transacId", "lottery host fault: a redeem answer names another request");
-            let shown = theirs.as_str().map(scrub).unwrap_or_else(|| wire::json_kind(theirs).to_string());
-            return unknown(format!("the answer names transacId {shown}: another request's answer"));
-        }
-    }
-    let mut r = plain_reply(a, wire::REDEEM_PATH, station);
-    r.fields.insert("transacId".into(), Value::String(transac.to_string()));
-    r.reference = r.fields.get("ticketNo").and_then(Value::as_str).map(str::to_string);
-    r.trans_time = r.fields.get("awardTime").and_then(Value::as_str).map(str::to_string);
-    if ret == "1307" {
-        let org = r.fields.get("transacIdOrg").and_then(wire::text_of).unwrap_or_default();
-        let st = r.fields.get("awardStation").and_then(wire::text_of).unwrap_or_default();
-        if org == transac && ours(&st) {
-            r.verdict = Verdict::Approved;
-            r.message_en = format!("redeemed by this very request earlier at station {st} (answer had been lost): paid once");
-            r.fields.insert("recovered".into(), Value::Bool(true));
-            r.fields.insert("sent_on".into(), Value::String(station.to_string()));
-            r.fields.insert("station".into(), Value::String(st));
-        } else {
-            r.verdict = Verdict::Declined;
-            let at = r.fields.get("awardTime").and_then(wire::text_of).unwrap_or_default();
-            r.message_en = if org == transac {
-                format!("the host names our transacId but station {st}, which is not one of this profile's: treated as redeemed elsewhere at {at}")
-            } else {
-                format!("already redeemed at station {st} at {at} (transacId {org})")
-            };
-        }
-    } else {
-        r.verdict = if codes::redeem_success(ret) { Verdict::Approved } else { Verdict::Declined };
-    }
-    if r.verdict == Verdict::Approved {
-        // The prize is known only now; the journal record's amount is what was paid.
-        r.amount_fen = r.fields.get("prize").and_then(Value::as_i64);
-    }
-    Ok(r)
 }
 
 impl LotteryBackend {
@@ -462,12 +283,8 @@ impl LotteryBackend {
                 return Err(net_error(e));
             }
         };
-        let text = String::from_utf8_lossy(&reply.body);
-        match reply.status {
-            200..=299 => wire::parse_answer(&reply.body).map_err(|e| err(Stage::Unknown, format!("{path}: {e}: {}", scrub(&text)))),
-            400..=499 => Err(err(Stage::Rejected, format!("{path}: HTTP {}: {}", reply.status, scrub(&text)))),
-            s => Err(err(Stage::Unknown, format!("{path}: HTTP {s}: {}", scrub(&text)))),
-        }
+        let body = common::answer_body(KIND, path, &reply)?;
+        wire::parse_answer(body).map_err(|e| err(Stage::Unknown, format!("{path}: {e}: {}", scrub(&String::from_utf8_lossy(body)))))
     }
 
     /// Log one station in and keep its token. Any failure means the caller's own request was not sent.
@@ -598,138 +415,6 @@ impl LotteryBackend {
         redeem_reply(&a, &transac, &station.id, &move |id| pool.contains(id))
     }
 
-    /// The station a recovery query runs on: the leased one, or any free one (bounded wait).
-    async fn query_station(&self, tx: &TxRequest<'_>) -> Result<(Option<StationGuard>, usize), BackendError> {
-        if let Some(i) = tx.slot.and_then(|id| self.pool.index_of(id)) {
-            return Ok((None, i));
-        }
-        let g = self.pool.acquire(Some(self.timeout)).await.map_err(|e| err(Stage::NotSent, e))?;
-        let i = g.index();
-        Ok((Some(g), i))
-    }
-
-    /// Learn a redeem's outcome from the host without resending it: getPrize for the bar code (a prize,
-    /// or 3202: no redemption record), then the paying station's awardDetail for that day: the row with
-    /// our `transacId` means ours won. `Again` while the host cannot say.
-    async fn query_outcome(&self, tx: &TxRequest<'_>, why: &str) -> Result<Recovered, BackendError> {
-        let transac = transac_id(&self.merchant, tx.created_at, tx.trace, self.tz).map_err(|e| err(Stage::NotSent, e))?;
-        let bar = tx.vault.get("barCode").and_then(Value::as_str).ok_or_else(|| err(Stage::NotSent, "the sealed bar code is missing: cannot query"))?;
-        let (guard, own) = self.query_station(tx).await?;
-        let own_station = &self.pool.stations()[own];
-        let a = self.call(own_station, "proxy/validate/getPrize", &[("barCode", Value::from(bar))], tx.journal_id).await?;
-        let base = |verdict: Verdict, code: &str, message_en: String, mut fields: Map<String, Value>| {
-            let (zh, _, _) = codes::lookup(code);
-            fields.insert("transacId".into(), Value::from(transac.as_str()));
-            fields.insert("resolved_by".into(), Value::from("query"));
-            fields.insert("query_reason".into(), Value::from(why));
-            Reply {
-                verdict,
-                code: code.into(),
-                message: if a.msg.is_empty() { zh.to_string() } else { a.msg.clone() },
-                message_en,
-                fields,
-                reference: None,
-                trans_time: None,
-                amount_fen: None,
-            }
-        };
-        if a.ret.trim() == "3202" {
-            let mut f = Map::new();
-            f.insert("station".into(), Value::from(own_station.id.as_str()));
-            return Ok(Recovered::Settled(base(
-                Verdict::Declined,
-                "3202",
-                "not redeemed: the host has no redemption record of this ticket (getPrize 3202)".into(),
-                f,
-            )));
-        }
-        if !a.success {
-            return Ok(Recovered::Again(format!("getPrize answered ret {} ({}): cannot tell yet", a.ret, scrub(&a.msg))));
-        }
-        let prize = content_fields(&a.content, "proxy/validate/getPrize");
-        let paid_at = prize.get("stationId").and_then(wire::text_of).unwrap_or_default();
-        let award_time = prize.get("awardTime").and_then(wire::text_of).unwrap_or_default();
-        let mut f = Map::new();
-        f.insert("awardStation".into(), Value::from(paid_at.as_str()));
-        f.insert("awardTime".into(), Value::from(award_time.as_str()));
-        for k in ["level", "prize"] {
-            if let Some(v) = prize.get(k) {
-                f.insert(k.into(), v.clone());
-            }
-        }
-        let Some(pi) = self.pool.index_of(&paid_at) else {
-            f.insert("station".into(), Value::from(own_station.id.as_str()));
-            f.remove("prize");
-            return Ok(Recovered::Settled(base(
-                Verdict::Declined,
-                "1307",
-                format!("already redeemed at station {paid_at} at {award_time}, not one of this profile's stations: another transacId won"),
-                f,
-            )));
-        };
-        // awardDetail answers for the asking station only: ask the station that paid it.
-        let day = award_time
-            .get(..10)
-            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            .ok_or_else(|| err(Stage::Unknown, format!("getPrize awardTime {award_time:?} is not YYYY-MM-DD HH:MM:SS")))?;
-        let other;
-        let paid_station = if pi == own {
-            own_station
-        } else {
-            drop(guard);
-            other = self.station_guard(pi).await?;
-            other.station()
-        };
-        let d = self.call(paid_station, wire::AWARD_DETAIL, &day_params(day, "00000", "00000"), tx.journal_id).await?;
-        if !d.success {
-            return Ok(Recovered::Again(format!("awardDetail at station {paid_at} answered ret {} ({})", d.ret, scrub(&d.msg))));
-        }
-        let rows = detail_rows(&d.content);
-        f.insert("station".into(), Value::from(paid_at.as_str()));
-        if let Some(row) = rows.iter().find(|r| text(r.get("transacId")) == transac) {
-            let ticket = ticket_of(row);
-            f.insert("ticketNo".into(), Value::from(ticket.as_str()));
-            f.insert("gameNo".into(), Value::from(text(row.get("gameNo"))));
-            f.insert("batchNo".into(), Value::from(text(row.get("batchNo"))));
-            f.insert("recovered".into(), Value::Bool(true));
-            let amount = f.get("prize").and_then(Value::as_i64);
-            let mut r =
-                base(Verdict::Approved, "10000", format!("redeemed by this very request at station {paid_at} at {award_time} (learnt by query): paid once"), f);
-            r.reference = Some(ticket);
-            r.trans_time = Some(award_time);
-            r.amount_fen = amount;
-            return Ok(Recovered::Settled(r));
-        }
-        let winners: Vec<String> =
-            rows.iter().filter(|r| text(r.get("time")) == award_time).map(|r| text(r.get("transacId"))).filter(|t| !t.is_empty()).collect();
-        f.insert("winning_transacId".into(), json!(winners));
-        f.remove("prize");
-        Ok(Recovered::Settled(base(
-            Verdict::Declined,
-            "1307",
-            format!(
-                "already redeemed at station {paid_at} at {award_time} by another transacId ({}), not {transac}",
-                if winners.is_empty() { "not listed".to_string() } else { winners.join(", ") }
-            ),
-            f,
-        )))
-    }
-
-    /// Count one more resend that settled nothing; true when it is time to ask by query as well.
-    fn resend_failed(&self, journal_id: u64) -> bool {
-        let mut m = self.resend_failures.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() > 10_000 {
-            m.clear();
-        }
-        let n = m.entry(journal_id).or_insert(0);
-        *n += 1;
-        *n >= QUERY_AFTER
-    }
-
-    fn resend_settled(&self, journal_id: u64) {
-        self.resend_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&journal_id);
-    }
-
     /// count / reset-count over one named station or every station.
     async fn per_station(&self, w: &WireOp, tx: &TxRequest<'_>) -> Result<Reply, BackendError> {
         let indices: Vec<usize> = match str_of(tx.public, wire::STATION_KEY) {
@@ -761,368 +446,6 @@ impl LotteryBackend {
         }
         Ok(r)
     }
-
-    /// awardDetail and awardSummary for one day on every station (each answers for itself only), per the
-    /// profile's `summary_scope`. A station that stays busy, or a host that refuses, fails the whole
-    /// reconciliation (it is tried again later).
-    async fn remote_awards(&self, date: chrono::NaiveDate, journal_id: u64) -> Result<Remote, BackendError> {
-        let mut out = Remote::default();
-        for i in 0..self.pool.len() {
-            let g = self.station_guard(i).await?;
-            let st = g.station();
-            let d = self.call(st, wire::AWARD_DETAIL, &day_params(date, "00000", "00000"), journal_id).await?;
-            if !d.success {
-                return Err(err(Stage::Rejected, format!("awardDetail at station {}: ret {} {}", st.id, d.ret, scrub(&d.msg))));
-            }
-            let rows: Vec<Map<String, Value>> = detail_rows(&d.content).into_iter().cloned().collect();
-            let mut per_batch = self.summary_scope == SummaryScope::PerBatch;
-            if !per_batch {
-                let s = self.call(st, wire::AWARD_SUMMARY, &day_params(date, "00000", "00000"), journal_id).await?;
-                if s.success {
-                    out.summaries.extend(summary_rows(&s.content, &st.id, ("00000", "00000")));
-                } else {
-                    out.notes.push(format!(
-                        "station {}: awardSummary for all games refused (ret {} {}): asked once per game and batch",
-                        st.id,
-                        s.ret,
-                        scrub(&s.msg)
-                    ));
-                    per_batch = true;
-                }
-            }
-            if per_batch {
-                let keys: std::collections::BTreeSet<(String, String)> = rows.iter().map(|r| (text(r.get("gameNo")), text(r.get("batchNo")))).collect();
-                for (game, batch) in keys {
-                    let s = self.call(st, wire::AWARD_SUMMARY, &day_params(date, &game, &batch), journal_id).await?;
-                    if !s.success {
-                        return Err(err(Stage::Rejected, format!("awardSummary {game}/{batch} at station {}: ret {} {}", st.id, s.ret, scrub(&s.msg))));
-                    }
-                    out.summaries.extend(summary_rows(&s.content, &st.id, (&game, &batch)));
-                }
-            }
-            for mut row in rows {
-                row.insert("station".into(), Value::from(st.id.as_str()));
-                out.rows.push(row);
-            }
-            out.stations.push(st.id.clone());
-        }
-        Ok(out)
-    }
-
-    async fn reconcile(&self, req: &ReportRequest<'_>) -> Result<Reply, BackendError> {
-        let remote = self.remote_awards(req.date, req.journal_id).await?;
-        let report = compare(req.date, req.records, &remote, &self.merchant, self.tz);
-        let balanced = report.get("balanced").and_then(Value::as_bool).unwrap_or(false);
-        let differences = report.get("differences").and_then(Value::as_i64).unwrap_or(0);
-        if !balanced {
-            tracing::warn!(date = %req.date, differences, "lottery reconciliation: not balanced; a person must look at the report");
-        }
-        Ok(Reply {
-            verdict: Verdict::Approved,
-            code: "10000".into(),
-            message: if balanced { "对账平".into() } else { format!("对账不平: {differences} 处差异") },
-            message_en: if balanced { "reconciled: balanced".into() } else { format!("reconciled: {differences} difference(s)") },
-            fields: report,
-            reference: None,
-            trans_time: None,
-            amount_fen: None,
-        })
-    }
-}
-
-/// awardSummary / awardDetail parameters for one Beijing-time day.
-fn day_params(date: chrono::NaiveDate, game: &str, batch: &str) -> [(&'static str, Value); 4] {
-    [
-        ("gameNo", Value::from(game)),
-        ("batchNo", Value::from(batch)),
-        ("beginTime", Value::from(format!("{date} 00:00:00"))),
-        ("endTime", Value::from(format!("{date} 23:59:59"))),
-    ]
-}
-
-/// awardDetail `content`: a list of rows, a single row object, or an object holding the list.
-fn detail_rows(content: &Value) -> Vec<&Map<String, Value>> {
-    match content {
-        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
-        Value::Object(m) if m.contains_key("transacId") || m.contains_key("ticketNo") => vec![m],
-        Value::Object(m) => m.values().find_map(Value::as_array).map(|a| a.iter().filter_map(Value::as_object).collect()).unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-/// awardSummary `content` (one object or a list), with the asked game and batch where a row names none.
-fn summary_rows(content: &Value, station: &str, asked: (&str, &str)) -> Vec<Summary> {
-    let list: Vec<&Map<String, Value>> = match content {
-        Value::Array(a) => a.iter().filter_map(Value::as_object).collect(),
-        Value::Object(m) if m.contains_key("tickets") || m.contains_key("amount") => vec![m],
-        Value::Object(m) => m.values().find_map(Value::as_array).map(|a| a.iter().filter_map(Value::as_object).collect()).unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    list.into_iter()
-        .map(|x| {
-            let or = |k: &str, d: &str| Some(text(x.get(k))).filter(|s| !s.is_empty()).unwrap_or_else(|| d.to_string());
-            Summary {
-                station: station.to_string(),
-                game_no: or("gameNo", asked.0),
-                batch_no: or("batchNo", asked.1),
-                tickets: x.get("tickets").and_then(wire::text_of).and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0),
-                amount_fen: x.get("amount").and_then(|v| money::json_yuan_to_fen(v).ok()).unwrap_or(0),
-            }
-        })
-        .collect()
-}
-
-fn text(v: Option<&Value>) -> String {
-    v.and_then(wire::text_of).unwrap_or_default()
-}
-
-/// An awardDetail row's ticket as thirdAward shows `ticketNo`: `gameNo-packNo-ticketNo`.
-fn ticket_of(row: &Map<String, Value>) -> String {
-    let parts: Vec<String> = ["gameNo", "packNo", "ticketNo"].iter().map(|k| text(row.get(*k))).filter(|s| !s.is_empty()).collect();
-    parts.join("-")
-}
-
-/// One awardSummary row of one station.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub station: String,
-    /// `00000` with `batch_no` `00000`: every game and batch of the station.
-    pub game_no: String,
-    pub batch_no: String,
-    pub tickets: i64,
-    pub amount_fen: i64,
-}
-
-/// The backend's side of one day, over every station.
-#[derive(Debug, Clone, Default)]
-pub struct Remote {
-    /// awardDetail rows as the host sent them (no prize), each with `station` set to the station asked.
-    pub rows: Vec<Map<String, Value>>,
-    pub summaries: Vec<Summary>,
-    pub stations: Vec<String>,
-    /// How the host was asked, where that differed from the profile (a refused `00000` summary).
-    pub notes: Vec<String>,
-}
-
-/// Compare one day's journal records (engine views) with the backend's award rows.
-///
-/// Rows match records by `transacId` (the document's "important marker" of which request won); a row
-/// and a record for the same ticket under different `transacId`s are one difference ("another
-/// transacId won"). Amounts exist only on our side (thirdAward's `prize`) and in awardSummary: they
-/// are compared per station and (gameNo, batchNo), a record taking its game and batch from its row.
-/// A record's `transacId` is read from its result, or rebuilt from its trace and creation time
-/// (records whose answer never came).
-pub fn compare(date: chrono::NaiveDate, records: &[Value], remote: &Remote, merchant: &str, tz: FixedOffset) -> Map<String, Value> {
-    use std::collections::BTreeMap;
-    struct Local {
-        id: Value,
-        status: String,
-        ticket: String,
-        prize: i64,
-        bar: String,
-        station: String,
-    }
-    let mut local: BTreeMap<String, Local> = BTreeMap::new();
-    // The engine sends a day either side; keep the redeems of this business day in the backend's zone.
-    let on_date = |r: &&Value| {
-        r.get("created_at")
-            .and_then(Value::as_str)
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-            .is_some_and(|t| t.with_timezone(&tz).date_naive() == date)
-    };
-    for r in records.iter().filter(|r| r.get("operation").and_then(Value::as_str) == Some("redeem")).filter(on_date) {
-        let result = r.get("result");
-        let transac = result.and_then(|x| x.get("transacId")).and_then(Value::as_str).map(str::to_string).or_else(|| {
-            let created = r.get("created_at").and_then(Value::as_str)?;
-            let trace = r.get("trace").and_then(Value::as_str)?;
-            transac_id(merchant, created, trace, tz).ok()
-        });
-        let Some(transac) = transac else { continue };
-        let prize = result.and_then(|x| x.get("prize")).and_then(Value::as_i64).or_else(|| r.get("amount_fen").and_then(Value::as_i64)).unwrap_or(0);
-        local.insert(
-            transac,
-            Local {
-                id: r.get("id").cloned().unwrap_or(Value::Null),
-                status: text(r.get("status")),
-                ticket: text(result.and_then(|x| x.get("ticketNo"))),
-                prize,
-                bar: text(r.get("request").and_then(|x| x.get("barCode"))),
-                station: text(result.and_then(|x| x.get("station"))),
-            },
-        );
-    }
-    let approved = |l: &Local| l.status == "approved";
-    let mut by_transac: BTreeMap<String, &Map<String, Value>> = BTreeMap::new();
-    for row in &remote.rows {
-        by_transac.insert(text(row.get("transacId")), row);
-    }
-    let (mut only_remote, mut only_local, mut station_mismatch, mut unresolved) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // (station, gameNo, batchNo) -> (tickets, fen) of our approved records, keyed by their rows.
-    let mut ours: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
-    let mut ours_by_station: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    let (mut local_count, mut local_amount) = (0i64, 0i64);
-    for (t, l) in &local {
-        if approved(l) {
-            local_count += 1;
-            local_amount += l.prize;
-        } else if l.status == "pending" {
-            unresolved.push(json!({"transacId": t, "journal_id": l.id, "barCode": l.bar}));
-        }
-    }
-    for (t, row) in &by_transac {
-        let st = text(row.get("station"));
-        match local.get(t) {
-            Some(l) if approved(l) => {
-                if !l.station.is_empty() && l.station != st {
-                    station_mismatch.push(json!({"transacId": t, "ticketNo": l.ticket, "journal_id": l.id, "local_station": l.station, "remote_station": st}));
-                }
-                let e = ours.entry((st.clone(), text(row.get("gameNo")), text(row.get("batchNo")))).or_default();
-                e.0 += 1;
-                e.1 += l.prize;
-            }
-            other => only_remote.push((t.clone(), *row, other)),
-        }
-    }
-    for (t, l) in local.iter().filter(|(t, l)| approved(l) && !by_transac.contains_key(*t)) {
-        only_local.push((t.clone(), l));
-    }
-    for l in local.values().filter(|l| approved(l)) {
-        let e = ours_by_station.entry(l.station.clone()).or_default();
-        e.0 += 1;
-        e.1 += l.prize;
-    }
-    // The same ticket on both sides under different transacIds: another request won it.
-    let mut different_winner = Vec::new();
-    only_local.retain(|(t, l)| {
-        let Some(k) = only_remote.iter().position(|(_, row, _)| !l.ticket.is_empty() && ticket_of(row) == l.ticket) else { return true };
-        let (winner, row, _) = only_remote.remove(k);
-        different_winner.push(json!({
-            "transacId": t, "ticketNo": l.ticket, "journal_id": l.id, "local_prize_fen": l.prize,
-            "winning_transacId": winner, "remote_station": text(row.get("station")), "awardTime": text(row.get("time")),
-        }));
-        false
-    });
-    let missing_locally: Vec<Value> = only_remote
-        .iter()
-        .map(|(t, row, l)| {
-            json!({
-                "transacId": t, "ticketNo": ticket_of(row), "gameNo": text(row.get("gameNo")), "batchNo": text(row.get("batchNo")),
-                "awardTime": text(row.get("time")), "station": text(row.get("station")),
-                "local_status": l.map(|l| Value::from(l.status.as_str())).unwrap_or(Value::Null),
-                "journal_id": l.map(|l| l.id.clone()).unwrap_or(Value::Null),
-            })
-        })
-        .collect();
-    let missing_remotely: Vec<Value> = only_local
-        .iter()
-        .map(|(t, l)| json!({"transacId": t, "ticketNo": l.ticket, "barCode": l.bar, "journal_id": l.id, "local_prize_fen": l.prize, "station": l.station}))
-        .collect();
-    // Amounts: each summary row against our approved records of that station (and game and batch).
-    let mut amount_mismatch = Vec::new();
-    let (mut summary_count, mut summary_amount) = (0i64, 0i64);
-    let mut covered: std::collections::BTreeSet<(String, String, String)> = Default::default();
-    let mut all_scope: std::collections::BTreeSet<String> = Default::default();
-    for s in &remote.summaries {
-        summary_count += s.tickets;
-        summary_amount += s.amount_fen;
-        let all = s.game_no == "00000" && s.batch_no == "00000";
-        let mine = if all {
-            all_scope.insert(s.station.clone());
-            ours_by_station.get(&s.station).copied().unwrap_or_default()
-        } else {
-            covered.insert((s.station.clone(), s.game_no.clone(), s.batch_no.clone()));
-            ours.get(&(s.station.clone(), s.game_no.clone(), s.batch_no.clone())).copied().unwrap_or_default()
-        };
-        if mine != (s.tickets, s.amount_fen) {
-            amount_mismatch.push(json!({
-                "station": s.station, "gameNo": s.game_no, "batchNo": s.batch_no,
-                "local_tickets": mine.0, "local_amount_fen": mine.1, "summary_tickets": s.tickets, "summary_amount_fen": s.amount_fen,
-            }));
-        }
-    }
-    // Batches we paid on a station whose summary came per batch but did not name them.
-    for ((st, g, b), mine) in &ours {
-        if !all_scope.contains(st) && !covered.contains(&(st.clone(), g.clone(), b.clone())) {
-            amount_mismatch.push(json!({"station": st, "gameNo": g, "batchNo": b, "local_tickets": mine.0, "local_amount_fen": mine.1, "summary_tickets": 0, "summary_amount_fen": 0}));
-        }
-    }
-    let differences = missing_locally.len() + missing_remotely.len() + different_winner.len() + station_mismatch.len() + amount_mismatch.len();
-    let balanced = differences == 0;
-    let mut text_lines = vec![
-        format!("Lottery reconciliation {date} (stations {})", remote.stations.join(", ")),
-        format!("journal: {local_count} tickets, {} yuan", money::fen_to_yuan(local_amount)),
-        format!("backend: {} detail rows; summary {summary_count} tickets, {} yuan", remote.rows.len(), money::fen_to_yuan(summary_amount)),
-    ];
-    text_lines.extend(remote.notes.iter().cloned());
-    for x in &missing_locally {
-        text_lines.push(format!(
-            "paid by the host, not approved here: ticket {} transacId {} station {} at {}",
-            text(x.get("ticketNo")),
-            text(x.get("transacId")),
-            text(x.get("station")),
-            text(x.get("awardTime"))
-        ));
-    }
-    for x in &missing_remotely {
-        text_lines.push(format!(
-            "approved here, unknown to the host: ticket {} transacId {} journal {} ({} yuan)",
-            text(x.get("ticketNo")),
-            text(x.get("transacId")),
-            text(x.get("journal_id")),
-            money::fen_to_yuan(x.get("local_prize_fen").and_then(Value::as_i64).unwrap_or(0))
-        ));
-    }
-    for x in &different_winner {
-        text_lines.push(format!(
-            "ticket {}: ours was transacId {}, the host paid transacId {}",
-            text(x.get("ticketNo")),
-            text(x.get("transacId")),
-            text(x.get("winning_transacId"))
-        ));
-    }
-    for x in &station_mismatch {
-        text_lines.push(format!(
-            "ticket {} transacId {}: journaled at station {}, paid at station {}",
-            text(x.get("ticketNo")),
-            text(x.get("transacId")),
-            text(x.get("local_station")),
-            text(x.get("remote_station"))
-        ));
-    }
-    for x in &amount_mismatch {
-        text_lines.push(format!(
-            "station {} game {} batch {}: journal {} tickets {} yuan, summary {} tickets {} yuan",
-            text(x.get("station")),
-            text(x.get("gameNo")),
-            text(x.get("batchNo")),
-            text(x.get("local_tickets")),
-            money::fen_to_yuan(x.get("local_amount_fen").and_then(Value::as_i64).unwrap_or(0)),
-            text(x.get("summary_tickets")),
-            money::fen_to_yuan(x.get("summary_amount_fen").and_then(Value::as_i64).unwrap_or(0))
-        ));
-    }
-    text_lines.push(if balanced { "balanced".into() } else { format!("NOT balanced: {differences} difference(s)") });
-    let mut m = Map::new();
-    m.insert("date".into(), Value::from(date.to_string()));
-    m.insert("stations".into(), json!(remote.stations));
-    m.insert("missing_locally".into(), Value::Array(missing_locally));
-    m.insert("missing_remotely".into(), Value::Array(missing_remotely));
-    m.insert("different_winner".into(), Value::Array(different_winner));
-    m.insert("station_mismatch".into(), Value::Array(station_mismatch));
-    m.insert("amount_mismatch".into(), Value::Array(amount_mismatch));
-    m.insert("unresolved_locally".into(), Value::Array(unresolved));
-    m.insert(
-        "totals".into(),
-        json!({
-            "local_count": local_count, "local_amount_fen": local_amount,
-            "remote_count": remote.rows.len(),
-            "summary_count": summary_count, "summary_amount_fen": summary_amount,
-        }),
-    );
-    m.insert("differences".into(), Value::from(differences as i64));
-    m.insert("balanced".into(), Value::Bool(balanced));
-    m.insert("report_text".into(), Value::String(text_lines.join("\n")));
-    m
 }
 
 fn is_date(s: &str) -> bool {
@@ -1151,17 +474,7 @@ impl Backend for LotteryBackend {
         let w = wire::op(operation).ok_or_else(|| invalid("operation", format!("unknown lottery operation {operation:?}")))?;
         let station_ok =
             matches!(operation, "password" | "count" | "reset-count" | "prize" | "report-sales" | "report-balance" | "report-trace" | "report-award");
-        for k in body.keys() {
-            if wire::DAEMON_OWNED.contains(&k.as_str()) {
-                return Err(PrepareError::DaemonOwned(k.clone()));
-            }
-            if ENVELOPE_KEYS.contains(&k.as_str()) || (k == wire::STATION_KEY && station_ok) {
-                continue;
-            }
-            if !w.fields.iter().any(|f| f.owner == Owner::Pos && f.name == k) {
-                return Err(invalid(k, format!("is not a field of `{operation}`")));
-            }
-        }
+        common::check_body_keys(operation, body, w.fields, wire::DAEMON_OWNED, &|k| k == wire::STATION_KEY && station_ok)?;
         let mut p = Prepared::default();
         if station_ok {
             match body.get(wire::STATION_KEY) {
@@ -1212,6 +525,7 @@ impl Backend for LotteryBackend {
                 Kind::Password => {
                     p.transient.insert(f.name.into(), Value::String(v));
                 }
+                other => return Err(invalid(f.name, format!("the lottery backend has no {other:?} fields"))),
             }
         }
         if operation == "password" {

@@ -278,6 +278,8 @@ fn comparison_without_row_prizes_names_every_difference() {
     let mut after = rec(6, "F", "approved", 700, "S1");
     after["created_at"] = json!("2026-03-10T16:00:00Z");
     records.extend([before, after]);
+    // The engine hands typed records; these are written as the API's record views.
+    let records: Vec<crate::backend::ReportRecord> = records.into_iter().map(|r| serde_json::from_value(r).unwrap()).collect();
     let date = chrono::NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
 
     // Both sides agree: balanced, with the summary per station for all games, or per batch.

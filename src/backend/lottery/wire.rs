@@ -7,48 +7,16 @@ use serde_json::{Map, Value};
 use super::sign::{self, SignMethod};
 use crate::backend::{OpClass, OpSpec, Recovery};
 
-/// Who supplies a business field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// The POS request body.
-    Pos,
-    /// The daemon (transacId, type, login identity).
-    Daemon,
-}
-
-/// How a POS field is typed and where it may live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Plain text, journal-safe.
-    Text,
-    /// A ticket's security bar code (保安区): whoever holds it can redeem the prize, so it is journaled
-    /// masked and kept clear only in the sealed vault (a resend needs it again).
-    BarCode,
-    /// A password: first send only, never journaled.
-    Password,
-    /// `YYYY/MM/DD`.
-    Date,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub name: &'static str,
-    pub required: bool,
-    pub owner: Owner,
-    pub kind: Kind,
-    /// Sent when the POS leaves the field out (the spec's "全部填写: 00000" and the like).
-    /// `"$clerk"` means the station's clerk id.
-    pub default: Option<&'static str>,
-}
+pub use crate::backend::common::{bound, json_kind, scalar_text as text_of, Field, Kind, Owner, Ty, TRUNCATED};
 
 const fn p(name: &'static str, required: bool, kind: Kind) -> Field {
-    Field { name, required, owner: Owner::Pos, kind, default: None }
+    Field::pos(name, required, kind)
 }
 const fn pd(name: &'static str, default: &'static str) -> Field {
-    Field { name, required: true, owner: Owner::Pos, kind: Kind::Text, default: Some(default) }
+    Field::pos_or(name, default)
 }
 const fn d(name: &'static str) -> Field {
-    Field { name, required: true, owner: Owner::Daemon, kind: Kind::Text, default: None }
+    Field::daemon(name, true)
 }
 
 /// One lottery interface.
@@ -219,16 +187,6 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Vec<(String, Strin
     }
 }
 
-/// A JSON scalar as text (strings as they are, numbers and booleans as written).
-pub fn text_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 /// The common answer of every interface.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -244,19 +202,6 @@ pub const FIELD_MAX_CHARS: usize = 256;
 /// The longest report HTML (and its text) kept: the reports of 8.7 are whole pages, already bounded by the
 /// profile's `max_answer_bytes`.
 pub const REPORT_MAX_CHARS: usize = 256 * 1024;
-/// What replaces the cut-off end of a text longer than its bound.
-pub const TRUNCATED: &str = "…[truncated]";
-
-/// `text` cut to at most `max` characters, the cut marked with [`TRUNCATED`].
-pub fn bound(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_string(),
-        Some((at, _)) => {
-            let keep = text[..at].char_indices().nth(max.saturating_sub(TRUNCATED.chars().count())).map_or(at, |(i, _)| i);
-            format!("{}{TRUNCATED}", &text[..keep])
-        }
-    }
-}
 
 /// Parse an answer body against the document's types (3.1): `success` a boolean, `ret` a code string one
 /// of the code tables defines, `msg` text, `content` an object, JSON text, or (awardDetail) a list. Anything
@@ -291,39 +236,6 @@ pub fn parse_answer(body: &[u8]) -> Result<Answer, String> {
         return Err(format!("answer's `content` is {}, not an object", json_kind(&content)));
     }
     Ok(Answer { success, ret, msg, content })
-}
-
-/// The JSON type of a value, for an error detail (never the value itself).
-pub fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// The type of an answer field in the document's tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ty {
-    /// `String`.
-    Str,
-    /// `int`.
-    Int,
-    /// `double`.
-    Num,
-}
-
-impl Ty {
-    pub fn admits(self, v: &Value) -> bool {
-        match self {
-            Ty::Str => v.is_string(),
-            Ty::Int => v.is_i64() || v.is_u64(),
-            Ty::Num => v.is_number(),
-        }
-    }
 }
 
 /// A required field of an answer's `content` (every field of 8.4's answer tables is 必须).
@@ -442,11 +354,10 @@ mod tests {
         assert!(op_by_path("").is_none());
         for o in OPS {
             for f in o.fields {
-                if DAEMON_OWNED.contains(&f.name) && o.spec.name != "login" {
-                    assert_eq!(f.owner, Owner::Daemon, "{}.{}", o.spec.name, f.name);
-                }
+                assert!(matches!(f.kind, Kind::Text | Kind::BarCode | Kind::Password | Kind::Date), "{}.{}", o.spec.name, f.name);
             }
         }
+        crate::backend::common::check_tables(OPS.iter().map(|o| (o.spec.name, o.fields)), DAEMON_OWNED).unwrap();
     }
 
     #[test]

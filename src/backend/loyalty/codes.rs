@@ -75,8 +75,7 @@ pub static CODES: &[(&str, &str, &str)] = &[
 /// Whether the document's table (附 1) defines `code`. Only those are answers; any other code says
 /// nothing about the request (unknown, never a decline).
 pub fn defined(code: &str) -> bool {
-    let c = code.trim();
-    CODES.iter().any(|(k, _, _)| k.eq_ignore_ascii_case(c))
+    crate::backend::common::lookup_code(CODES, code).is_some()
 }
 
 /// The vendor's text for codes the table does not know ("--未知返回码").
@@ -85,7 +84,7 @@ pub const UNKNOWN_EN: &str = "unknown response code";
 
 /// `(中文, English)` for a code; unknown codes get [`UNKNOWN_ZH`] / [`UNKNOWN_EN`]. Case-insensitive ("a0").
 pub fn lookup(code: &str) -> (&'static str, &'static str) {
-    CODES.iter().find(|(c, _, _)| c.eq_ignore_ascii_case(code.trim())).map(|&(_, zh, en)| (zh, en)).unwrap_or((UNKNOWN_ZH, UNKNOWN_EN))
+    crate::backend::common::lookup_code(CODES, code).unwrap_or((UNKNOWN_ZH, UNKNOWN_EN))
 }
 
 /// The codes that mean "reversed" in answer to a reversal (spec 冲正交易: 00, 25 or 12).

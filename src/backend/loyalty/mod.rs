@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use crate::backend::common::{self, text_of};
 use crate::backend::{
     mask_card, Backend, BackendError, OpClass, OpSpec, OriginalRef, PrepareError, Prepared, Recovered, Recovery, Reply, SettleRequest, Settled, SignOn, Stage,
     TerminalIdentity, TxRequest, Verdict,
@@ -26,9 +27,6 @@ use self::wire::{Kind, Owner, WireOp};
 pub const KIND: &str = "loyalty";
 
 const FORM: &str = "application/x-www-form-urlencoded; charset=UTF-8";
-
-/// Body keys that belong to the engine's envelope rather than the vendor request; ignored if present.
-const ENVELOPE_KEYS: &[&str] = &["original", "scan", "scanId", "scan_id"];
 
 /// The loyalty backend of one profile.
 pub struct LoyaltyBackend {
@@ -54,40 +52,8 @@ fn err(stage: Stage, detail: impl Into<String>) -> BackendError {
     BackendError::new(KIND, stage, detail)
 }
 
-/// Shorten text from outside for an error detail: at most ~200 characters, long digit runs (card numbers)
-/// masked and long hex runs (PIN blocks, keys) hidden.
-pub fn scrub(text: &str) -> String {
-    let mut out = String::new();
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 12 && run.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&mask_card(run));
-        } else if run.len() >= 16 {
-            out.push_str("<hex>");
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_hexdigit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-        if out.chars().count() > 200 {
-            break;
-        }
-    }
-    flush(&mut run, &mut out);
-    if out.chars().count() > 200 {
-        let cut: String = out.chars().take(200).collect();
-        format!("{cut}…")
-    } else {
-        out
-    }
-}
+/// Shorten text from outside for an error detail (the kit's [`crate::backend::common::scrub`]).
+pub use crate::backend::common::scrub;
 
 fn net_error(e: NetError) -> BackendError {
     BackendError::from_net(KIND, e)
@@ -188,10 +154,7 @@ const MAX_AMOUNT_CHARS: usize = 32;
 
 /// Free text cut to [`wire::MAX_TEXT_CHARS`] characters, with [`wire::TRUNCATED`] when cut.
 fn truncate_text(s: &str) -> String {
-    match s.char_indices().nth(wire::MAX_TEXT_CHARS) {
-        Some((at, _)) => format!("{}{}", &s[..at], wire::TRUNCATED),
-        None => s.to_string(),
-    }
+    crate::backend::common::cut(s, wire::MAX_TEXT_CHARS)
 }
 
 /// A scalar (text or number, as written) of at most `max` characters; anything else is dropped.
@@ -294,16 +257,7 @@ const ECHOED: &[&str] = &["storeNo", "terminalNo", "traceNo", "batchNo"];
 /// is kept, each field within its bound: whatever else a host sends (a megabyte of an undefined field)
 /// never reaches the journal.
 pub fn parse_reply_to(reply: &HttpReply, answer: &[wire::AnswerField], sent: &[(&str, &str)]) -> Result<Reply, BackendError> {
-    let body = String::from_utf8_lossy(&reply.body);
-    if reply.status >= 500 {
-        return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
-    }
-    if (400..500).contains(&reply.status) {
-        return Err(err(Stage::Rejected, format!("HTTP {}: {}", reply.status, scrub(&body))));
-    }
-    if !(200..300).contains(&reply.status) {
-        return Err(err(Stage::Unknown, format!("HTTP {}: {}", reply.status, scrub(&body))));
-    }
+    let body = String::from_utf8_lossy(common::answer_body(KIND, "", reply)?);
     let raw: std::collections::BTreeMap<String, Box<RawValue>> =
         serde_json::from_str(&body).map_err(|e| err(Stage::Unknown, format!("answer is not JSON ({e}): {}", scrub(&body))))?;
     for name in ECHOED {
@@ -401,14 +355,6 @@ fn daemon_value(name: &str, required: bool, tx: &TxRequest<'_>) -> Result<Option
     }
 }
 
-fn text_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 impl LoyaltyBackend {
     pub fn new(profile: &Profile, http: HttpsClient) -> Result<Self, ConfigError> {
         let bad_key = |why: String| ConfigError::field(&profile.source, None, "secrets.master_key", why);
@@ -473,6 +419,7 @@ impl LoyaltyBackend {
                 },
                 (Owner::Pos, Kind::List) => tx.public.get(f.name).map(list_to_wire),
                 (Owner::Pos, Kind::Text) | (Owner::Pos, Kind::Total) => tx.public.get(f.name).and_then(text_of),
+                (Owner::Pos, other) => return Err(format!("`{}`: the loyalty backend has no {other:?} fields", f.name)),
             };
             match value {
                 Some(v) => out.push((f.name, v)),
@@ -545,17 +492,7 @@ impl Backend for LoyaltyBackend {
         // registerTraceNo is accepted on every operation that names a card: it is the POS's own reference,
         // searched by and inherited by refunds; it is sent only where the spec lists it.
         let extra_ok = |k: &str| k == "registerTraceNo" && w.fields.iter().any(|f| f.name == "cardNo" && f.owner == Owner::Pos);
-        for k in body.keys() {
-            if wire::DAEMON_OWNED.contains(&k.as_str()) {
-                return Err(PrepareError::DaemonOwned(k.clone()));
-            }
-            if ENVELOPE_KEYS.contains(&k.as_str()) {
-                continue;
-            }
-            if !w.fields.iter().any(|f| f.owner == Owner::Pos && f.name == k) && !extra_ok(k) {
-                return Err(invalid(k, format!("is not a field of `{operation}`")));
-            }
-        }
+        common::check_body_keys(operation, body, w.fields, wire::DAEMON_OWNED, &extra_ok)?;
         let original = match w.original_op {
             Some(expected) => {
                 let o = original.ok_or_else(|| PrepareError::Missing("original".into()))?;
@@ -624,6 +561,7 @@ impl Backend for LoyaltyBackend {
                     }
                     p.public.insert(f.name.into(), Value::String(s.to_string()));
                 }
+                (other, Some(_)) => return Err(invalid(f.name, format!("the loyalty backend has no {other:?} fields"))),
             }
         }
         // The PIN block needs both the PIN and a card long enough for the format-0 PAN field.
@@ -793,11 +731,8 @@ impl Backend for LoyaltyBackend {
         tracing::warn!(batch = req.batch, flag, lines = lines.len(), "loyalty settlement unbalanced; uploading the batch's lines");
         let lines = serde_json::to_vec(&lines).map_err(|e| err(Stage::NotSent, format!("lines: {e}")))?;
         let up = self.http.post(&self.upload_url, "application/json", Bytes::from(lines), req.journal_id).await.map_err(net_error)?;
-        match up.status {
-            200..=299 => Ok(Settled { balanced: false, uploaded: true, reply }),
-            400..=499 => Err(err(Stage::Rejected, format!("upload: HTTP {}: {}", up.status, scrub(&String::from_utf8_lossy(&up.body))))),
-            s => Err(err(Stage::Unknown, format!("upload: HTTP {s}: {}", scrub(&String::from_utf8_lossy(&up.body))))),
-        }
+        common::answer_body(KIND, "upload", &up)?;
+        Ok(Settled { balanced: false, uploaded: true, reply })
     }
 }
 

@@ -4,51 +4,16 @@
 //! and by the simulator (which fields to require), so the two cannot drift apart.
 use crate::backend::{OpClass, OpSpec, Recovery};
 
-/// Who supplies a field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
-    /// The POS request body.
-    Pos,
-    /// The daemon: identity, trace/batch, `ori*` references from the journal.
-    Daemon,
-}
-
-/// How a POS field is typed and where it may live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Plain text, journal-safe.
-    Text,
-    /// The card number: masked in the journal, clear only in the vault.
-    Card,
-    /// Money: integer fen from the POS, yuan with 2 decimals on the wire.
-    Money,
-    /// A list of objects (`vaucher`, `ticket`): JSON text in its form field, nested `amount` is money.
-    List,
-    /// Track data: first send only, never stored.
-    Track,
-    /// The clear PIN from the POS, sent as an encrypted PIN block; first send only.
-    Pin,
-    /// A settlement total: count or amount, filled from the engine's totals.
-    Total,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    pub name: &'static str,
-    /// The spec's `!` column.
-    pub required: bool,
-    pub owner: Owner,
-    pub kind: Kind,
-}
+pub use crate::backend::common::{Field, Kind, Owner, TRUNCATED};
 
 const fn d(name: &'static str, required: bool) -> Field {
-    Field { name, required, owner: Owner::Daemon, kind: Kind::Text }
+    Field::daemon(name, required)
 }
 const fn p(name: &'static str, required: bool, kind: Kind) -> Field {
-    Field { name, required, owner: Owner::Pos, kind }
+    Field::pos(name, required, kind)
 }
 const fn t(name: &'static str) -> Field {
-    Field { name, required: true, owner: Owner::Daemon, kind: Kind::Total }
+    Field::total(name)
 }
 
 /// One loyalty interface.
@@ -104,8 +69,6 @@ pub const MAX_NAME_CHARS: usize = 256;
 pub const MAX_TEXT_CHARS: usize = 256;
 /// Items kept of a list; the rest are dropped.
 pub const MAX_LIST_ITEMS: usize = 100;
-/// Appended to free text that was cut.
-pub const TRUNCATED: &str = "…[truncated]";
 
 const fn a(name: &'static str, kind: AnswerKind, required: bool) -> AnswerField {
     AnswerField { name, kind, required }
@@ -464,12 +427,18 @@ mod tests {
         for (o, s) in OPS.iter().zip(OP_SPECS) {
             assert_eq!(o.spec.name, s.name);
             assert_eq!(o.spec.needs_original, o.original_op.is_some(), "{}", o.spec.name);
+            // The kinds this backend handles, and no default (the kit's field carries one for other vendors).
             for f in o.fields {
-                if DAEMON_OWNED.contains(&f.name) {
-                    assert_eq!(f.owner, Owner::Daemon, "{}.{}", o.spec.name, f.name);
-                }
+                assert!(
+                    matches!(f.kind, Kind::Text | Kind::Card | Kind::Money | Kind::List | Kind::Track | Kind::Pin | Kind::Total),
+                    "{}.{}",
+                    o.spec.name,
+                    f.name
+                );
+                assert_eq!(f.default, None, "{}.{}", o.spec.name, f.name);
             }
         }
+        crate::backend::common::check_tables(OPS.iter().map(|o| (o.spec.name, o.fields)), DAEMON_OWNED).unwrap();
         assert_eq!(op_by_path("jpos/trans/cancelReversal").map(|(o, r)| (o.spec.name, r)), Some(("cancel", true)));
         assert_eq!(op_by_path("jpos/refunds").map(|(o, r)| (o.spec.name, r)), Some(("refund", false)));
         assert!(op("refund").is_some_and(|o| o.reversal.is_none()));

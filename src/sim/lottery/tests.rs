@@ -328,6 +328,8 @@ fn today_beijing() -> chrono::NaiveDate {
 
 async fn reconcile(lane: &Lane, records: &[Value]) -> Result<Reply, BackendError> {
     let empty = Map::new();
+    // Reports get typed records; these tests write them as the API's record views.
+    let records: Vec<crate::backend::ReportRecord> = records.iter().map(|r| serde_json::from_value(r.clone()).unwrap()).collect();
     let req = ReportRequest {
         journal_id: 99,
         operation: "reconcile",
@@ -335,7 +337,7 @@ async fn reconcile(lane: &Lane, records: &[Value]) -> Result<Reply, BackendError
         trace: "000099",
         created_at: "2026-03-11T17:00:00Z",
         date: today_beijing(),
-        records,
+        records: &records,
         public: &empty,
     };
     lane.b.report(req).await
