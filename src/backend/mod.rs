@@ -3,6 +3,7 @@
 //! A backend owns its wire format (signing, encryption, field mapping, response codes) and knows
 //! nothing of the journal. The engine knows nothing of any vendor: it sees operations, outcomes and
 //! each operation's recovery policy.
+pub mod callback;
 pub mod common;
 pub mod job;
 pub mod lottery;
@@ -423,6 +424,33 @@ pub trait Backend: Send + Sync + 'static {
     /// A report the engine should run by itself every day.
     fn daily_job(&self) -> Option<DailyJob> {
         None
+    }
+    /// The paths this backend serves on the daemon's callback listener (none by default).
+    fn callbacks(&self) -> &'static [callback::CallbackSpec] {
+        &[]
+    }
+    /// Verify a callback (its signature per the document, its fields per the table) and say what it means.
+    fn verify_callback(&self, req: &callback::CallbackRequest<'_>) -> Result<callback::Notification, callback::CallbackRefusal> {
+        Err(callback::CallbackRefusal::NoSuchPath(req.path.to_string()))
+    }
+    /// The answer the document demands for a callback at `spec`: accepted (`Ok`, sent only once the
+    /// notification is journaled) or refused.
+    fn callback_answer(&self, _spec: &callback::CallbackSpec, outcome: Result<(), &callback::CallbackRefusal>) -> callback::CallbackAnswer {
+        let (status, body) = match outcome {
+            Ok(()) => (200, b"ok".to_vec()),
+            Err(e) => (400, e.to_string().into_bytes()),
+        };
+        callback::CallbackAnswer { status, content_type: "text/plain; charset=utf-8", body }
+    }
+    /// Whether an approved `operation` leaves its order awaiting a result that arrives later, by callback
+    /// or by [`Backend::poll`] (a consigned card: accepted now, its result later).
+    fn awaits_result(&self, _operation: &str, _reply: &Reply) -> bool {
+        false
+    }
+    /// Ask the vendor what became of an order awaiting its result. `Ok(None)`: the document offers no
+    /// such query (the order stays awaiting and says so).
+    async fn poll(&self, _order: TxRequest<'_>) -> Result<Option<callback::Polled>, BackendError> {
+        Ok(None)
     }
     /// Take a slot for a financial request before it is journaled, waiting at most `wait`.
     /// `Ok(None)`: this backend has no slots. `Err` with `Stage::NotSent`: every slot stayed busy.
