@@ -308,13 +308,33 @@ impl Engine {
                     return Err(EngineError::IdempotencyConflict { key: key.into(), first_profile: first.profile, first_operation: first.operation });
                 }
                 check_same_request(&first, Some(&fp))?;
-                return Ok(Answer::of(&self.latest_of(first)?));
+                let latest = self.latest_of(first)?;
+                if !Self::refused_until_sign_on_unresent(&latest) {
+                    return Ok(Answer::of(&latest));
+                }
+                // Refused unapplied until the terminal signs on, and its resend never journaled (the
+                // daemon stopped in between, or the healing check-in failed): the POS asking again is
+                // the moment to heal it, once (the claim keeps a second retry from sending it twice).
+                let held = lane.clone();
+                let Some(_claim) = recovery::claim(&held, latest.id) else {
+                    return Err(EngineError::Busy {
+                        profile: profile.to_string(),
+                        detail: format!("journal record {} is being resent", latest.id),
+                        retry_after_s: 1,
+                    });
+                };
+                // Looked at again under the claim: another retry may have resent it meanwhile.
+                let latest = self.latest_of(self.journal.get(latest.id).map_err(jerr)?.unwrap_or(latest))?;
+                if !Self::refused_until_sign_on_unresent(&latest) {
+                    return Ok(Answer::of(&latest));
+                }
+                return REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, None, Some(latest))).await;
             }
             fingerprint = Some(fp);
         }
         // The fingerprint reaches `new_record` through the task, not through every signature below.
-        let Some(fp) = fingerprint else { return self.run_checked(lane, operation, spec, body, idempotency_key).await };
-        REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, idempotency_key)).await
+        let Some(fp) = fingerprint else { return self.run_checked(lane, operation, spec, body, idempotency_key, None).await };
+        REQUEST_FINGERPRINT.scope(fp, self.run_checked(lane, operation, spec, body, idempotency_key, None)).await
     }
 
     async fn run_checked(
@@ -324,6 +344,7 @@ impl Engine {
         spec: backend::OpSpec,
         mut body: serde_json::Map<String, Value>,
         idempotency_key: Option<&str>,
+        resume: Option<Record>,
     ) -> Result<Answer, EngineError> {
         match spec.class {
             OpClass::SignOn => self.sign_on(&lane, idempotency_key, SignOnNeed::Asked).await,
@@ -360,11 +381,17 @@ impl Engine {
                 let recent = lane.recent_snapshot();
                 let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent, card: card.as_ref() };
                 let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
-                let answer = self.transact(&lane, operation, class, prepared, original, idempotency_key).await?;
+                let answer = self.transact(&lane, operation, class, prepared, original, idempotency_key, resume).await?;
                 self.note_catalog(&lane, operation, &answer);
                 Ok(answer)
             }
         }
+    }
+
+    /// A record the host refused unapplied until the terminal signed on again, whose resend was never
+    /// journaled: a retry with its Idempotency-Key resends it.
+    fn refused_until_sign_on_unresent(rec: &Record) -> bool {
+        rec.status == Status::Failed && rec.superseded_by.is_none() && rec.result.get("stage") == Some(&serde_json::json!(Stage::SignOnFirst))
     }
 
     /// A record, or the resend it was superseded by (a refusal until sign-on), followed to the end.
@@ -534,6 +561,7 @@ impl Engine {
         p: Prepared,
         original: Option<OriginalRef>,
         key: Option<&str>,
+        resume: Option<Record>,
     ) -> Result<Answer, EngineError> {
         let financial = matches!(class, OpClass::Financial(_));
         let unit = if financial { p.unit.clone() } else { None };
@@ -554,7 +582,8 @@ impl Engine {
         } else {
             None
         };
-        let mut superseded: Option<Record> = None;
+        // A record refused until sign-on whose resend this request makes (see `run`).
+        let mut superseded: Option<Record> = resume;
         let mut healed = false;
         loop {
             // Hold the gate before reading the batch, so a settlement cannot close it under this request.
@@ -608,6 +637,7 @@ impl Engine {
                     // sign on once, and resend with a fresh trace in the new batch.
                     rec.status = Status::Failed;
                     rec.error = Some(format!("refused until the terminal signs on again: {}", e.detail));
+                    rec.result.insert("stage".into(), serde_json::json!(Stage::SignOnFirst));
                     self.finish_durable(&rec, false, None).await?;
                     drop(gate);
                     if healed {
@@ -616,7 +646,12 @@ impl Engine {
                     }
                     healed = true;
                     tracing::warn!(profile = %lane.profile.name, id = rec.id, batch = %rec.batch, "the host asks for a new sign-on; signing on and resending");
-                    self.sign_on(lane, None, SignOnNeed::Stale(rec.batch.clone())).await?;
+                    if let Err(e) = self.sign_on(lane, None, SignOnNeed::Stale(rec.batch.clone())).await {
+                        // A check-in whose answer was lost leaves no open batch: the loop's `open_batch`
+                        // signs on once more before the resend, rather than ending this sale failed for
+                        // a check-in that may well have worked (found by the generic loyalty soak).
+                        tracing::warn!(profile = %lane.profile.name, id = rec.id, "sign-on while healing failed ({e}); signing on again before the resend");
+                    }
                     superseded = Some(rec);
                     continue;
                 }

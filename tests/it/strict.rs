@@ -359,3 +359,29 @@ async fn settlement_resend_not_sent_keeps_it_owed_and_the_batch_closed() {
     assert_eq!(rec["status"], "approved", "{rec} / {st}");
     assert!(world.sim.state_snapshot().settlements.iter().any(|s| s.batch == batch), "settled at the host");
 }
+
+/// Regression (the generic crash loop: sales ended "refused until the terminal signs on again"): a sale
+/// the host refused with 77 whose resend was never journaled (here both healing check-ins lose their
+/// answers; in the crash loop the daemon was killed in between) ended `failed` for good, and the POS
+/// asking again with the same Idempotency-Key was told so. Now that retry heals it: one sign-on, one
+/// resend, approved, applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_refused_until_sign_on_whose_resend_never_went_out_is_resent_on_the_pos_retry() {
+    let world = World::new("heal-on-retry").await;
+    let d = world.start(&[]).await;
+    let c = &d.client;
+    let (_, v) = c.post("/v1/profiles/loyalty/consume", consume(100, "R1"), Some("r1")).await.expect("consume");
+    assert_eq!(v["status"], "approved", "{v}");
+    world.sim.move_to_new_batch("10000001");
+    world.sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
+    world.sim.push_fault_on("jpos/terminal/checkin", Fault::DropAfterCommit);
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(200, "R2"), Some("r2")).await.expect("consume");
+    assert_ne!(v["status"], "approved", "both check-ins lost: the first try cannot end approved ({s} {v})");
+    let (s, v) = c.post("/v1/profiles/loyalty/consume", consume(200, "R2"), Some("r2")).await.expect("retry");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "the retry heals it: {v}");
+    let applied = world.sim.applied_sales().iter().filter(|t| t.register_trace_no.as_deref() == Some("R2")).count();
+    assert_eq!(applied, 1, "applied exactly once");
+    // And again: the same answer, nothing sent.
+    let (_, again) = c.post("/v1/profiles/loyalty/consume", consume(200, "R2"), Some("r2")).await.expect("again");
+    assert_eq!(again["id"], v["id"], "{again}");
+}

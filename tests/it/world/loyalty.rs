@@ -75,11 +75,16 @@ impl VendorWorld for LoyaltyWorld {
     /// terminal to a new batch by itself, `move_to_new_batch`, belongs here too once the engine heals a
     /// 77 whose check-in answer is lost: see the ignored test at the end of this file.)
     fn random_fault(&self, rng: &mut StdRng) {
-        let f = match rng.gen_range(0..5) {
+        let f = match rng.gen_range(0..6) {
             0 => Fault::DropAfterCommit,
             1 => Fault::Reset,
             2 => Fault::Http500,
             3 => Fault::Garbage,
+            4 => {
+                // The host moves the terminal to a new batch: its next request is told 77 and healed.
+                self.world.sim.move_to_new_batch(TERMINAL);
+                return;
+            }
             _ => Fault::Delay(Duration::from_millis(rng.gen_range(1..50))),
         };
         self.world.sim.push_fault(f);
@@ -183,10 +188,9 @@ impl VendorWorld for LoyaltyWorld {
 /// answer is lost. The sale, never applied, ends `failed` ("refused until the terminal signs on again")
 /// for good: the POS asking again with the same key is told so, instead of the daemon signing on again
 /// and sending it. Money-safe (nothing applied), but the cashier is turned down by a 77, which the soak
-/// counts as a failure. Fails on today's code; the healing lives in the engine (`src/engine/mod.rs`,
-/// `transact`'s `SignOnFirst` arm), so it is ignored until then.
+/// counts as a failure. Failed before the fix: the healing (`src/engine/mod.rs`, `transact`'s `SignOnFirst`
+/// arm) now signs on again when the healing check-in's answer is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon finding for the engine: a lost check-in answer while healing a 77 ends the sale failed"]
 async fn a_lost_checkin_answer_while_healing_a_77_still_ends_the_sale_approved() {
     let world = World::new("heal-77-lost-checkin").await;
     let d = world.start(&[]).await;
