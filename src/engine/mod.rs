@@ -87,6 +87,15 @@ fn check_same_request(first: &Record, fingerprint: Option<&str>) -> Result<(), E
     }
 }
 
+/// What a POS request brings to `transact` besides the prepared body.
+struct Ask<'k> {
+    /// The original record, for operations that name one.
+    original: Option<OriginalRef>,
+    key: Option<&'k str>,
+    /// A record refused until sign-on whose resend this request makes.
+    resume: Option<Record>,
+}
+
 fn jerr(e: crate::journal::JournalError) -> EngineError {
     EngineError::Journal(e.to_string())
 }
@@ -381,7 +390,7 @@ impl Engine {
                 let recent = lane.recent_snapshot();
                 let ctx = backend::PrepareContext { now_ms: self.clock.now_ms(), recent: &recent, card: card.as_ref() };
                 let prepared = lane.backend.prepare(operation, &body, original.as_ref(), &ctx).map_err(|e| EngineError::BadRequest(e.to_string()))?;
-                let answer = self.transact(&lane, operation, class, prepared, original, idempotency_key, resume).await?;
+                let answer = self.transact(&lane, operation, class, prepared, Ask { original, key: idempotency_key, resume }).await?;
                 self.note_catalog(&lane, operation, &answer);
                 Ok(answer)
             }
@@ -553,16 +562,8 @@ impl Engine {
         Err(EngineError::SignOnFailed("the terminal still has no open batch after signing on".into()))
     }
 
-    async fn transact(
-        &self,
-        lane: &Arc<Lane>,
-        operation: &str,
-        class: OpClass,
-        p: Prepared,
-        original: Option<OriginalRef>,
-        key: Option<&str>,
-        resume: Option<Record>,
-    ) -> Result<Answer, EngineError> {
+    async fn transact(&self, lane: &Arc<Lane>, operation: &str, class: OpClass, p: Prepared, ask: Ask<'_>) -> Result<Answer, EngineError> {
+        let Ask { original, key, resume } = ask;
         let financial = matches!(class, OpClass::Financial(_));
         let unit = if financial { p.unit.clone() } else { None };
         let mut claim = match self.claim_unit(lane, unit.as_deref()).await? {
