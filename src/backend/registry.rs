@@ -21,7 +21,7 @@ pub struct KindEntry {
     pub name: &'static str,
     /// One line for people: what the counter does with it.
     pub about: &'static str,
-    /// The vendor document it follows (`/work/shared/specs/<spec>` in the project's shared folder).
+    /// The vendor document it follows (`docs/specs/<spec>`).
     pub spec: &'static str,
     pub build: BuildFn,
     /// The example profile shipped in the repository, relative to its root.

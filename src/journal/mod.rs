@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use sled_store::SledJournal;
+pub use sled_store::{SledJournal, FORMAT_VERSION};
 
 use crate::model::{JournalQuery, Record};
 
@@ -175,6 +175,23 @@ mod tests {
             j.commit(change).unwrap();
             j.sync().await.unwrap();
         }
+    }
+
+    /// A journal stamped with a newer format than this build reads is refused, naming both versions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_of_a_newer_format_is_refused() {
+        let d = dir("format");
+        drop(SledJournal::open(&d).unwrap());
+        {
+            let db = sled::open(&d).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            assert_eq!(meta.get(b"format").unwrap().as_deref(), Some(&FORMAT_VERSION.to_be_bytes()[..]), "stamped at first open");
+            meta.insert(b"format", &(FORMAT_VERSION + 1).to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let e = SledJournal::open(&d).err().expect("refused").to_string();
+        assert!(e.contains(&format!("format {}", FORMAT_VERSION + 1)) && e.contains("newer than this build"), "{e}");
+        cleanup(&d);
     }
 
     /// The index by vendor reference finds exactly the records carrying it, and `list` uses it.

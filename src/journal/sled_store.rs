@@ -19,6 +19,10 @@ const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
 
+/// The journal's on-disk format version (`meta` tree, key `format`): see ARCHITECTURE.md, Boundaries.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+
 fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
     JournalError::Store(e.to_string())
 }
@@ -132,6 +136,7 @@ impl SledJournal {
             }
         }
         let mut j = Self::open_db(dir)?;
+        j.check_format(dir)?;
         let mut now = snapshot(&j.records, &j.profiles)?;
         let markfile = match found {
             Some(f) => {
@@ -163,6 +168,30 @@ impl SledJournal {
         };
         j.start_sync(dir, Some(markfile))?;
         Ok(Arc::new(j))
+    }
+
+    /// Refuse a journal written by a newer format than this build reads; stamp an unstamped one (every
+    /// journal before the stamp existed is version 1) with this build's version.
+    fn check_format(&self, dir: &Path) -> Result<(), JournalError> {
+        let meta = self.db.open_tree("meta").map_err(store_err)?;
+        match meta.get(FORMAT_KEY).map_err(store_err)? {
+            None => {
+                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(store_err)?;
+                Ok(())
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| JournalError::Corrupt("meta/format".into(), format!("{} bytes, want 4", v.len())))?;
+                if found > FORMAT_VERSION {
+                    return Err(JournalError::Store(format!(
+                        "the journal {} is format {found}, newer than this build reads ({FORMAT_VERSION}): it was written by a newer posgate. Run that version, or restore the journal from before the upgrade",
+                        dir.display()
+                    )));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Open the sled store alone: no mark check and no sync thread (for `journal verify`, which
