@@ -306,3 +306,26 @@ async fn a_wrong_app_key_is_refused_by_the_platform_and_nothing_is_applied() {
     assert_eq!((l.refused, l.pays_standing.len()), (1, 0));
     d.stop().await;
 }
+
+/// An appKey shorter than 24 bytes leaves the 3DES key zero-padded: `doctor` and the status say so,
+/// naming the length and never the key; the demo's 30-byte key is no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_and_status_warn_that_a_short_app_key_makes_a_weak_zero_padded_3des_key() {
+    let short = "short-appkey-1";
+    let w = world("wallet-short-key", short).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let text = posgate::doctor::run(&w.config, &d.client).await.render();
+    let line = text.lines().find(|l| l.contains("3DES")).unwrap_or_default().to_string();
+    assert!(line.starts_with("WARN profile wallet: secrets.app_key is 14 bytes") && line.contains("zero-padded and weak"), "{text}");
+    assert!(!text.contains(short), "doctor printed the appKey: {text}");
+    let (_, st) = d.client.get("/v1/status").await.expect("status");
+    let warnings = st["profiles"][0]["warnings"].to_string();
+    assert!(warnings.contains("zero-padded and weak") && !warnings.contains(short), "{st}");
+    d.stop().await;
+
+    let w = world("wallet-long-key", DEMO_APP_KEY).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let text = posgate::doctor::run(&w.config, &d.client).await.render();
+    assert!(!text.contains("3DES"), "a 30-byte appKey is warned about: {text}");
+    d.stop().await;
+}
