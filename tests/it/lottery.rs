@@ -352,7 +352,7 @@ async fn a_lost_login_answer_logs_in_again_and_the_redeem_goes_on() {
     }
     w.sim.push_fault_on("proxy/station/login", Fault::DropAfterCommit);
     let logins = w.sim.ledger().logins;
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000501"), Some("lost-login")).await.expect("redeem");
     assert_eq!(v["status"], json!("approved"), "{v}");
     // The second login waited out the station's hold (300 ms): the host might still have been on the first.
