@@ -347,6 +347,12 @@ async fn a_lost_login_answer_logs_in_again_and_the_redeem_goes_on() {
     let d = Daemon::start(&w.config, &w.socket, &[]).await;
     let (_, v) = d.client.post("/v1/profiles/lottery/redeem", redeem_body("u1", "GW00000500"), Some("first")).await.expect("redeem");
     assert_eq!(v["status"], json!("approved"), "{v}");
+    // Yesterday's reconciliation runs at start-up on a station too: let it end, so the lost login is the redeem's.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while d.client.get("/v1/status").await.map(|(_, st)| st["profiles"][0]["daily"]["status"] != json!("approved")).unwrap_or(true) {
+        assert!(tokio::time::Instant::now() < until, "the daily reconciliation did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for n in 1..=4 {
         w.sim.log_in_elsewhere(&format!("2101{n:04}"));
     }
