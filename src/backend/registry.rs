@@ -31,12 +31,20 @@ pub struct KindEntry {
     /// The `base_url` the example profile names, which the demo replaces with its simulator's address.
     /// `None`: the demo has no simulator for this kind and leaves it out.
     pub demo_url: Option<&'static str>,
+    /// What this kind knows is weak in a profile's setup (a short key, say), one line each: shown by
+    /// `doctor` and `GET /v1/status`. The vendor says it; the engine only passes it on.
+    pub warnings: fn(&Profile) -> Vec<String>,
 }
 
 impl std::fmt::Debug for KindEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KindEntry").field("name", &self.name).field("spec", &self.spec).finish_non_exhaustive()
     }
+}
+
+/// A kind with nothing of its own to warn about.
+fn no_warnings(_: &Profile) -> Vec<String> {
+    Vec::new()
 }
 
 fn build_loyalty(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> {
@@ -61,6 +69,7 @@ pub static KINDS: &[KindEntry] = &[
         example_profile: "terminal-profiles/loyalty.toml",
         example_text: include_str!("../../terminal-profiles/loyalty.toml"),
         demo_url: Some("https://127.0.0.1:18443"),
+        warnings: no_warnings,
     },
     KindEntry {
         name: lottery::KIND,
@@ -70,6 +79,7 @@ pub static KINDS: &[KindEntry] = &[
         example_profile: "terminal-profiles/lottery.toml",
         example_text: include_str!("../../terminal-profiles/lottery.toml"),
         demo_url: Some("https://127.0.0.1:18444"),
+        warnings: no_warnings,
     },
     KindEntry {
         name: wallet::KIND,
@@ -79,6 +89,7 @@ pub static KINDS: &[KindEntry] = &[
         example_profile: "terminal-profiles/wallet.toml",
         example_text: include_str!("../../terminal-profiles/wallet.toml"),
         demo_url: Some("http://127.0.0.1:18445"),
+        warnings: wallet::profile_warnings,
     },
 ];
 
@@ -117,7 +128,8 @@ pub fn load_profile(path: &Path) -> Result<Profile, ConfigError> {
 }
 
 /// What a person should know about a profile's setup, one line each (`GET /v1/status`, `posgate status`,
-/// `posgate doctor`): today, that it speaks plain HTTP.
+/// `posgate doctor`): that it speaks plain HTTP, and whatever its backend kind finds weak
+/// ([`KindEntry::warnings`]).
 pub fn warnings(p: &Profile) -> Vec<String> {
     let mut out = Vec::new();
     if p.plain_http {
@@ -125,6 +137,9 @@ pub fn warnings(p: &Profile) -> Vec<String> {
             "profile {}: plain HTTP to {} (no TLS, allowed by allow_plain_http): only the vendor's signatures and encryption protect the payloads",
             p.name, p.base_url
         ));
+    }
+    if let Some(k) = find(&p.backend) {
+        out.extend((k.warnings)(p));
     }
     out
 }

@@ -1,57 +1,17 @@
 //! The wallet backend through the real daemon against its strict simulator: pay, cancel, undo of lost answers, delivery jobs.
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use posgate::client::ApiClient;
 use posgate::sim::faults::Fault;
-use posgate::sim::wallet::{WalletSim, DEMO_APP_KEY, TEST_PRIVATE_KEY};
+use posgate::sim::wallet::DEMO_APP_KEY;
 use serde_json::{json, Value};
 
-use crate::support::{scratch, wait_recovered, Daemon};
+use crate::support::{wait_recovered, Daemon};
+use crate::world::wallet::{world, WalletWorld};
 
 const ACCOUNT: &str = "2001755000000001";
 const START: i64 = 1_000_000;
-
-struct WalletWorld {
-    dir: PathBuf,
-    sim: Arc<WalletSim>,
-    config: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for WalletWorld {
-    fn drop(&mut self) {
-        if std::env::var_os("POSGATE_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// The shipped example profile against a fresh simulator, with short timeouts and backoff.
-async fn world(name: &str, app_key: &str) -> WalletWorld {
-    let dir = scratch(name);
-    std::fs::create_dir_all(dir.join("secrets")).expect("secrets");
-    std::fs::write(dir.join("secrets/wallet-app-key.txt"), app_key).expect("key");
-    std::fs::write(dir.join("secrets/wallet-tsig-key.pem"), TEST_PRIVATE_KEY).expect("pem");
-    let sim = Arc::new(WalletSim::demo());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    // Plain HTTP, as the vendor's document gives it (the profile says `allow_plain_http = true`).
-    tokio::spawn(sim.clone().serve_plain(listener, std::future::pending::<()>()));
-    let profile = posgate::demo::WALLET_PROFILE
-        .replace("http://127.0.0.1:18445", &format!("http://{addr}"))
-        .replace("timeout_ms = 5000", "timeout_ms = 2000")
-        .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
-        .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
-        .replace("max_attempts = 12", "max_attempts = 50");
-    std::fs::create_dir_all(dir.join("terminal-profiles")).expect("profiles");
-    std::fs::write(dir.join("terminal-profiles/wallet.toml"), profile).expect("profile");
-    let config = dir.join("posgate.toml");
-    std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\nmax_body_bytes = 1048576\n").expect("config");
-    let socket = dir.join("posgate.sock");
-    WalletWorld { dir, sim, config, socket }
-}
 
 fn pay(sum: i64) -> Value {
     json!({"consumerId": "13912345678", "paymentCode": "123456", "sum": sum, "productName": "0号柴油", "productPrice": 500, "productQuantity": "1.55"})
@@ -304,5 +264,28 @@ async fn a_wrong_app_key_is_refused_by_the_platform_and_nothing_is_applied() {
     assert_eq!(v["code"], "40001", "{v}");
     let l = w.sim.ledger();
     assert_eq!((l.refused, l.pays_standing.len()), (1, 0));
+    d.stop().await;
+}
+
+/// An appKey shorter than 24 bytes leaves the 3DES key zero-padded: `doctor` and the status say so,
+/// naming the length and never the key; the demo's 30-byte key is no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_and_status_warn_that_a_short_app_key_makes_a_weak_zero_padded_3des_key() {
+    let short = "short-appkey-1";
+    let w = world("wallet-short-key", short).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let text = posgate::doctor::run(&w.config, &d.client).await.render();
+    let line = text.lines().find(|l| l.contains("3DES")).unwrap_or_default().to_string();
+    assert!(line.starts_with("WARN profile wallet: secrets.app_key is 14 bytes") && line.contains("zero-padded and weak"), "{text}");
+    assert!(!text.contains(short), "doctor printed the appKey: {text}");
+    let (_, st) = d.client.get("/v1/status").await.expect("status");
+    let warnings = st["profiles"][0]["warnings"].to_string();
+    assert!(warnings.contains("zero-padded and weak") && !warnings.contains(short), "{st}");
+    d.stop().await;
+
+    let w = world("wallet-long-key", DEMO_APP_KEY).await;
+    let d = Daemon::start(&w.config, &w.socket, &[]).await;
+    let text = posgate::doctor::run(&w.config, &d.client).await.render();
+    assert!(!text.contains("3DES"), "a 30-byte appKey is warned about: {text}");
     d.stop().await;
 }

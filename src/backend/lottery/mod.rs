@@ -62,6 +62,9 @@ use self::wire::{Answer, BodyFormat, Envelope, Kind, Owner, WireOp};
 /// The profile `backend =` value.
 pub const KIND: &str = "lottery";
 
+/// Logins sent in all for one need of a session when their answers are lost (a login holds no money).
+const LOGIN_TRIES: u32 = 3;
+
 /// The lottery backend of one profile.
 pub struct LotteryBackend {
     http: HttpsClient,
@@ -288,7 +291,29 @@ impl LotteryBackend {
     }
 
     /// Log one station in and keep its token. Any failure means the caller's own request was not sent.
+    ///
+    /// A login whose answer is lost (or unreadable) holds no money: nothing was redeemed, and a second
+    /// login only supersedes the token the first may have made. So it is sent again, at most
+    /// [`LOGIN_TRIES`] times in all, each after the station's hold (the host may still be working on the
+    /// lost one, and the station is serial), rather than failing the POS request it was made for.
     async fn login(&self, station: &Station, journal_id: u64) -> Result<Answer, BackendError> {
+        let mut tries = 1;
+        loop {
+            match self.login_once(station, journal_id).await {
+                Err(e) if e.stage == Stage::Unknown && tries < LOGIN_TRIES => {
+                    tries += 1;
+                    let rest = station.held_for().unwrap_or_default();
+                    tracing::info!(station = %station.id, wait_ms = rest.as_millis() as u64, "lottery login unanswered; logging in again after the hold");
+                    tokio::time::sleep(rest).await;
+                }
+                Err(e) => return Err(err(Stage::NotSent, e.detail)),
+                Ok(a) => return Ok(a),
+            }
+        }
+    }
+
+    /// One login request; `Stage::Unknown` when its answer never came or could not be read.
+    async fn login_once(&self, station: &Station, journal_id: u64) -> Result<Answer, BackendError> {
         let pw = station.password();
         let pw = pw.expose_str().map_err(|_| err(Stage::NotSent, "station password is not UTF-8"))?;
         let params = [
@@ -303,7 +328,7 @@ impl LotteryBackend {
         let a = self
             .send(station, wire::LOGIN_PATH, &params, None, journal_id)
             .await
-            .map_err(|e| err(Stage::NotSent, format!("station {} login: {}", station.id, e.detail)))?;
+            .map_err(|e| err(e.stage, format!("station {} login: {}", station.id, e.detail)))?;
         let token = a.content.get("token").and_then(Value::as_str).filter(|t| !t.is_empty());
         match token {
             Some(t) if a.success => {

@@ -26,10 +26,18 @@ impl TsigMode {
     }
 }
 
+/// The bytes of the 3DES key (24) an appKey fills.
+pub const DES_KEY_BYTES: usize = 24;
+
+/// How many bytes of the 3DES key `app_key` leaves as zero padding (0: none, the key is whole).
+pub fn des_key_padding(app_key: &Secret) -> usize {
+    DES_KEY_BYTES.saturating_sub(app_key.expose_str().unwrap_or_default().len())
+}
+
 /// The 3DES key: the first 24 bytes of appKey (UTF-8), zero-padded when shorter.
 pub fn des_key(app_key: &Secret) -> Secret {
     let mut k = app_key.expose_str().unwrap_or_default().as_bytes().to_vec();
-    k.resize(24, 0);
+    k.resize(DES_KEY_BYTES, 0);
     Secret::new(k)
 }
 

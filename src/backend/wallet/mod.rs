@@ -497,6 +497,23 @@ impl Backend for WalletBackend {
     }
 }
 
+/// What is weak in a wallet profile (`registry::warnings`, shown by `doctor` and status): an appKey
+/// shorter than the 24 bytes of the 3DES key is zero-padded to them, so the key that protects the
+/// payment code and personal fields has fewer secret bytes. Names the length only, never the key.
+pub fn profile_warnings(p: &Profile) -> Vec<String> {
+    let Ok(key) = p.secret("app_key") else { return Vec::new() };
+    let len = key.expose_str().map(str::len).unwrap_or_default();
+    if len == 0 || crypto::des_key_padding(key) == 0 {
+        return Vec::new();
+    }
+    vec![format!(
+        "profile {}: secrets.app_key is {len} bytes, shorter than the {} bytes of the 3DES key: the key is zero-padded and weak (ask the platform for an appKey of at least {} bytes)",
+        p.name,
+        crypto::DES_KEY_BYTES,
+        crypto::DES_KEY_BYTES
+    )]
+}
+
 impl WalletBackend {
     /// The local sign-on: a new batch (numbered by the engine), nothing sent.
     pub fn local_sign_on(&self) -> SignOn {

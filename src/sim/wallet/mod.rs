@@ -36,7 +36,7 @@ use crate::secret::Secret;
 use super::faults::{Fault, FaultPlan};
 use super::server::{serve_tls, DropConnection};
 use state::{Answer, State};
-pub use state::{SimAccount, WalletLedger};
+pub use state::{SimAccount, SimPay, WalletLedger};
 
 /// The demo appId and appKey (also in the demo profile): test values, not secrets.
 pub const DEMO_APP_ID: &str = "zjhtwallet";

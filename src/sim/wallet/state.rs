@@ -44,6 +44,7 @@ enum PayState {
 #[derive(Debug, Clone)]
 struct Pay {
     order_id: String,
+    app_order_id: String,
     account: String,
     consumer: String,
     sum: i64,
@@ -53,6 +54,18 @@ struct Pay {
 }
 
 type Triple = (String, String, String);
+
+/// One pay the platform applied, as tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimPay {
+    pub order_id: String,
+    /// The POS's `appOrderId`, empty when it sent none.
+    pub app_order_id: String,
+    pub account: String,
+    pub sum: i64,
+    /// `applied` (standing), `undone` (pay_undo) or `cancelled` (pay_cancel).
+    pub state: &'static str,
+}
 
 /// What the platform holds, for tests.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +89,13 @@ pub struct WalletLedger {
     pub refused: u64,
     pub nonce_reuses: u64,
     pub by_path: BTreeMap<String, u64>,
+    /// Every pay applied, in no particular order.
+    pub pays: Vec<SimPay>,
+    /// Offline card orders opened (not merges) per `appOrderId`.
+    pub opened_by_app: BTreeMap<String, u32>,
+    /// Pays refused because their terminalId + batchNo + terminalOrderId came before (a pay sent twice,
+    /// or after its undo): a client that never repeats a pay has none.
+    pub repeated_pays: u64,
 }
 
 #[derive(Default)]
@@ -99,6 +119,8 @@ pub struct State {
     cancelled: u64,
     undo_unknown: u64,
     opened: u64,
+    opened_by_app: BTreeMap<String, u32>,
+    repeated_pays: u64,
     pub requests: u64,
     pub refused: u64,
     pub nonce_reuses: u64,
@@ -153,9 +175,11 @@ impl State {
     pub fn pay(&mut self, o: &Map<String, Value>) -> Answer {
         let t = triple(o);
         if self.pays.contains_key(&t) {
+            self.repeated_pays += 1;
             return Answer::fail(42004, "终端订单重复");
         }
         if self.undone_unknown.contains(&t) {
+            self.repeated_pays += 1;
             return Answer::fail(42004, "终端订单已冲正");
         }
         let Some(sum) = o.get("sum").and_then(Value::as_i64).filter(|v| *v > 0) else { return Answer::fail(40007, "sum错误") };
@@ -180,7 +204,11 @@ impl State {
         order.insert("status".into(), json!("支付成功"));
         order.entry("remark").or_insert(json!(""));
         self.by_order.insert(order_id.clone(), t.clone());
-        self.pays.insert(t, Pay { order_id: order_id.clone(), account: account_id, consumer, sum, state: PayState::Applied, order: order.clone(), pay_time });
+        let app_order_id = s(o, "appOrderId");
+        self.pays.insert(
+            t,
+            Pay { order_id: order_id.clone(), app_order_id, account: account_id, consumer, sum, state: PayState::Applied, order: order.clone(), pay_time },
+        );
         Answer::ok(json!({"errcode": 0, "errmsg": "线下支付成功", "order": order, "account": account}), Some(order_id))
     }
 
@@ -276,6 +304,7 @@ impl State {
         let order_id = self.next_id("oc");
         self.cards.insert(order_id.clone(), None);
         self.opened += 1;
+        *self.opened_by_app.entry(s(o, "appOrderId")).or_default() += 1;
         let account = format!("2001755{:09}", self.serial);
         let mut order = Map::new();
         order.insert("orderId".into(), json!(order_id));
@@ -381,6 +410,23 @@ impl State {
             refused: self.refused,
             nonce_reuses: self.nonce_reuses,
             by_path: self.by_path.clone(),
+            pays: self
+                .pays
+                .values()
+                .map(|p| SimPay {
+                    order_id: p.order_id.clone(),
+                    app_order_id: p.app_order_id.clone(),
+                    account: p.account.clone(),
+                    sum: p.sum,
+                    state: match p.state {
+                        PayState::Applied => "applied",
+                        PayState::Undone => "undone",
+                        PayState::Cancelled => "cancelled",
+                    },
+                })
+                .collect(),
+            opened_by_app: self.opened_by_app.clone(),
+            repeated_pays: self.repeated_pays,
         }
     }
 }

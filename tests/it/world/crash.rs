@@ -57,7 +57,8 @@ async fn one_life<W: VendorWorld>(
                     open[rng.gen_range(0..open.len())]
                 } else {
                     let n = v.len();
-                    v.push(Told::new(w.next_request(rng, 0, n)));
+                    let req = w.next_request_after(rng, 0, n, &v);
+                    v.push(Told::new(req));
                     n
                 }
             };

@@ -94,6 +94,11 @@ pub trait VendorWorld: Send + Sync + Sized + 'static {
     fn socket(&self) -> &Path;
     /// The `n`-th new POS request of the run (the `lane`-th POS lane sends it).
     fn next_request(&self, rng: &mut StdRng, lane: usize, n: usize) -> PosRequest;
+    /// The same, for a world whose requests follow up earlier ones (a cancel names an approved pay's
+    /// journal id): `told` is every request so far, with what the POS was told. By default [`Self::next_request`].
+    fn next_request_after(&self, rng: &mut StdRng, lane: usize, n: usize, _told: &[Told]) -> PosRequest {
+        self.next_request(rng, lane, n)
+    }
     /// Lose the answer of the next request of this kind, after the host applied it.
     fn lose_next_answer(&self, kind: Kind);
     /// Lose the answers of `per_mille` of ALL requests (every kind), after applying them; 0: off.
@@ -303,4 +308,5 @@ macro_rules! worlds {
 worlds! {
     loyalty => LoyaltyWorld, crash_loop_loyalty, soak_loyalty;
     lottery => LotteryWorld, crash_loop_lottery, soak_lottery;
+    wallet => WalletWorld, crash_loop_wallet, soak_wallet;
 }

@@ -28,7 +28,8 @@ async fn lane<W: VendorWorld>(w: Arc<W>, c: ApiClient, n: usize, all: Arc<Mutex<
             None => {
                 let mut v = lock(&all);
                 let k = v.len();
-                v.push(Told::new(w.next_request(&mut rng, n, k)));
+                let req = w.next_request_after(&mut rng, n, k, &v);
+                v.push(Told::new(req));
                 current.lock().unwrap_or_else(|p| p.into_inner())[n] = Some(k);
                 k
             }
