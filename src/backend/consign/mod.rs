@@ -101,7 +101,7 @@ impl ConsignBackend {
             return Err(field("secrets.aes_key", format!("must be the 16-byte merchant key (加密秘钥), got {} bytes", aes_key.len())));
         }
         let notify_url = profile.option_str("notify_url", "")?;
-        if !notify_url.is_empty() && !(notify_url.starts_with("http://") || notify_url.starts_with("https://")) {
+        if !(notify_url.is_empty() || notify_url.starts_with("http://") || notify_url.starts_with("https://")) {
             return Err(field("options.notify_url", "must be empty (no callbacks: polling) or a full http:// URL".into()));
         }
         Ok(ConsignBackend {
