@@ -16,6 +16,8 @@ pub const LOYALTY_PROFILE: &str = include_str!("../terminal-profiles/loyalty.tom
 pub const LOTTERY_PROFILE: &str = include_str!("../terminal-profiles/lottery.toml");
 /// The example wallet profile shipped in `terminal-profiles/`.
 pub const WALLET_PROFILE: &str = include_str!("../terminal-profiles/wallet.toml");
+/// The example consignment profile shipped in `terminal-profiles/`.
+pub const CONSIGN_PROFILE: &str = include_str!("../terminal-profiles/consign.toml");
 /// Offline card orders the demo wallet platform holds, so a delivery of several chunks can be shown.
 pub const DEMO_DELIVERY_ORDERS: usize = 4_500;
 

@@ -5,6 +5,7 @@
 //! each operation's recovery policy.
 pub mod callback;
 pub mod common;
+pub mod consign;
 pub mod job;
 pub mod lottery;
 pub mod loyalty;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{lottery, loyalty, wallet, Backend};
+use super::{consign, lottery, loyalty, wallet, Backend};
 use crate::config::{ConfigError, DaemonConfig, Profile};
 use crate::net::client::HttpsClient;
 
@@ -59,6 +59,10 @@ fn build_wallet(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, Conf
     Ok(Arc::new(wallet::WalletBackend::new(p, http)?))
 }
 
+fn build_consign(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> {
+    Ok(Arc::new(consign::ConsignBackend::new(p, http)?))
+}
+
 /// Every backend kind this build knows, in the order the docs list them.
 pub static KINDS: &[KindEntry] = &[
     KindEntry {
@@ -90,6 +94,15 @@ pub static KINDS: &[KindEntry] = &[
         example_text: include_str!("../../terminal-profiles/wallet.toml"),
         demo_url: Some("http://127.0.0.1:18445"),
         warnings: wallet::profile_warnings,
+    },
+    KindEntry {
+        name: consign::KIND,
+        about: "prepaid card consignment: submit a card (AES secret), query an order, its result by callback or polling",
+        spec: "card-consignment.txt",
+        build: build_consign,
+        example_profile: "terminal-profiles/consign.toml",
+        example_text: include_str!("../../terminal-profiles/consign.toml"),
+        demo_url: None,
     },
 ];
 
@@ -190,6 +203,9 @@ mod tests {
         let text = "name = \"a\"\nbackend = \"lotto\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
         let p = Profile::parse(Path::new("/x/a.toml"), text).expect("config itself takes any kind");
         let e = check(&p).expect_err("unknown").to_string();
-        assert!(e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet)"), "{e}");
+        assert!(
+            e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, consign)"),
+            "{e}"
+        );
     }
 }

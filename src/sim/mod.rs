@@ -2,6 +2,7 @@
 //!
 //! Simulators verify what the specs say (fields, keys, PIN blocks, batches), keep real state, and inject
 //! faults on demand so tests can prove recovery. Shared pieces: [`faults`] and the TLS HTTP [`server`].
+pub mod consign;
 pub mod faults;
 pub mod lottery;
 pub mod loyalty;
