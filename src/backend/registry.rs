@@ -103,6 +103,7 @@ pub static KINDS: &[KindEntry] = &[
         example_profile: "terminal-profiles/consign.toml",
         example_text: include_str!("../../terminal-profiles/consign.toml"),
         demo_url: None,
+        warnings: no_warnings,
     },
 ];
 
