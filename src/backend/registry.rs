@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{lottery, loyalty, wallet, Backend};
+use super::{lottery, loyalty, scenic, wallet, Backend};
 use crate::config::{ConfigError, DaemonConfig, Profile};
 use crate::net::client::HttpsClient;
 
@@ -51,6 +51,10 @@ fn build_wallet(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, Conf
     Ok(Arc::new(wallet::WalletBackend::new(p, http)?))
 }
 
+fn build_scenic(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> {
+    Ok(Arc::new(scenic::ScenicBackend::new(p, http)?))
+}
+
 /// Every backend kind this build knows, in the order the docs list them.
 pub static KINDS: &[KindEntry] = &[
     KindEntry {
@@ -79,6 +83,15 @@ pub static KINDS: &[KindEntry] = &[
         example_profile: "terminal-profiles/wallet.toml",
         example_text: include_str!("../../terminal-profiles/wallet.toml"),
         demo_url: Some("http://127.0.0.1:18445"),
+    },
+    KindEntry {
+        name: scenic::KIND,
+        about: "scenic-spot tickets: create an order after payment, cancel it, gate check-ins reported back",
+        spec: "scenic-tickets.txt",
+        build: build_scenic,
+        example_profile: "terminal-profiles/scenic.toml",
+        example_text: include_str!("../../terminal-profiles/scenic.toml"),
+        demo_url: Some("https://127.0.0.1:18446"),
     },
 ];
 
@@ -175,6 +188,6 @@ mod tests {
         let text = "name = \"a\"\nbackend = \"lotto\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
         let p = Profile::parse(Path::new("/x/a.toml"), text).expect("config itself takes any kind");
         let e = check(&p).expect_err("unknown").to_string();
-        assert!(e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet)"), "{e}");
+        assert!(e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, scenic)"), "{e}");
     }
 }
