@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod lottery;
 pub mod loyalty;
+pub mod scenic;
 pub mod server;
 pub mod wallet;
 
