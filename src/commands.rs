@@ -249,6 +249,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         setup.delivery_file.display(),
         posgate::demo::DEMO_DELIVERY_ORDERS
     );
+    println!("  scenic ticket platform on https://{} (products XXX, and REAL with one resident ID a ticket):", setup.scenic_addr);
+    println!("    posgate run scenic create-order --body '{{\"product_code\":\"XXX\",\"take_phone\":\"13456451211\",\"date\":\"2030-04-01\",\"price\":600,\"amount\":1200,\"count\":2}}'");
     posgate::daemon::run(setup.config, posgate::daemon::shutdown_signal()).await?;
     Ok(())
 }

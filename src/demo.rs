@@ -30,6 +30,10 @@ pub struct DemoSetup {
     pub lottery_addr: std::net::SocketAddr,
     pub wallet: Arc<crate::sim::wallet::WalletSim>,
     pub wallet_addr: std::net::SocketAddr,
+    /// The scenic ticket platform (orders `XXX` and real-name `REAL`); its gate check-ins go to the
+    /// callback listener once the daemon has one (`ScenicSim::set_callback`).
+    pub scenic: Arc<crate::sim::scenic::ScenicSim>,
+    pub scenic_addr: std::net::SocketAddr,
     /// A POSP delivery file of the demo's offline orders (`posgate run wallet delivery --body @FILE`).
     pub delivery_file: PathBuf,
     pub token: String,
@@ -137,10 +141,21 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     let delivery_file = data_dir.join("wallet-delivery.json");
     std::fs::write(&delivery_file, serde_json::json!({ "orders": orders }).to_string()).map_err(|e| io(&delivery_file, e))?;
 
+    let scenic = Arc::new(crate::sim::scenic::ScenicSim::demo());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
+    let scenic_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(scenic.clone().serve(listener, pki.acceptor().map_err(|e| e.to_string())?, std::future::pending::<()>()));
+    write_private(&data_dir.join("secrets/scenic-app-secret.txt"), crate::sim::scenic::DEMO_APP_SECRET.as_bytes())?;
+
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
     // Each registered kind's example profile, pointed at its simulator; a kind without one is left out.
-    let sims = [(crate::backend::loyalty::KIND, addr), (crate::backend::lottery::KIND, lottery_addr), (crate::backend::wallet::KIND, wallet_addr)];
+    let sims = [
+        (crate::backend::loyalty::KIND, addr),
+        (crate::backend::lottery::KIND, lottery_addr),
+        (crate::backend::wallet::KIND, wallet_addr),
+        (crate::backend::scenic::KIND, scenic_addr),
+    ];
     let mut profiles = Vec::new();
     for kind in crate::backend::registry::KINDS {
         let (Some(example), Some((_, actual))) = (kind.demo_url, sims.iter().find(|(k, _)| *k == kind.name)) else { continue };
@@ -165,5 +180,5 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         profiles,
         devices: Vec::new(),
     };
-    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, wallet, wallet_addr, delivery_file, token })
+    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, wallet, wallet_addr, scenic, scenic_addr, delivery_file, token })
 }

@@ -10,6 +10,7 @@ pub mod job;
 pub mod lottery;
 pub mod loyalty;
 pub mod registry;
+pub mod scenic;
 pub mod wallet;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{consign, lottery, loyalty, wallet, Backend};
+use super::{consign, lottery, loyalty, scenic, wallet, Backend};
 use crate::config::{ConfigError, DaemonConfig, Profile};
 use crate::net::client::HttpsClient;
 
@@ -59,6 +59,10 @@ fn build_wallet(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, Conf
     Ok(Arc::new(wallet::WalletBackend::new(p, http)?))
 }
 
+fn build_scenic(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> {
+    Ok(Arc::new(scenic::ScenicBackend::new(p, http)?))
+}
+
 fn build_consign(p: &Profile, http: HttpsClient) -> Result<Arc<dyn Backend>, ConfigError> {
     Ok(Arc::new(consign::ConsignBackend::new(p, http)?))
 }
@@ -94,6 +98,16 @@ pub static KINDS: &[KindEntry] = &[
         example_text: include_str!("../../terminal-profiles/wallet.toml"),
         demo_url: Some("http://127.0.0.1:18445"),
         warnings: wallet::profile_warnings,
+    },
+    KindEntry {
+        name: scenic::KIND,
+        about: "scenic-spot tickets: create an order after payment, cancel it, gate check-ins reported back",
+        spec: "scenic-tickets.txt",
+        build: build_scenic,
+        example_profile: "terminal-profiles/scenic.toml",
+        example_text: include_str!("../../terminal-profiles/scenic.toml"),
+        demo_url: Some("https://127.0.0.1:18446"),
+        warnings: no_warnings,
     },
     KindEntry {
         name: consign::KIND,
@@ -205,7 +219,7 @@ mod tests {
         let p = Profile::parse(Path::new("/x/a.toml"), text).expect("config itself takes any kind");
         let e = check(&p).expect_err("unknown").to_string();
         assert!(
-            e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, consign)"),
+            e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, scenic, consign)"),
             "{e}"
         );
     }

@@ -6,6 +6,7 @@ pub mod consign;
 pub mod faults;
 pub mod lottery;
 pub mod loyalty;
+pub mod scenic;
 pub mod server;
 pub mod wallet;
 

@@ -9,6 +9,7 @@ mod money;
 mod net;
 mod order;
 mod plain_http;
+mod scenic;
 mod schemathesis;
 mod strict;
 mod support;
