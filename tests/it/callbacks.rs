@@ -299,13 +299,7 @@ async fn orders_awaiting_a_result_are_polled_again_after_a_restart() {
     // Polling only: the listener serves no path for this profile.
     let r = post(w.addr, "a", &json!({"key": "n-1", "reference": reference, "sign": "good", "success": true})).await;
     assert_eq!(r.0, 404);
-    w.engine.shutdown().await;
-    // Stop the listener (it holds the engine) and let every worker let go of the journal.
-    let World { engine, _dir: dir, _stop, .. } = w;
-    drop(_stop);
-    let weak = Arc::downgrade(&engine);
-    drop(engine);
-    until("the first engine is gone", || weak.strong_count() == 0).await;
+    let dir = stop(w).await;
     let backend = Arc::new(Notifier::default());
     backend.polls.lock().unwrap().push_back(Some(Polled::Done(final_of("n-1", "", true))));
     let w = world("polling", backend, Some(dir)).await;
@@ -328,4 +322,49 @@ async fn a_document_without_a_query_leaves_the_order_awaiting_and_says_so() {
     let o = w.engine.journal_record(id).unwrap();
     assert_eq!(o["result"]["awaiting"], "result", "{o}");
     assert!(w.engine.awaiting_results().is_empty());
+}
+
+/// Stop a world's listener and engine and wait until the engine is gone; the folder stays.
+async fn stop(w: World) -> tempfile::TempDir {
+    w.engine.shutdown().await;
+    let World { engine, _dir: dir, _stop, .. } = w;
+    drop(_stop);
+    let weak = Arc::downgrade(&engine);
+    drop(engine);
+    until("the engine is gone", || weak.strong_count() == 0).await;
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_journaled_before_a_crash_is_applied_at_start_and_its_retry_answered() {
+    use posgate::journal::{JournalStore, NewRecord, SledJournal};
+    let w = world("callbacks", Arc::new(Notifier::default()), None).await;
+    let (id, reference) = order(&w, "a").await;
+    let dir = stop(w).await;
+    // What `in_callback` leaves: the notification durable and pending, the order untouched, nothing answered.
+    {
+        let j = loop {
+            match SledJournal::open(&dir.path().join("data/journal")) {
+                Ok(j) => break j,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let n = final_of("n-5", &reference, true);
+        let mut rec = posgate::model::Record::new("a", "result", posgate::model::Class::Notification, "", "2026-01-01T00:00:00.000Z");
+        rec.idempotency_key = Some("cb:n-5".into());
+        rec.reference = Some(reference.clone());
+        rec.original = Some(id);
+        rec.request = n.fields.clone();
+        rec.result = Map::from_iter([("effect".to_string(), serde_json::to_value(&n.effect).unwrap()), ("source".to_string(), json!("callback"))]);
+        j.begin(NewRecord { record: rec, allocate_trace: false }).unwrap();
+        j.sync().await.unwrap();
+    }
+    let w = world("callbacks", Arc::new(Notifier::default()), Some(dir)).await;
+    let o = w.engine.journal_record(id).unwrap();
+    assert_eq!(o["result"]["final"], true, "applied at start-up, before anything is served: {o}");
+    let retry = post(w.addr, "a", &json!({"key": "n-5", "reference": reference, "sign": "good", "success": true})).await;
+    assert_eq!(retry, (200, "success".to_string()));
+    let notes = notifications(&w, "a");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["state"], "approved");
 }
