@@ -277,7 +277,8 @@ async fn with_callbacks_unreachable_polling_brings_an_order_to_its_final_state()
     let (id, reference) = order(&w, "a").await;
     assert_eq!(w.engine.awaiting_results(), vec![id]);
     let e = w.engine.clone();
-    until("the poll's result is applied", || e.journal_record(id).unwrap()["result"]["final"] == true).await;
+    // The journal shows it once committed; the order leaves the poll set once that commit is synced.
+    until("the poll's result is applied", || e.journal_record(id).unwrap()["result"]["final"] == true && e.awaiting_results().is_empty()).await;
     assert_eq!(*w.backend.polled.lock().unwrap(), 3, "polled until final, then no more");
     let o = w.engine.journal_record(id).unwrap();
     assert_eq!((o["result"]["success"].clone(), o["status"].clone()), (json!(false), json!("approved")), "{o}");
@@ -367,4 +368,42 @@ async fn a_notification_journaled_before_a_crash_is_applied_at_start_and_its_ret
     let notes = notifications(&w, "a");
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0]["state"], "approved");
+}
+
+/// The real daemon binary with `[callbacks]` over TLS: the listener is up beside the POS API, an allowed
+/// peer reaches it through the handshake, and a path the profile's backend does not serve is refused and
+/// journaled on that profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_callbacks_over_tls_when_configured() {
+    use rustls_pki_types::pem::PemObject;
+    let w = crate::support::World::with_profile_extra("cb-daemon", "callback_allow = [\"127.0.0.1\"]").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &w.config,
+        format!("data_dir = \"data\"\nunix_socket = \"posgate.sock\"\n[callbacks]\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"pki/sim-cert.pem\"\ntls_key = \"pki/sim-key.pem\"\n"),
+    )
+    .unwrap();
+    let d = w.start(&[]).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(w.dir.join("pki/test-ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("TLS handshake with the callback listener");
+    s.write_all(b"POST /callbacks/loyalty/notify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("answered");
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 404"), "{}", String::from_utf8_lossy(&out));
+    let (status, v) = d.client.get("/v1/journal?profile=loyalty").await.unwrap();
+    assert_eq!(status, 200);
+    let refused: Vec<&Value> = v["records"].as_array().into_iter().flatten().filter(|r| r["class"] == "notification").collect();
+    assert_eq!(refused.len(), 1, "{v}");
+    assert!(refused[0]["error"].as_str().unwrap_or("").contains("no callback is served"), "{v}");
+    d.stop().await;
 }
