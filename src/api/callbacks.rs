@@ -176,14 +176,19 @@ async fn handle(engine: Arc<Engine>, req: Request<Incoming>, peer: IpAddr, limit
         return plain(404, "not found");
     };
     let (profile, sub) = (profile.to_string(), sub.to_string());
-    let spec = match engine.callback_route(&profile, &sub) {
+    let route = engine.callback_route(&profile, &sub);
+    let spec = match route {
         Route::NoProfile => return plain(404, "not found"),
-        Route::NoPath => return refused(&engine, &profile, None, &sub, peer, 0, CallbackRefusal::NoSuchPath(sub.clone())).await,
-        Route::Serve(s) => s,
+        Route::NoPath => None,
+        Route::Serve(s) => Some(s),
     };
+    // The profile's own allowlist first: a peer allowed for another profile learns nothing about this one.
     if !engine.callback_source_allowed(&profile, peer) {
-        return refused(&engine, &profile, Some(&spec), &sub, peer, 0, CallbackRefusal::Source(peer.to_string())).await;
+        return refused(&engine, &profile, spec.as_ref(), &sub, peer, 0, CallbackRefusal::Source(peer.to_string())).await;
     }
+    let Some(spec) = spec else {
+        return refused(&engine, &profile, None, &sub, peer, 0, CallbackRefusal::NoSuchPath(sub.clone())).await;
+    };
     if req.method() != Method::POST {
         return refused(&engine, &profile, Some(&spec), &sub, peer, 0, CallbackRefusal::Malformed(format!("method {} (POST expected)", req.method()))).await;
     }
