@@ -155,6 +155,14 @@ struct RawProfile {
     /// Patterns that tag a scan with this profile and the operation it suggests.
     #[serde(default)]
     scan_rules: Vec<crate::devices::ScanRule>,
+    /// Source addresses (`"127.0.0.1"`, `"10.0.0.0/8"`) the callback listener accepts for this profile.
+    #[serde(default)]
+    callback_allow: Vec<Spanned<String>>,
+    /// How results that arrive later reach this terminal: `callbacks`, `polling` or `both`.
+    #[serde(default)]
+    results: ResultsMode,
+    #[serde(default)]
+    poll: PollSettings,
 }
 
 fn default_operator() -> String {
@@ -207,6 +215,12 @@ pub struct Profile {
     pub scan_rules: Vec<crate::devices::ScanRule>,
     /// The file it came from, for error messages.
     pub source: PathBuf,
+    /// Source networks the callback listener accepts for this profile (empty: none).
+    pub callback_allow: Vec<IpNet>,
+    /// Callbacks, polling or both, for results that arrive later.
+    pub results: ResultsMode,
+    /// The polling schedule (`[poll]`).
+    pub poll: PollSettings,
 }
 
 impl Profile {
@@ -289,6 +303,19 @@ impl Profile {
             return Err(ConfigError::field(path, None, "max_answer_bytes", format!("must be from 1 to {MAX_ANSWER_CEILING}")));
         }
         let scan_rules = raw.scan_rules.into_iter().map(|r| r.in_profile(&name)).collect();
+        let mut callback_allow = Vec::new();
+        for a in &raw.callback_allow {
+            callback_allow.push(a.get_ref().parse::<IpNet>().map_err(|why| ConfigError::field(path, at(&a.span()), "callback_allow", why))?);
+        }
+        let PollSettings { initial_ms, max_ms } = raw.poll;
+        if initial_ms < 10 || max_ms < initial_ms || max_ms > MAX_POLL_INTERVAL_MS {
+            return Err(ConfigError::field(
+                path,
+                None,
+                "poll",
+                format!("need 10 <= initial_ms <= max_ms <= {MAX_POLL_INTERVAL_MS}; got {initial_ms} and {max_ms}"),
+            ));
+        }
         Ok(Profile {
             name,
             backend,
@@ -309,6 +336,9 @@ impl Profile {
             options: raw.options,
             scan_rules,
             source: path.to_path_buf(),
+            callback_allow,
+            results: raw.results,
+            poll: raw.poll,
         })
     }
 
@@ -344,6 +374,9 @@ struct RawDaemon {
     /// Counter devices: serial ports by path, or USB matching rules.
     #[serde(default)]
     devices: Vec<crate::devices::DeviceConfig>,
+    /// The vendors' callback listener; off when absent.
+    #[serde(default)]
+    callbacks: Option<RawCallbacks>,
 }
 
 fn default_body_limit() -> usize {
@@ -361,6 +394,8 @@ pub struct DaemonConfig {
     pub max_body_bytes: usize,
     pub profiles: Vec<Profile>,
     pub devices: Vec<crate::devices::DeviceConfig>,
+    /// The vendors' callback listener (`[callbacks]`), when configured.
+    pub callbacks: Option<CallbackListener>,
 }
 
 impl DaemonConfig {
@@ -402,7 +437,9 @@ impl DaemonConfig {
         for p in &profiles {
             crate::devices::Classifier::new(p.scan_rules.clone()).map_err(|e| ConfigError::field(&p.source, None, "scan_rules", e.to_string()))?;
         }
+        let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
         Ok(DaemonConfig {
+            callbacks,
             data_dir: dir.join(raw.data_dir),
             unix_socket: raw.unix_socket.map(|s| dir.join(s)),
             tcp,
@@ -410,6 +447,182 @@ impl DaemonConfig {
             max_body_bytes: raw.max_body_bytes,
             profiles,
             devices: raw.devices,
+        })
+    }
+}
+
+/// How results that arrive later (a gate check-in, a consignment's outcome) reach the shop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultsMode {
+    /// Only the vendor's callbacks (the shop is reachable from the vendor).
+    Callbacks,
+    /// Only polling (the shop is behind NAT): the listener serves no path for this profile.
+    Polling,
+    /// Both; a callback and a poll of the same result are journaled once.
+    #[default]
+    Both,
+}
+
+impl ResultsMode {
+    pub fn callbacks(self) -> bool {
+        self != ResultsMode::Polling
+    }
+    pub fn polling(self) -> bool {
+        self != ResultsMode::Callbacks
+    }
+}
+
+/// The longest a profile may wait between two polls of one order: one hour.
+pub const MAX_POLL_INTERVAL_MS: u64 = 3_600_000;
+
+/// The polling schedule for orders awaiting a result: the first poll after `initial_ms`, doubling to `max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollSettings {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        PollSettings { initial_ms: 2_000, max_ms: 300_000 }
+    }
+}
+
+/// An address or a network (`10.0.0.0/8`, `::1`), for the callback source allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)),
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        let width: u32 = if self.addr.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+        (bits(ip) & mask) == (bits(self.addr) & mask)
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.trim().parse().map_err(|e| format!("{s:?} is not an address or network: {e}"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => width,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|n| *n <= width).ok_or_else(|| format!("{s:?}: the prefix must be 0 to {width}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallbacks {
+    listen: Spanned<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    #[serde(default = "default_callback_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_callback_header_ms")]
+    header_timeout_ms: u64,
+    #[serde(default = "default_callback_body_ms")]
+    body_timeout_ms: u64,
+    #[serde(default = "default_callback_conns")]
+    max_connections: usize,
+}
+
+fn default_callback_body() -> usize {
+    16 * 1024
+}
+fn default_callback_header_ms() -> u64 {
+    5_000
+}
+fn default_callback_body_ms() -> u64 {
+    5_000
+}
+fn default_callback_conns() -> usize {
+    32
+}
+
+/// The vendors' callback listener (`[callbacks]` in the daemon config): separate from the POS API.
+#[derive(Debug, Clone)]
+pub struct CallbackListener {
+    pub listen: std::net::SocketAddr,
+    /// Certificate chain and key (PEM) when the listener speaks TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_body_bytes: usize,
+    /// From the connection (after TLS) to the end of the request headers.
+    pub header_timeout: Duration,
+    /// From the end of the headers to the end of the body.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl RawCallbacks {
+    fn validate(self, path: &Path, text: &str, dir: &Path) -> Result<CallbackListener, ConfigError> {
+        let line = Some(line_of(text, self.listen.span().start));
+        let listen: std::net::SocketAddr =
+            self.listen.get_ref().parse().map_err(|e| ConfigError::field(path, line, "callbacks.listen", format!("not an address: {e}")))?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let (c, k) = (dir.join(c), dir.join(k));
+                for (f, name) in [(&c, "callbacks.tls_cert"), (&k, "callbacks.tls_key")] {
+                    if !f.is_file() {
+                        return Err(ConfigError::field(path, None, name, format!("{} does not exist", f.display())));
+                    }
+                }
+                Some((c, k))
+            }
+            _ => return Err(ConfigError::field(path, None, "callbacks.tls_cert", "`tls_cert` and `tls_key` go together")),
+        };
+        if self.max_body_bytes == 0 || self.max_body_bytes > 1024 * 1024 {
+            return Err(ConfigError::field(path, None, "callbacks.max_body_bytes", "must be from 1 to 1048576"));
+        }
+        for (v, name) in [(self.header_timeout_ms, "callbacks.header_timeout_ms"), (self.body_timeout_ms, "callbacks.body_timeout_ms")] {
+            if v == 0 || v > 60_000 {
+                return Err(ConfigError::field(path, None, name, "must be from 1 to 60000"));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections > 4096 {
+            return Err(ConfigError::field(path, None, "callbacks.max_connections", "must be from 1 to 4096"));
+        }
+        Ok(CallbackListener {
+            listen,
+            tls,
+            max_body_bytes: self.max_body_bytes,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            max_connections: self.max_connections,
         })
     }
 }
@@ -465,6 +678,54 @@ mod tests {
         assert!(d.check(10_000_001, false).is_err_and(|e| e.contains("at most 10000000 fen")));
         assert!(d.check(-1, false).is_err());
         assert!(d.check(10_000_000, true).is_ok());
+    }
+
+    #[test]
+    fn callback_allowlists_results_and_poll_settings_are_checked() {
+        let p = Path::new("/x/c.toml");
+        let base = "name = \"a\"\nbackend = \"consign\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
+        let d = Profile::parse(p, base).expect("defaults");
+        assert!(d.callback_allow.is_empty());
+        assert_eq!((d.results, d.poll), (ResultsMode::Both, PollSettings::default()));
+        let ok = Profile::parse(
+            p,
+            &format!("callback_allow = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\nresults = \"polling\"\n{base}[poll]\ninitial_ms = 50\nmax_ms = 100\n"),
+        )
+        .expect("valid");
+        assert_eq!(ok.results, ResultsMode::Polling);
+        assert!(!ok.results.callbacks() && ok.results.polling());
+        assert_eq!((ok.poll.initial_ms, ok.poll.max_ms), (50, 100));
+        let allows = |ip: &str| ok.callback_allow.iter().any(|n| n.contains(ip.parse().expect("ip")));
+        assert!(allows("127.0.0.1") && allows("10.200.3.4") && allows("::1") && allows("::ffff:10.1.1.1"));
+        assert!(!allows("127.0.0.2") && !allows("11.0.0.1") && !allows("::2"));
+        let e = Profile::parse(p, &format!("callback_allow = [\"10.0.0.0/33\"]\n{base}")).expect_err("prefix").to_string();
+        assert!(e.contains("c.toml:1") && e.contains("callback_allow"), "{e}");
+        let e = Profile::parse(p, &format!("results = \"sometimes\"\n{base}")).expect_err("mode").to_string();
+        assert!(e.contains("results"), "{e}");
+        let e = Profile::parse(p, &format!("{base}[poll]\ninitial_ms = 5\n")).expect_err("too fast").to_string();
+        assert!(e.contains("poll"), "{e}");
+        let all: IpNet = "0.0.0.0/0".parse().expect("any");
+        assert!(all.contains("8.8.8.8".parse().expect("ip")) && !all.contains("::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn the_callback_listener_section_is_validated() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("terminal-profiles")).expect("profiles");
+        let cfg = dir.path().join("posgate.toml");
+        let write = |extra: &str| std::fs::write(&cfg, format!("data_dir = \"data\"\n{extra}")).expect("write");
+        write("");
+        assert!(DaemonConfig::load(&cfg).expect("no listener").callbacks.is_none());
+        write("[callbacks]\nlisten = \"127.0.0.1:0\"\n");
+        let c = DaemonConfig::load(&cfg).expect("listener").callbacks.expect("on");
+        assert_eq!((c.max_body_bytes, c.max_connections, c.tls.is_none()), (16 * 1024, 32, true));
+        write("[callbacks]\nlisten = \"nowhere\"\n");
+        let e = DaemonConfig::load(&cfg).expect_err("address").to_string();
+        assert!(e.contains("posgate.toml:3") && e.contains("callbacks.listen"), "{e}");
+        write("[callbacks]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\n");
+        assert!(DaemonConfig::load(&cfg).expect_err("half tls").to_string().contains("go together"));
+        write("[callbacks]\nlisten = \"127.0.0.1:0\"\nbody_timeout_ms = 0\n");
+        assert!(DaemonConfig::load(&cfg).expect_err("zero").to_string().contains("body_timeout_ms"));
     }
 
     #[test]

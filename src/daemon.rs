@@ -18,6 +18,8 @@ pub enum DaemonError {
     Api(#[from] api::ApiError),
     #[error("{0}")]
     Bind(String),
+    #[error(transparent)]
+    Callbacks(#[from] api::callbacks::CallbackListenerError),
 }
 
 /// Bind every listener first (so a port clash fails fast), open the engine, then serve.
@@ -30,6 +32,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| DaemonError::Bind(format!("{a}: {e}")))?),
         None => None,
     };
+    // The vendors' callback listener (off unless `[callbacks]` is configured), bound before anything starts.
+    let callbacks = match &cfg.callbacks {
+        Some(c) => Some((api::callbacks::bind(c).await?, api::callbacks::Limits::of(c))),
+        None => None,
+    };
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
     let rules = cfg.profiles.iter().flat_map(|p| p.scan_rules.iter().cloned());
     let classifier = Classifier::new(rules).map_err(|e| DaemonError::Bind(format!("scan rules: {e}")))?;
@@ -39,7 +46,23 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     engine.attach_devices(hub);
     tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
     let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
-    let result = api::serve(engine.clone() as Arc<dyn api::Service>, Listeners { unix, tcp }, opts, shutdown).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let callback_task =
+        callbacks.map(|((listener, tls), limits)| tokio::spawn(api::callbacks::serve(engine.clone(), listener, tls, limits, stopped(stop_rx.clone()))));
+    let relay = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let result = api::serve(engine.clone() as Arc<dyn api::Service>, Listeners { unix, tcp }, opts, stopped(stop_rx)).await;
+    // Dropping the relay drops the stop sender: the callback listener stops too (it drains its own).
+    relay.abort();
+    let _ = relay.await;
+    if let Some(t) = callback_task {
+        let _ = t.await;
+    }
     let _ = stop_devices.send(true);
     engine.shutdown().await;
     if let Some(p) = &cfg.unix_socket {

@@ -179,6 +179,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         max_body_bytes: 1024 * 1024,
         profiles,
         devices: Vec::new(),
+        callbacks: None,
     };
     Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, wallet, wallet_addr, scenic, scenic_addr, delivery_file, token })
 }

@@ -93,6 +93,7 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
         for d in &cfg.devices {
             r.push(Level::Ok, format!("device {} configured ({})", d.stable_id(), d.path.as_deref().unwrap_or("by USB match")));
         }
+        callbacks(&mut r, cfg).await;
     }
     match crate::devices::serial::list_ports() {
         Ok(ports) if ports.is_empty() => r.push(Level::Ok, "no serial ports on this host"),
@@ -138,4 +139,56 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
         Err(e) => r.push(Level::Warn, format!("daemon: {e}")),
     }
     r
+}
+
+/// The callback listener: bound (by the running daemon) or bindable, its TLS files load, and every profile
+/// whose backend serves callbacks has a source allowlist (else its callbacks are all refused).
+async fn callbacks(r: &mut Report, cfg: &crate::config::DaemonConfig) {
+    let mut serving = Vec::new();
+    for p in &cfg.profiles {
+        let paths = crate::net::client::HttpsClient::new(&crate::net::client::HttpOptions::for_profile(p))
+            .ok()
+            .and_then(|http| crate::backend::build(p, http).ok())
+            .map(|b| b.callbacks().iter().map(|s| s.path).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            continue;
+        }
+        let polls = if p.results.polling() { "; polled when no callback comes" } else { "" };
+        match (&cfg.callbacks, p.results.callbacks()) {
+            (_, false) => r.push(Level::Ok, format!("profile {}: results by polling only", p.name)),
+            (None, true) => r.push(
+                Level::Warn,
+                format!("profile {}: its backend calls back ({}), but no [callbacks] listener is configured{polls}", p.name, paths.join(", ")),
+            ),
+            (Some(_), true) if p.callback_allow.is_empty() => r.push(
+                Level::Fail,
+                format!(
+                    "profile {}: no `callback_allow` sources: every callback to /callbacks/{}/… is refused (set it, or `results = \"polling\"`)",
+                    p.name, p.name
+                ),
+            ),
+            (Some(_), true) => {
+                let allow: Vec<String> = p.callback_allow.iter().map(ToString::to_string).collect();
+                r.push(Level::Ok, format!("profile {}: callbacks at /callbacks/{}/{{{}}} from {}{polls}", p.name, p.name, paths.join(","), allow.join(", ")));
+                serving.push(p.name.clone());
+            }
+        }
+    }
+    let Some(c) = &cfg.callbacks else { return };
+    match crate::api::callbacks::bind(c).await {
+        Ok(_) => r.push(
+            Level::Ok,
+            format!("callback listener {} bindable{} (the daemon is not listening there now)", c.listen, if c.tls.is_some() { ", TLS files load" } else { "" }),
+        ),
+        Err(crate::api::callbacks::CallbackListenerError::Bind { .. })
+            if tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(c.listen)).await.is_ok_and(|s| s.is_ok()) =>
+        {
+            r.push(Level::Ok, format!("callback listener {} accepting connections", c.listen))
+        }
+        Err(e) => r.push(Level::Fail, e.to_string()),
+    }
+    if serving.is_empty() {
+        r.push(Level::Warn, "the callback listener is configured, but no profile takes callbacks");
+    }
 }

@@ -32,6 +32,8 @@ pub const AFTER_OUTCOME: &str = "after_outcome";
 pub const IN_SETTLE: &str = "in_settle";
 /// The settlement was answered but its outcome is not journaled yet.
 pub const SETTLE_SENT: &str = "settle_sent";
+/// A vendor's notification is journaled (durable), its effect on the order and its answer not yet.
+pub const IN_CALLBACK: &str = "in_callback";
 
 /// Reach a crash point. When it is the armed one, announce and hang until killed.
 pub async fn point(name: &str) {

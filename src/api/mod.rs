@@ -4,6 +4,7 @@
 //! against a small fake and the engine can change behind it. Routes are data ([`server::ROUTES`]),
 //! shared by the router and by the test that keeps the OpenAPI document complete.
 pub use crate::model::idempotency;
+pub mod callbacks;
 mod parse;
 pub mod problem;
 pub mod server;

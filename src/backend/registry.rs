@@ -219,7 +219,9 @@ mod tests {
         let p = Profile::parse(Path::new("/x/a.toml"), text).expect("config itself takes any kind");
         let e = check(&p).expect_err("unknown").to_string();
         assert!(
-            e.contains("/x/a.toml:2") && e.contains("backend") && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, scenic, consign)"),
+            e.contains("/x/a.toml:2")
+                && e.contains("backend")
+                && e.contains("unknown backend kind \"lotto\" (known: loyalty, lottery, wallet, scenic, consign)"),
             "{e}"
         );
     }

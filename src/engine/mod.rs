@@ -6,9 +6,11 @@
 /// The clock moved to `crate::model::clock`; kept here so `engine::clock::…` paths still read naturally.
 pub use crate::model::clock;
 mod admin;
+mod callbacks;
 mod jobs;
 mod lane;
 mod outcome;
+mod poll;
 mod recovery;
 mod report;
 mod settle;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
+pub use callbacks::{Route, Source as NotificationSource};
 pub use clock::{Clock, SystemClock};
 pub use types::*;
 
@@ -71,6 +74,14 @@ pub struct Engine {
     started_ms: i64,
     /// Itself, for the long jobs it runs in the background (`jobs.rs`).
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    /// One vendor notification at a time (`callbacks.rs`): deduplication and the order's update never interleave.
+    notify_lock: tokio::sync::Mutex<()>,
+    /// Refused callbacks journaled per profile in the current minute (`callbacks.rs`).
+    refusals: callbacks::RefusalWindow,
+    /// Orders awaiting a vendor's result, by record id (`poll.rs`).
+    awaiting: std::sync::Mutex<BTreeMap<u64, poll::Awaiting>>,
+    /// Wakes the poll worker when an order starts awaiting.
+    poll_wake: Arc<tokio::sync::Notify>,
 }
 
 tokio::task_local! {
@@ -137,9 +148,15 @@ impl Engine {
             sealer,
             stop: watch::channel(false).0,
             me: std::sync::OnceLock::new(),
+            notify_lock: tokio::sync::Mutex::new(()),
+            refusals: Default::default(),
+            awaiting: Default::default(),
+            poll_wake: Arc::new(tokio::sync::Notify::new()),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
+        let notes: Vec<Record> = engine.journal.pending().map_err(jerr)?.into_iter().filter(|r| r.class == Class::Notification).collect();
         engine.adopt_pending().await?;
+        engine.finish_pending_notifications(notes).await?;
         for rec in engine.journal.recovering().map_err(jerr)? {
             let Some(lane) = engine.lanes.get(&rec.profile) else { continue };
             let Some(mut owed) = Owed::of(&rec) else { continue };
@@ -166,6 +183,10 @@ impl Engine {
             }
         }
         engine.resume_jobs_at_start()?;
+        engine.load_awaiting()?;
+        if engine.lanes.values().any(|l| l.profile.results.polling()) {
+            tokio::spawn(poll::worker(Arc::downgrade(&engine), engine.stop.subscribe()));
+        }
         Ok(engine)
     }
 
@@ -174,8 +195,8 @@ impl Engine {
         let now = self.clock.now_rfc3339();
         let mut change = Change::default();
         for mut rec in self.journal.pending().map_err(jerr)? {
-            if rec.class == Class::Job {
-                continue; // a long job resumes where its journal says (jobs.rs)
+            if matches!(rec.class, Class::Job | Class::Notification) {
+                continue; // a long job resumes where its journal says (jobs.rs); a notification is finished (callbacks.rs)
             }
             let lane = self.lanes.get(&rec.profile);
             let how = outcome::policy(rec.class, lane.and_then(|l| l.backend.spec(&rec.operation)));
@@ -666,6 +687,11 @@ impl Engine {
                 _ => None,
             };
             let approved = outcome::apply(&mut rec, how, outcome, &self.timing(lane));
+            let awaits = matches!(&r, Ok(reply) if rec.status == Status::Approved && lane.backend.awaits_result(operation, reply));
+            if awaits {
+                // Its result comes later (callback or poll); the record says so until it does.
+                rec.result.insert("awaiting".into(), Value::String(poll::awaiting_word(lane).into()));
+            }
             if let Some(owed) = Owed::of(&rec) {
                 // Mirror first so no new financial request slips out between the commit and the mirror;
                 // the slot and the unit stay held until the outcome is known.
@@ -680,6 +706,9 @@ impl Engine {
                 drop(lease);
             }
             self.finish_durable(&rec, approved, None).await?;
+            if awaits {
+                self.await_result(lane, &rec);
+            }
             testhook::point(testhook::AFTER_OUTCOME).await;
             drop(claim);
             if rec.status == Status::Unknown {

@@ -44,7 +44,7 @@ pub(super) fn policy(class: Class, spec: Option<OpSpec>) -> Option<Recovery> {
             Some(OpClass::Financial(how)) => Some(how),
             _ => Some(Recovery::Manual),
         },
-        Class::SignOn | Class::Inquiry | Class::Report | Class::Job => None,
+        Class::SignOn | Class::Inquiry | Class::Report | Class::Job | Class::Notification => None,
     }
 }
 

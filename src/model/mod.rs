@@ -50,6 +50,10 @@ pub enum Class {
     /// A long job (a wallet delivery): its plan and each step's outcome are journaled in the record,
     /// and it resumes where the journal says (`engine::jobs`), never through recovery.
     Job,
+    /// A vendor's notification about an order (a callback, or a poll's answer): journaled once under
+    /// `cb:<key>`, its effect applied to the order in the same commit (`engine::callbacks`); refused
+    /// ones are journaled `failed` with the refusal. Never recovered.
+    Notification,
 }
 
 impl Class {
@@ -61,6 +65,7 @@ impl Class {
             Class::Settle => "settle",
             Class::Report => "report",
             Class::Job => "job",
+            Class::Notification => "notification",
         }
     }
 }

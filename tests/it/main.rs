@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real daemon binary, real sled on disk, real TLS, real sockets.
 mod api;
 mod bigans;
+mod callbacks;
 mod consign;
 mod devices;
 mod journal_guard;
