@@ -309,4 +309,6 @@ worlds! {
     loyalty => LoyaltyWorld, crash_loop_loyalty, soak_loyalty;
     lottery => LotteryWorld, crash_loop_lottery, soak_lottery;
     wallet => WalletWorld, crash_loop_wallet, soak_wallet;
+    scenic => ScenicWorld, crash_loop_scenic, soak_scenic;
+    consign => ConsignWorld, crash_loop_consign, soak_consign;
 }
