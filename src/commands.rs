@@ -251,6 +251,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  scenic ticket platform on https://{} (products XXX, and REAL with one resident ID a ticket):", setup.scenic_addr);
     println!("    posgate run scenic create-order --body '{{\"product_code\":\"XXX\",\"take_phone\":\"13456451211\",\"date\":\"2030-04-01\",\"price\":600,\"amount\":1200,\"count\":2}}'");
+    println!("  callback listener on http://{} (scenic check-ins and consignment results arrive there; watch them as events):", setup.callback_addr);
+    println!("    curl -N --unix-socket {} http://posgate/v1/events", sock.display());
+    println!("    a few seconds after a scenic order is created, the demo gate checks one of its tickets in: a `notification` event, and `posgate journal` shows the counts");
+    println!("  consignment platform on http://{} (finishes a card after 2 s and posts its result to the listener):", setup.consign_addr);
+    println!("    posgate run consign submit --body '{{\"productCode\":\"JD100\",\"cardNumber\":\"6222021234567890123\",\"cardPassword\":\"Card-Secret-777123\",\"faceMoney\":10000}}'");
+    println!("    posgate journal   (the order ends final once its notification is journaled)");
+    posgate::demo::spawn_gate(setup.scenic.clone(), std::time::Duration::from_secs(3));
     posgate::daemon::run(setup.config, posgate::daemon::shutdown_signal()).await?;
     Ok(())
 }

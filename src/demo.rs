@@ -34,6 +34,12 @@ pub struct DemoSetup {
     /// callback listener once the daemon has one (`ScenicSim::set_callback`).
     pub scenic: Arc<crate::sim::scenic::ScenicSim>,
     pub scenic_addr: std::net::SocketAddr,
+    /// The card consignment platform (plain HTTP, as its document); it finishes a card after two seconds and
+    /// posts the result to the callback listener.
+    pub consign: Arc<crate::sim::consign::ConsignSim>,
+    pub consign_addr: std::net::SocketAddr,
+    /// The daemon's callback listener (plain HTTP on loopback), where both simulators call back.
+    pub callback_addr: std::net::SocketAddr,
     /// A POSP delivery file of the demo's offline orders (`posgate run wallet delivery --body @FILE`).
     pub delivery_file: PathBuf,
     pub token: String,
@@ -147,6 +153,20 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
     tokio::spawn(scenic.clone().serve(listener, pki.acceptor().map_err(|e| e.to_string())?, std::future::pending::<()>()));
     write_private(&data_dir.join("secrets/scenic-app-secret.txt"), crate::sim::scenic::DEMO_APP_SECRET.as_bytes())?;
 
+    let consign = Arc::new(crate::sim::consign::ConsignSim::demo());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator listener: {e}"))?;
+    let consign_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The consignment document gives plain http:// endpoints: its simulator speaks plain HTTP too.
+    tokio::spawn(consign.clone().serve_plain(listener, std::future::pending::<()>()));
+    write_private(&data_dir.join("secrets/consign-sign-key.txt"), crate::sim::consign::DEMO_SIGN_KEY.as_bytes())?;
+    write_private(&data_dir.join("secrets/consign-aes-key.txt"), crate::sim::consign::DEMO_AES_KEY.as_bytes())?;
+
+    // The callback listener on a free loopback port; the simulators call the daemon back there.
+    let callback_addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("callback listener: {e}"))?;
+    let scenic_url = format!("http://{callback_addr}/callbacks/{}/check-in", crate::backend::scenic::KIND);
+    let retry = vec![std::time::Duration::from_secs(2), std::time::Duration::from_secs(5)];
+    scenic.set_callback(crate::sim::scenic::callback::Sender::new(&scenic_url, None, retry)?);
+
     let profiles_dir = data_dir.join("terminal-profiles");
     std::fs::create_dir_all(&profiles_dir).map_err(|e| io(&profiles_dir, e))?;
     // Each registered kind's example profile, pointed at its simulator; a kind without one is left out.
@@ -155,6 +175,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         (crate::backend::lottery::KIND, lottery_addr),
         (crate::backend::wallet::KIND, wallet_addr),
         (crate::backend::scenic::KIND, scenic_addr),
+        (crate::backend::consign::KIND, consign_addr),
     ];
     let mut profiles = Vec::new();
     for kind in crate::backend::registry::KINDS {
@@ -166,6 +187,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
             .example_text
             .replace(example, &format!("{}://{actual}", example.split("://").next().unwrap_or("https")))
             .replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
+        let text = with_callbacks(kind.name, &text, callback_addr);
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
         profiles.push(crate::backend::registry::load_profile(&path).map_err(|e| e.to_string())?);
     }
@@ -179,7 +201,84 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         max_body_bytes: 1024 * 1024,
         profiles,
         devices: Vec::new(),
-        callbacks: None,
+        callbacks: Some(crate::config::CallbackListener {
+            listen: callback_addr,
+            tls: None,
+            max_body_bytes: 16 * 1024,
+            header_timeout: std::time::Duration::from_secs(5),
+            body_timeout: std::time::Duration::from_secs(5),
+            max_connections: 32,
+        }),
     };
-    Ok(DemoSetup { config, loyalty: sim, loyalty_addr: addr, lottery, lottery_addr, wallet, wallet_addr, scenic, scenic_addr, delivery_file, token })
+    Ok(DemoSetup {
+        config,
+        loyalty: sim,
+        loyalty_addr: addr,
+        lottery,
+        lottery_addr,
+        wallet,
+        wallet_addr,
+        scenic,
+        scenic_addr,
+        consign,
+        consign_addr,
+        callback_addr,
+        delivery_file,
+        token,
+    })
+}
+
+/// The demo's gate: a few seconds after each new scenic order, one of its tickets is checked in and the
+/// platform calls the daemon back, so the check-in shows up as an event without a real turnstile.
+pub fn spawn_gate(scenic: Arc<crate::sim::scenic::ScenicSim>, after: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            tokio::time::sleep(after).await;
+            let fresh: Vec<String> = scenic
+                .ledger()
+                .orders
+                .values()
+                .filter(|o| !o.cancelled && o.checked == 0 && seen.insert(o.order_num.clone()))
+                .map(|o| o.order_num.clone())
+                .collect();
+            for num in fresh {
+                #[allow(clippy::disallowed_methods)] // the simulated gate's wall clock, not the engine's
+                let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+                scenic.check_in_and_notify(&num, 1, &now).await;
+            }
+        }
+    });
+}
+
+/// The kinds whose results arrive later by callback: their demo profiles allow loopback callers, and
+/// consignment's `notify_url` points at the demo's listener.
+fn with_callbacks(kind: &str, text: &str, listener: std::net::SocketAddr) -> String {
+    if kind != crate::backend::scenic::KIND && kind != crate::backend::consign::KIND {
+        return text.to_string();
+    }
+    let backend = format!("backend = \"{kind}\"");
+    text.replacen(&backend, &format!("{backend}\ncallback_allow = [\"127.0.0.1\"]  # demo: the simulators call back from loopback"), 1)
+        .replace("notify_url = \"\"", &format!("notify_url = \"http://{listener}/callbacks/{kind}/result\""))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The demo's daemon has a callback listener, and its scenic and consign profiles take callbacks from
+    /// loopback, consignment's results addressed to that listener.
+    #[tokio::test]
+    async fn the_demo_config_has_the_callback_listener_and_both_callback_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = super::prepare(dir.path(), None, None).await.unwrap();
+        let cb = setup.config.callbacks.as_ref().expect("a callback listener");
+        assert!(cb.listen.ip().is_loopback() && cb.listen == setup.callback_addr);
+        for kind in ["scenic", "consign"] {
+            let p = setup.config.profiles.iter().find(|p| p.backend == kind).unwrap_or_else(|| panic!("no {kind} profile"));
+            assert!(p.callback_allow.iter().any(|n| n.contains("127.0.0.1".parse::<std::net::IpAddr>().unwrap())), "{kind}");
+            assert!(p.results.callbacks(), "{kind}");
+        }
+        let consign = setup.config.profiles.iter().find(|p| p.backend == "consign").unwrap();
+        assert_eq!(consign.option_str("notify_url", "").unwrap(), format!("http://{}/callbacks/consign/result", cb.listen));
+        assert!(consign.base_url.contains(&setup.consign_addr.to_string()), "{}", consign.base_url);
+    }
 }

@@ -116,7 +116,7 @@ pub static KINDS: &[KindEntry] = &[
         build: build_consign,
         example_profile: "terminal-profiles/consign.toml",
         example_text: include_str!("../../terminal-profiles/consign.toml"),
-        demo_url: None,
+        demo_url: Some("http://127.0.0.1:18447"),
         warnings: no_warnings,
     },
 ];

@@ -2,6 +2,7 @@
 mod api;
 mod bigans;
 mod callbacks;
+mod callbacks_e2e;
 mod consign;
 mod devices;
 mod journal_guard;
