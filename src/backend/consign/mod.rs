@@ -54,6 +54,16 @@ static OPS: &[OpSpec] = &[
 static CALLBACKS: &[CallbackSpec] = &[CallbackSpec { path: "result", name: "result", body: CallbackBody::Form }];
 
 /// POS fields of `submit`; everything else is the daemon's.
+/// The `batchno` sent when the POS names none: the terminal's batch and which block of 2,000 trace
+/// numbers the submit's trace falls in. The platform takes at most 2,000 cards per `batchno` (the
+/// document's table); a terminal's trace numbers are unique within its batch, so each block holds at
+/// most 2,000 submits, and the number is rebuilt from the record alone (a query after a crash names the
+/// same batch). Found by the consign soak: the 2,001st card of a batch was refused "批次超过2000张卡".
+pub(crate) fn batch_no(batch: &str, trace: &str) -> String {
+    let block = trace.parse::<u32>().unwrap_or(0) / 2000;
+    format!("{batch}{block:03}")
+}
+
 const SUBMIT_FIELDS: &[&str] = &["productCode", "cardNumber", "cardPassword", "seCode", "faceMoney", "customizeRate", "batchno", "custom", "productType"];
 /// Fields the daemon sets; a POS body naming one is refused.
 const DAEMON_OWNED: &[&str] = &["customerId", "timestamp", "orderId", "notifyUrl", "sign", "sysOrderId"];
@@ -208,7 +218,7 @@ impl ConsignBackend {
             ("timestamp", Self::timestamp()),
             ("orderId", order_id.clone()),
             ("productType", public("productType").unwrap_or_else(|| "0".into())),
-            ("batchno", public("batchno").unwrap_or_else(|| tx.batch.to_string())),
+            ("batchno", public("batchno").unwrap_or_else(|| batch_no(tx.batch, tx.trace))),
             ("productCode", public("productCode").unwrap_or_default()),
         ];
         if let Some(r) = public("customizeRate") {

@@ -88,3 +88,17 @@ fn a_notification_verifies_by_its_sign_and_says_what_it_means() {
     // A field twice is malformed.
     assert!(matches!(wire::parse_form(b"status=2&status=3", 32), Err(CallbackRefusal::Malformed(_))));
 }
+
+/// Regression (the consign soak): every submit of a terminal's batch went out under one `batchno`, and the
+/// platform refused the 2,001st card ("批次超过2000张卡"). A batch's submits now spread over `batchno`s of at
+/// most 2,000 trace numbers each.
+#[test]
+fn no_batchno_holds_more_than_2000_of_a_batchs_trace_numbers() {
+    let mut per: std::collections::BTreeMap<String, u32> = Default::default();
+    for t in 1..=999_999u32 {
+        *per.entry(super::batch_no("000001", &format!("{t:06}"))).or_default() += 1;
+    }
+    assert!(per.values().all(|n| *n <= 2000), "{:?}", per.iter().find(|(_, n)| **n > 2000));
+    assert_eq!(super::batch_no("000001", "002014"), "000001001");
+    assert_eq!(super::batch_no("000001", "000001"), super::batch_no("000001", "000001"), "rebuilt from the record alone");
+}
