@@ -40,12 +40,7 @@ async fn world(name: &str) -> ConsignWorld {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(sim.clone().serve_plain(listener, std::future::pending::<()>()));
-    let profile = posgate::demo::CONSIGN_PROFILE
-        .replace("http://127.0.0.1:18447", &format!("http://{addr}"))
-        .replace("timeout_ms = 5000", "timeout_ms = 2000")
-        .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
-        .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
-        .replace("max_attempts = 12", "max_attempts = 50");
+    let profile = crate::support::fast_profile(posgate::demo::CONSIGN_PROFILE, "http://127.0.0.1:18447", &format!("http://{addr}"));
     std::fs::create_dir_all(dir.join("terminal-profiles")).expect("profiles");
     std::fs::write(dir.join("terminal-profiles/consign.toml"), profile).expect("profile");
     let config = dir.join("posgate.toml");

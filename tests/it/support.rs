@@ -199,3 +199,14 @@ pub async fn wait_recovered(c: &ApiClient, limit: Duration) -> serde_json::Value
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An example profile pointed at a test simulator (`from` → `to`, the URLs with their scheme) with the
+/// short timeouts and fast, patient recovery the tests use.
+pub fn fast_profile(example: &str, from: &str, to: &str) -> String {
+    example
+        .replace(from, to)
+        .replace("timeout_ms = 5000", "timeout_ms = 2000")
+        .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
+        .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
+        .replace("max_attempts = 12", "max_attempts = 50")
+}

@@ -71,12 +71,7 @@ impl VendorWorld for ScenicWorld {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(sim.clone().serve(listener, pki.acceptor().expect("acceptor"), std::future::pending::<()>()));
         let example = posgate::backend::registry::find("scenic").expect("registered").example_text;
-        let profile = example
-            .replace("https://127.0.0.1:18446", &format!("https://{addr}"))
-            .replace("timeout_ms = 5000", "timeout_ms = 2000")
-            .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
-            .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
-            .replace("max_attempts = 12", "max_attempts = 50");
+        let profile = crate::support::fast_profile(example, "https://127.0.0.1:18446", &format!("https://{addr}"));
         std::fs::create_dir_all(dir.join("terminal-profiles")).expect("profiles");
         std::fs::write(dir.join("terminal-profiles/scenic.toml"), profile).expect("profile");
         let config = dir.join("posgate.toml");

@@ -67,12 +67,7 @@ pub async fn world_signed(name: &str, app_key: &str, md5_tsig: bool) -> WalletWo
     let addr = listener.local_addr().expect("addr");
     // Plain HTTP, as the vendor's document gives it (the profile says `allow_plain_http = true`).
     tokio::spawn(sim.clone().serve_plain(listener, std::future::pending::<()>()));
-    let profile = posgate::demo::WALLET_PROFILE
-        .replace("http://127.0.0.1:18445", &format!("http://{addr}"))
-        .replace("timeout_ms = 5000", "timeout_ms = 2000")
-        .replace("backoff_initial_ms = 200", "backoff_initial_ms = 20")
-        .replace("backoff_max_ms = 60000", "backoff_max_ms = 200")
-        .replace("max_attempts = 12", "max_attempts = 50")
+    let profile = crate::support::fast_profile(posgate::demo::WALLET_PROFILE, "http://127.0.0.1:18445", &format!("http://{addr}"))
         .replace("tsig = \"rsa-sha1\"", if md5_tsig { "tsig = \"md5-key\"" } else { "tsig = \"rsa-sha1\"" });
     std::fs::create_dir_all(dir.join("terminal-profiles")).expect("profiles");
     std::fs::write(dir.join("terminal-profiles/wallet.toml"), profile).expect("profile");
