@@ -45,6 +45,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     hub.start(cfg.devices.clone(), devices_stop);
     engine.attach_devices(hub);
     tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
+    // Journal open, every listener bound: a connection made from now on is answered (`Type=notify`).
+    #[cfg(unix)]
+    tell_manager(crate::notify::State::Ready, &format!("ready: {} profile(s)", cfg.profiles.len()));
     let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -54,6 +57,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         callbacks.map(|((listener, tls), limits)| tokio::spawn(api::callbacks::serve(engine.clone(), listener, tls, limits, stopped(stop_rx.clone()))));
     let relay = tokio::spawn(async move {
         shutdown.await;
+        #[cfg(unix)]
+        tell_manager(crate::notify::State::Stopping, "stopping: finishing requests in flight");
         let _ = stop_tx.send(true);
     });
     let result = api::serve(engine.clone() as Arc<dyn api::Service>, Listeners { unix, tcp }, opts, stopped(stop_rx)).await;
@@ -69,6 +74,15 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         let _ = std::fs::remove_file(p);
     }
     result.map_err(DaemonError::from)
+}
+
+/// Tell systemd (when it started us with `Type=notify`) how the daemon stands; a failure is logged, never fatal:
+/// the daemon serves either way, and systemd times the start out on its own if `READY=1` never arrives.
+#[cfg(unix)]
+fn tell_manager(state: crate::notify::State, status: &str) {
+    if let Err(e) = crate::notify::notify(state, status) {
+        tracing::warn!("service manager not told {state:?}: {e}");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

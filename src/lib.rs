@@ -18,6 +18,8 @@ pub mod journal;
 pub mod model;
 pub mod money;
 pub mod net;
+#[cfg(unix)]
+pub mod notify;
 pub mod secret;
 pub mod sim;
 pub mod testhook;
