@@ -10,6 +10,7 @@ mod lottery;
 mod money;
 mod net;
 mod order;
+mod package;
 mod plain_http;
 mod scenic;
 mod schemathesis;
