@@ -73,10 +73,11 @@ for f in "$repo"/terminal-profiles/*.toml; do
 done
 install -d -m 0755 "$stage/etc/posgate/terminal-profiles"
 
-# systemd, sysusers.d, udev.
+# systemd, sysusers.d, udev, modules-load.d.
 put 0644 "$repo/packaging/posgate.service" lib/systemd/system/posgate.service
 put 0644 "$repo/packaging/posgate.sysusers" usr/lib/sysusers.d/posgate.conf
 put 0644 "$repo/packaging/70-posgate.rules" lib/udev/rules.d/70-posgate.rules
+put 0644 "$repo/packaging/posgate.modules-load" usr/lib/modules-load.d/posgate.conf
 
 # Documentation.
 doc=usr/share/doc/posgate

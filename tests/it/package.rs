@@ -157,7 +157,13 @@ async fn deb_installs_into_a_scratch_root_serves_from_the_installed_config_and_p
     }
     let token = std::fs::read_to_string(&token_path).expect("token");
     assert!(token.trim().len() >= 32 && token.trim().bytes().all(|b| b.is_ascii_hexdigit()), "token {:?}", token.len());
-    assert!(root.join("lib/systemd/system/posgate.service").is_file() && root.join("usr/lib/sysusers.d/posgate.conf").is_file());
+    for f in
+        ["lib/systemd/system/posgate.service", "usr/lib/sysusers.d/posgate.conf", "lib/udev/rules.d/70-posgate.rules", "usr/lib/modules-load.d/posgate.conf"]
+    {
+        assert!(root.join(f).is_file(), "{f} is not installed");
+    }
+    let udev = std::fs::read_to_string(root.join("lib/udev/rules.d/70-posgate.rules")).expect("udev rule");
+    assert!(udev.contains("GROUP=\"posgate\"") && udev.contains("ENV{ID_MM_DEVICE_IGNORE}=\"1\""), "{udev}");
     // Enabled as on a real system: the link's target is the unit's absolute path in the installed system.
     let wants = std::fs::read_link(root.join("etc/systemd/system/multi-user.target.wants/posgate.service")).expect("the unit is not enabled");
     assert_eq!(wants, Path::new("/lib/systemd/system/posgate.service"));
