@@ -193,7 +193,10 @@ async fn deb_installs_into_a_scratch_root_serves_from_the_installed_config_and_p
     let config = etc.join("posgate.test.toml");
     std::fs::write(&config, text).expect("override config");
 
-    // The installed binary, from the installed config.
+    // The installed binary, from the installed config (its log in a file, shown if it does not come up).
+    let log = world.dir.join("installed-posgate.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut child = tokio::process::Command::new(root.join("usr/bin/posgate"))
         .arg("serve")
         .arg("--config")
@@ -202,7 +205,7 @@ async fn deb_installs_into_a_scratch_root_serves_from_the_installed_config_and_p
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
         .spawn()
         .expect("start the installed posgate");
@@ -213,10 +216,10 @@ async fn deb_installs_into_a_scratch_root_serves_from_the_installed_config_and_p
             up = true;
             break;
         }
-        assert!(child.try_wait().expect("wait").is_none(), "the installed posgate exited early");
+        assert!(child.try_wait().expect("wait").is_none(), "the installed posgate exited early:\n{}", log_text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(up, "the installed posgate did not answer on {}", socket.display());
+    assert!(up, "the installed posgate did not answer on {}:\n{}", socket.display(), log_text());
     // A real sale over the Unix socket, reaching the simulator.
     let (s, v) = unix
         .post(
