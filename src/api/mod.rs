@@ -6,6 +6,7 @@
 pub use crate::model::idempotency;
 pub mod callbacks;
 pub mod cors;
+pub mod page;
 mod parse;
 pub mod problem;
 pub mod server;

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::problem::Problem;
-use super::{cors, sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
+use super::{cors, page, sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
 
 /// Every response body of the API (JSON bodies and the SSE stream).
 pub type ApiBody = BoxBody<Bytes, Infallible>;
@@ -110,6 +110,8 @@ struct State {
     shutdown: watch::Receiver<bool>,
     /// Browser origins allowed on the TCP listener.
     cors: cors::Policy,
+    /// The technician page (`/`, `/page/…`) on the TCP listener.
+    page: page::Page,
 }
 
 /// Bind the API's Unix socket: refuse if a live daemon answers on it, remove a stale socket file,
@@ -166,6 +168,8 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let page_on = tcp.as_ref().and_then(|l| l.local_addr().ok()).is_some_and(|a| a.ip().is_loopback());
+    let page = page::Page::new(page_on, token_digest, service.clone(), stop_rx.clone());
     let state = Arc::new(State {
         refused_log: Mutex::new(RateLimit::new(REFUSED_LOG_WINDOW, REFUSED_LOG_LINES)),
         service,
@@ -173,6 +177,7 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
         max_body: opts.max_body_bytes,
         shutdown: stop_rx.clone(),
         cors: cors::Policy::new(opts.allowed_origins.clone()),
+        page,
     });
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -491,6 +496,9 @@ fn metric_operation(method: &Method, path: &str) -> String {
     if path == "/metrics" {
         return "metrics".into();
     }
+    if page::owns(path) {
+        return "page".into();
+    }
     match find_route(method, path) {
         RouteMatch::Found(Handler::Run, p) => p.get(1).cloned().unwrap_or_default(),
         RouteMatch::Found(h, _) => format!("{h:?}"),
@@ -500,6 +508,9 @@ fn metric_operation(method: &Method, path: &str) -> String {
 
 /// Browser origins first (TCP only: a preflight is answered, a foreign origin refused), then the API.
 async fn route(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
+    if transport == Transport::Tcp && page::owns(req.uri().path()) {
+        return state.page.handle(req).await;
+    }
     let origin = match transport {
         Transport::Tcp => match state.cors.check(req.method(), req.headers()) {
             cors::Verdict::Answer(resp) => return resp,

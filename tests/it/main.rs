@@ -12,6 +12,7 @@ mod metrics;
 mod money;
 mod net;
 mod order;
+mod page;
 mod plain_http;
 mod scenic;
 mod schemathesis;
