@@ -191,6 +191,20 @@ async fn the_technician_page_signs_in_shows_the_shop_and_resolves_a_lost_answer_
     let session = cookie["value"].as_str().expect("session cookie").to_string();
     assert_eq!(session.len(), 64, "a 256-bit id in hex");
 
+    // A swipe typed into the API shows in the live raw view as masked hex and text, the card number cut to 6+4.
+    let swipe = ";6222020000000000008=25121011234567890?";
+    for _ in 0..50 {
+        let (s, v) = c.post("/v1/scans", json!({"device": "counter-msr", "text": swipe}), None).await.expect("scan");
+        assert_eq!(s, 202, "{v}");
+        if b.text().await.contains("counter-msr") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.wait_text(";622202*********0008=*****************?").await;
+    b.wait_text("3b 36 32 32 32 30 32 2a 2a").await;
+    assert!(!b.text().await.contains("6222020000000000008"), "a full card number reached the page");
+
     // A lost answer whose reversal keeps failing: an owed entry the page shows with its actions.
     world.sim.push_fault(Fault::DropAfterCommit);
     for _ in 0..400 {
@@ -226,8 +240,9 @@ async fn the_technician_page_signs_in_shows_the_shop_and_resolves_a_lost_answer_
     assert!(rec["recovery"].is_null(), "{rec}");
     let (_, owed) = c.get("/v1/reversals").await.expect("reversals");
     assert_eq!(owed["records"].as_array().map(Vec::len), Some(0), "{owed}");
-    // The log tail shows the action.
+    // The log tail shows the action; no full card number anywhere on the page.
     b.wait_text("technician page: recovery resolved by hand").await;
+    assert!(!b.text().await.contains("6222020000000000008"), "a full card number reached the page");
 
     world.sim.clear_faults();
     let _ = b.call("DELETE", "", json!({})).await;
