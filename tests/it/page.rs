@@ -159,6 +159,10 @@ async fn the_technician_page_signs_in_shows_the_shop_and_resolves_a_lost_answer_
         return;
     }
     let (world, port) = tcp_world("page", "").await;
+    // Recovery parks after 3 failed attempts: a parked entry sees no attempt in flight when a person acts on it.
+    let profile = world.dir.join("terminal-profiles/loyalty.toml");
+    let text = std::fs::read_to_string(&profile).expect("profile");
+    std::fs::write(&profile, text.replace("max_attempts = 50", "max_attempts = 3")).expect("profile");
     let d = world.start(&[]).await;
     let c = &d.client;
     let (s, v) = c.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
@@ -231,6 +235,21 @@ async fn the_technician_page_signs_in_shows_the_shop_and_resolves_a_lost_answer_
     assert_eq!(s, 401, "no session");
     let (_, rec) = c.get(&format!("/v1/journal/{id}")).await.expect("record");
     assert!(rec["recovery"].is_object(), "a forged request changed the record: {rec}");
+
+    // Parked: the page says so; Retry puts it back in the queue (it fails and parks again: the host still answers 500).
+    b.wait_text("parked (needs attention)").await;
+    b.click(&format!("#retry-{id}")).await;
+    b.wait_text(&format!("record {id} retried")).await;
+    let parked_twice = "posgate_recovery_attempts_total{profile=\"loyalty\",result=\"parked\"} 2\n";
+    for i in 0..200 {
+        let r = c.request(hyper::Method::GET, "/metrics", &[], bytes::Bytes::new()).await.expect("metrics");
+        if String::from_utf8_lossy(&r.body).contains(parked_twice) {
+            break;
+        }
+        assert!(i < 199, "the retried entry was not attempted and parked again: {}", String::from_utf8_lossy(&r.body));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_text("parked (needs attention)").await;
 
     // The technician confirms with the vendor that it went through, and resolves it in the page.
     b.click(&format!("#approve-{id}")).await;
