@@ -9,7 +9,11 @@ use posgate::config::DaemonConfig;
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    // The technician page's log tail: the same lines, kept in a small bounded ring.
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(posgate::api::page::logring::layer()).try_init();
 }
 
 fn client(c: &Connect) -> anyhow::Result<ApiClient> {

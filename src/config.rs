@@ -371,6 +371,9 @@ struct RawDaemon {
     token_file: Option<String>,
     #[serde(default = "default_body_limit")]
     max_body_bytes: usize,
+    /// Browser origins (`http://localhost:8080`) whose pages may call the API over TCP (CORS).
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
     /// Counter devices: serial ports by path, or USB matching rules.
     #[serde(default)]
     devices: Vec<crate::devices::DeviceConfig>,
@@ -392,6 +395,8 @@ pub struct DaemonConfig {
     /// Bearer token for the TCP listener.
     pub token: Option<Secret>,
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the TCP API (CORS); empty: every request naming an origin is refused.
+    pub allowed_origins: Vec<String>,
     pub profiles: Vec<Profile>,
     pub devices: Vec<crate::devices::DeviceConfig>,
     /// The vendors' callback listener (`[callbacks]`), when configured.
@@ -422,6 +427,15 @@ impl DaemonConfig {
         if tcp.is_some() && token.is_none() {
             return Err(ConfigError::field(path, None, "token_file", "required when `tcp` is set"));
         }
+        let mut allowed_origins = Vec::new();
+        for o in &raw.allowed_origins {
+            crate::api::cors::valid_origin(o.get_ref())
+                .map_err(|e| ConfigError::field(path, Some(line_of(&text, o.span().start)), "allowed_origins", format!("{:?} {e}", o.get_ref())))?;
+            allowed_origins.push(o.get_ref().clone());
+        }
+        if !allowed_origins.is_empty() && tcp.is_none() {
+            return Err(ConfigError::field(path, None, "allowed_origins", "needs `tcp` (browsers reach the API over TCP only)"));
+        }
         let profiles_dir = dir.join(raw.profiles_dir.as_deref().unwrap_or("terminal-profiles"));
         let profiles = load_profiles(&profiles_dir)?;
         for d in &raw.devices {
@@ -445,6 +459,7 @@ impl DaemonConfig {
             tcp,
             token,
             max_body_bytes: raw.max_body_bytes,
+            allowed_origins,
             profiles,
             devices: raw.devices,
         })

@@ -199,6 +199,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         token: Some(Secret::new(token.as_bytes().to_vec())),
         // A POSP delivery file of 4,500 orders is about 200 KB.
         max_body_bytes: 1024 * 1024,
+        allowed_origins: Vec::new(),
         profiles,
         devices: Vec::new(),
         callbacks: Some(crate::config::CallbackListener {

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod doctor;
 pub mod engine;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod net;

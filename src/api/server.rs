@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::problem::Problem;
-use super::{sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
+use super::{cors, page, sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
 
 /// Every response body of the API (JSON bodies and the SSE stream).
 pub type ApiBody = BoxBody<Bytes, Infallible>;
@@ -108,6 +108,10 @@ struct State {
     token_digest: Option<[u8; 20]>,
     max_body: usize,
     shutdown: watch::Receiver<bool>,
+    /// Browser origins allowed on the TCP listener.
+    cors: cors::Policy,
+    /// The technician page (`/`, `/page/…`) on the TCP listener.
+    page: page::Page,
 }
 
 /// Bind the API's Unix socket: refuse if a live daemon answers on it, remove a stale socket file,
@@ -164,12 +168,16 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let page_on = tcp.as_ref().and_then(|l| l.local_addr().ok()).is_some_and(|a| a.ip().is_loopback());
+    let page = page::Page::new(page_on, token_digest, service.clone(), stop_rx.clone());
     let state = Arc::new(State {
         refused_log: Mutex::new(RateLimit::new(REFUSED_LOG_WINDOW, REFUSED_LOG_LINES)),
         service,
         token_digest,
         max_body: opts.max_body_bytes,
         shutdown: stop_rx.clone(),
+        cors: cors::Policy::new(opts.allowed_origins.clone()),
+        page,
     });
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -273,6 +281,7 @@ async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>)
     let method = log_value(req.method().as_str());
     let path = log_value(req.uri().path());
     let request_id = request_id(req.headers());
+    let metric_op = metric_operation(req.method(), req.uri().path());
     // A separate task, so an operation runs to completion even if the POS app hangs up mid-request
     // (the engine journals the outcome either way), and a panic answers 500 instead of a reset.
     let mut resp = match tokio::spawn(route(state.clone(), transport, req)).await {
@@ -286,6 +295,7 @@ async fn handle(state: Arc<State>, transport: Transport, req: Request<Incoming>)
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
+    crate::metrics::request(if status == 404 { "unrouted" } else { &metric_op }, status);
     let suppressed = if is_refusal(status) {
         match admit_refused(&state) {
             Some(n) => n,
@@ -481,11 +491,46 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The `operation` label of a request in `/metrics`: the operation's name for a run, else the route's.
+fn metric_operation(method: &Method, path: &str) -> String {
+    if path == "/metrics" {
+        return "metrics".into();
+    }
+    if page::owns(path) {
+        return "page".into();
+    }
+    match find_route(method, path) {
+        RouteMatch::Found(Handler::Run, p) => p.get(1).cloned().unwrap_or_default(),
+        RouteMatch::Found(h, _) => format!("{h:?}"),
+        RouteMatch::WrongMethod(_) | RouteMatch::NotFound => "unrouted".into(),
+    }
+}
+
+/// Browser origins first (TCP only: a preflight is answered, a foreign origin refused), then the API.
 async fn route(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
+    if transport == Transport::Tcp && page::owns(req.uri().path()) {
+        return state.page.handle(req).await;
+    }
+    let origin = match transport {
+        Transport::Tcp => match state.cors.check(req.method(), req.headers()) {
+            cors::Verdict::Answer(resp) => return resp,
+            cors::Verdict::Go(origin) => origin,
+        },
+        Transport::Unix => None,
+    };
+    let mut resp = route_api(state, transport, req).await;
+    cors::decorate(&mut resp, origin.as_deref());
+    resp
+}
+
+async fn route_api(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
     if transport == Transport::Tcp {
         if let Err(p) = check_bearer(state.token_digest.as_ref(), req.headers()) {
             return p.into_response();
         }
+    }
+    if req.uri().path() == "/metrics" {
+        return metrics_response(&state, req.method()).await;
     }
     let (handler, params) = match find_route(req.method(), req.uri().path()) {
         RouteMatch::Found(h, p) => (h, p),
@@ -506,6 +551,20 @@ async fn route(state: Arc<State>, transport: Transport, req: Request<Incoming>) 
         Ok(r) => r,
         Err(p) => p.into_response(),
     }
+}
+
+/// `GET /metrics`: Prometheus text, gauges read from the status the engine computes for `/v1/status`.
+async fn metrics_response(state: &State, method: &Method) -> Response<ApiBody> {
+    if method != Method::GET {
+        return Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "/metrics is GET only")
+            .with_header("allow", "GET".to_string())
+            .into_response();
+    }
+    let text = crate::metrics::render(&state.service.status().await);
+    let mut resp = Response::new(Full::new(Bytes::from(text)).boxed());
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Request<Incoming>) -> Result<Response<ApiBody>, Problem> {

@@ -75,6 +75,7 @@ impl Hub {
         if let Some(card) = d.card {
             self.store.hold(&d.event.id, card);
         }
+        crate::metrics::scan(&d.event.device);
         let v = serde_json::to_value(&d.event).unwrap_or(Value::Null);
         let _ = self.events.send(Event { kind: "scan", data: v.clone() });
         v

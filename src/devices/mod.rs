@@ -86,6 +86,13 @@ impl std::fmt::Debug for DeviceContext {
 
 /// Decode one frame from `device`, seen at `at`, into a scan event (and held card).
 pub fn decode(device: &str, frame: &[u8], reader: ReaderKind, classifier: &Classifier, at: DateTime<Utc>) -> Result<Decoded, DecodeError> {
+    let r = decode_frame(device, frame, reader, classifier, at);
+    // The technician page's live raw view (masked there; nothing is kept when no page is watching).
+    crate::api::page::raw::frame(device, frame, &r.as_ref().map_or_else(|e| e.to_string(), |d| format!("{:?}", d.event.kind)));
+    r
+}
+
+fn decode_frame(device: &str, frame: &[u8], reader: ReaderKind, classifier: &Classifier, at: DateTime<Utc>) -> Result<Decoded, DecodeError> {
     let (symbology, body) = aim::strip(frame);
     let text = std::str::from_utf8(body).map_err(|e| DecodeError::NotUtf8 { len: frame.len(), offset: e.valid_up_to() + (frame.len() - body.len()) })?;
     if text.is_empty() {

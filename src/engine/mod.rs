@@ -648,7 +648,7 @@ impl Engine {
                 transient: &p.transient,
                 original: original.as_ref(),
             };
-            let r = lane.backend.execute(tx).await;
+            let r = crate::metrics::timed(&lane.profile.backend, &lane.profile.name, operation, lane.backend.execute(tx)).await;
             testhook::point(testhook::AFTER_SEND).await;
             Self::note_online(lane, &r);
             rec.updated_at = self.clock.now_rfc3339();

@@ -99,7 +99,7 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
         transient: &empty,
         original: original.as_ref(),
     };
-    let r = lane.backend.recover(tx, state.how).await;
+    let r = crate::metrics::timed(&lane.profile.backend, &lane.profile.name, &rec.operation, lane.backend.recover(tx, state.how)).await;
     Engine::note_online(lane, &r);
     rec.updated_at = engine.clock.now_rfc3339();
     let outcome = match &r {
@@ -116,6 +116,7 @@ pub(super) async fn attempt_locked(engine: &Engine, lane: &Lane, id: u64) -> Res
             tracing::warn!(profile = %lane.profile.name, id, attempts = st.attempts, "recovery attempt failed: {}", st.last_error.as_deref().unwrap_or(""))
         }
     }
+    crate::metrics::recovery_attempt(&lane.profile.name, rec.recovery.as_ref().map_or("resolved", |s| if s.parked { "parked" } else { "again" }));
     let owed = Owed::of(&rec);
     engine.finish_durable(&rec, approved, None).await?;
     lane.set_owed(id, owed);

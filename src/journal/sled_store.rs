@@ -395,8 +395,9 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, guard: Option<Guard>) {
         // Read the mark's values before the flush: everything read here was committed, so the flush
         // below makes it durable, and the mark written after it never runs ahead of the journal.
         let snap = trees.as_ref().map(|(records, profiles)| snapshot(records, profiles));
-        let mut result =
-            db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")));
+        let mut result = crate::metrics::time_group_commit(target - synced, || {
+            db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")))
+        });
         let mark_err = marker.as_ref().and_then(|(slot, _)| slot.state.lock().ok().and_then(|mut st| st.error.take()));
         if let (Ok(()), Some(e)) = (&result, mark_err) {
             result = Err(format!("the journal's high-water mark could not be written: {e}"));
