@@ -377,6 +377,9 @@ struct RawDaemon {
     /// The vendors' callback listener; off when absent.
     #[serde(default)]
     callbacks: Option<RawCallbacks>,
+    /// Connection caps and request deadlines of the local API (`[api]`).
+    #[serde(default)]
+    api: crate::api::limits::ApiLimits,
 }
 
 fn default_body_limit() -> usize {
@@ -396,6 +399,8 @@ pub struct DaemonConfig {
     pub devices: Vec<crate::devices::DeviceConfig>,
     /// The vendors' callback listener (`[callbacks]`), when configured.
     pub callbacks: Option<CallbackListener>,
+    /// Connection caps and request deadlines of the local API.
+    pub api: crate::api::limits::ApiLimits,
 }
 
 impl DaemonConfig {
@@ -438,6 +443,7 @@ impl DaemonConfig {
             crate::devices::Classifier::new(p.scan_rules.clone()).map_err(|e| ConfigError::field(&p.source, None, "scan_rules", e.to_string()))?;
         }
         let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
+        raw.api.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         Ok(DaemonConfig {
             callbacks,
             data_dir: dir.join(raw.data_dir),
@@ -447,6 +453,7 @@ impl DaemonConfig {
             max_body_bytes: raw.max_body_bytes,
             profiles,
             devices: raw.devices,
+            api: raw.api,
         })
     }
 }

@@ -45,7 +45,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     hub.start(cfg.devices.clone(), devices_stop);
     engine.attach_devices(hub);
     tracing::info!(profiles = cfg.profiles.len(), socket = ?cfg.unix_socket, tcp = ?cfg.tcp, "posgate ready");
-    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes };
+    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes, limits: cfg.api };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

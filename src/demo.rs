@@ -209,6 +209,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
             body_timeout: std::time::Duration::from_secs(5),
             max_connections: 32,
         }),
+        api: Default::default(),
     };
     Ok(DemoSetup {
         config,

@@ -5,6 +5,7 @@
 //! shared by the router and by the test that keeps the OpenAPI document complete.
 pub use crate::model::idempotency;
 pub mod callbacks;
+pub mod limits;
 mod parse;
 pub mod problem;
 pub mod server;
@@ -112,11 +113,13 @@ pub struct ApiOptions {
     pub token: Option<Secret>,
     /// Larger request bodies get 413 (checked on `Content-Length` and while reading).
     pub max_body_bytes: usize,
+    /// Connection caps and read deadlines.
+    pub limits: limits::ApiLimits,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { token: None, max_body_bytes: 64 * 1024 }
+        ApiOptions { token: None, max_body_bytes: 64 * 1024, limits: limits::ApiLimits::default() }
     }
 }
 

@@ -90,7 +90,7 @@ impl Harness {
         let (events, _) = broadcast::channel(event_capacity);
         let fake = Arc::new(Fake { events, last_key: Mutex::new(None), last_body: Mutex::new(None), last_query: Mutex::new(None) });
         let (stop, stopped) = oneshot::channel::<()>();
-        let opts = ApiOptions { token: Some(crate::secret::Secret::new(format!("{TOKEN}\n"))), max_body_bytes: 1024 };
+        let opts = ApiOptions { token: Some(crate::secret::Secret::new(format!("{TOKEN}\n"))), max_body_bytes: 1024, ..Default::default() };
         let task = tokio::spawn(serve(fake.clone(), Listeners { unix: Some(unix), tcp: Some(tcp) }, opts, async {
             let _ = stopped.await;
         }));

@@ -13,6 +13,7 @@ mod order;
 mod plain_http;
 mod scenic;
 mod schemathesis;
+mod starve;
 mod strict;
 mod support;
 mod wallet;
