@@ -179,7 +179,11 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             finish(s, v)
         }
         Command::Doctor { config, connect } => {
-            let report = posgate::doctor::run(&config, &client(&connect)?).await;
+            // The config's own socket unless one was named (flag or POSGATE_SOCKET, or --tcp).
+            let named =
+                connect.tcp.is_some() || std::env::var_os("POSGATE_SOCKET").is_some() || connect.socket != std::path::Path::new(posgate::cli::DEFAULT_SOCKET);
+            let given = if named { Some(client(&connect)?) } else { None };
+            let report = posgate::doctor::run(&config, given.as_ref()).await;
             print!("{}", report.render());
             if report.failed() {
                 bail!("doctor found problems");

@@ -270,7 +270,11 @@ impl Profile {
             (Some(_), _) | (_, Some(_)) if plain_http => {
                 return Err(ConfigError::field(path, base_at, "client_cert", "a client certificate needs an https:// base_url"));
             }
-            (Some(c), Some(k)) => Some((existing(c, "client_cert")?, existing(k, "client_key")?)),
+            (Some(c), Some(k)) => {
+                let key = existing(k, "client_key")?;
+                crate::secret::check_private(&key).map_err(|e| ConfigError::field(path, at(&k.span()), "client_key", e.to_string()))?;
+                Some((existing(c, "client_cert")?, key))
+            }
             (Some(c), None) => return Err(ConfigError::field(path, at(&c.span()), "client_key", "required with `client_cert`")),
             (None, Some(k)) => return Err(ConfigError::field(path, at(&k.span()), "client_cert", "required with `client_key`")),
         };
@@ -279,9 +283,8 @@ impl Profile {
         for (k, f) in &raw.secrets {
             let p = dir.join(f.get_ref());
             secret_files.insert(k.clone(), p.clone());
-            let bytes =
-                std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
-            secrets.insert(k.clone(), Secret::new(bytes));
+            let secret = crate::secret::read_file(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), e.to_string()))?;
+            secrets.insert(k.clone(), secret);
         }
         if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
             return Err(ConfigError::field(path, None, "timeout_ms", "timeouts must be above zero"));
@@ -394,6 +397,8 @@ pub struct DaemonConfig {
     pub tcp: Option<std::net::SocketAddr>,
     /// Bearer token for the TCP listener.
     pub token: Option<Secret>,
+    /// The file it came from (for `posgate doctor`).
+    pub token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub profiles: Vec<Profile>,
     pub devices: Vec<crate::devices::DeviceConfig>,
@@ -421,7 +426,10 @@ impl DaemonConfig {
             None => None,
         };
         let token = match &raw.token_file {
-            Some(f) => Some(Secret::new(read(&dir.join(f))?.trim().as_bytes().to_vec())),
+            Some(f) => {
+                let t = crate::secret::read_file(&dir.join(f)).map_err(|e| ConfigError::field(path, None, "token_file", e.to_string()))?;
+                Some(Secret::new(t.expose_str().map_err(|_| ConfigError::field(path, None, "token_file", "the token must be UTF-8 text"))?.as_bytes().to_vec()))
+            }
             None => None,
         };
         if tcp.is_some() && token.is_none() {
@@ -450,6 +458,7 @@ impl DaemonConfig {
             unix_socket: raw.unix_socket.map(|s| dir.join(s)),
             tcp,
             token,
+            token_file: raw.token_file.map(|f| dir.join(f)),
             max_body_bytes: raw.max_body_bytes,
             profiles,
             devices: raw.devices,
@@ -608,6 +617,7 @@ impl RawCallbacks {
                         return Err(ConfigError::field(path, None, name, format!("{} does not exist", f.display())));
                     }
                 }
+                crate::secret::check_private(&k).map_err(|e| ConfigError::field(path, None, "callbacks.tls_key", e.to_string()))?;
                 Some((c, k))
             }
             _ => return Err(ConfigError::field(path, None, "callbacks.tls_cert", "`tls_cert` and `tls_key` go together")),
@@ -756,7 +766,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("posgate-cfg-cc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("c.pem"), "x").unwrap();
-        std::fs::write(dir.join("k.pem"), "x").unwrap();
+        crate::fsmode::write_private(dir.join("k.pem"), "x").unwrap();
         let p = dir.join("a.toml");
         let base = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
         let ok = Profile::parse(&p, &format!("{base}client_cert = \"c.pem\"\nclient_key = \"k.pem\"\n")).expect("both");

@@ -62,13 +62,10 @@ pub fn ensure_master_key(path: &Path) -> Result<[u8; 16], String> {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        crate::fsmode::private_dir(d).map_err(|e| io(d, e))?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
-    f.write_all(data).map_err(|e| io(path, e))
+    crate::fsmode::write_private(path, data).map_err(|e| io(path, e))
 }
 
 /// What the demo scanner sends, in order: a barcode, a QR code, a card swipe (tracks 1 and 2).
@@ -108,7 +105,7 @@ pub fn spawn_scanner(every: std::time::Duration) -> Result<String, String> {
 
 /// Make (or reuse) the demo folder: test CA, master key, token, profile; start the simulator.
 pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<std::net::SocketAddr>) -> Result<DemoSetup, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
+    crate::fsmode::private_dir(data_dir).map_err(|e| io(data_dir, e))?;
     let data_dir = data_dir.canonicalize().map_err(|e| io(data_dir, e))?;
     let pki = TestPki::ensure(&data_dir.join("pki")).map_err(|e| e.to_string())?;
     let tmk = ensure_master_key(&data_dir.join("secrets/loyalty-tmk.hex"))?;
@@ -197,6 +194,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         unix_socket: Some(unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"))),
         tcp,
         token: Some(Secret::new(token.as_bytes().to_vec())),
+        token_file: Some(token_path.clone()),
         // A POSP delivery file of 4,500 orders is about 200 KB.
         max_body_bytes: 1024 * 1024,
         profiles,

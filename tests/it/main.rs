@@ -5,6 +5,7 @@ mod callbacks;
 mod callbacks_e2e;
 mod consign;
 mod devices;
+mod files;
 mod journal_guard;
 mod lottery;
 mod money;

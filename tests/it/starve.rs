@@ -13,17 +13,18 @@ use crate::support::World;
 
 const CARD: &str = "6222020000000000008";
 
-/// The real daemon started through `sh -c 'ulimit -n N; exec posgate serve …'` (no unsafe `pre_exec`).
-struct Limited {
-    _child: tokio::process::Child,
-    client: ApiClient,
+/// The real daemon started through `sh -c '<setup> && exec posgate serve …'` (`ulimit -n 256`,
+/// `umask 000`: no unsafe `pre_exec`).
+pub struct Shell {
+    pub _child: tokio::process::Child,
+    pub client: ApiClient,
 }
 
-impl Limited {
-    async fn start(world: &World, nofile: u32) -> Limited {
+impl Shell {
+    pub async fn start(world: &World, setup: &str) -> Shell {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""))
+            .arg(format!("{setup} && exec \"$0\" serve --config \"$1\""))
             .arg(env!("CARGO_BIN_EXE_posgate"))
             .arg(&world.config)
             .env("POSGATE_LOG", "warn")
@@ -35,7 +36,7 @@ impl Limited {
         let client = world.client();
         for _ in 0..1000 {
             if let Ok((200, _)) = client.get("/v1/status").await {
-                return Limited { _child: child, client };
+                return Shell { _child: child, client };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("posgate exited early ({status})");
@@ -63,7 +64,7 @@ async fn with_tcp(world: &World) -> u16 {
 async fn idle_tcp_connections_past_the_fd_limit_do_not_starve_the_unix_socket() {
     let world = World::new("starve").await;
     let port = with_tcp(&world).await;
-    let d = Limited::start(&world, 256).await;
+    let d = Shell::start(&world, "ulimit -n 256").await;
     let (s, v) = d.client.post("/v1/profiles/loyalty/checkin", json!({}), None).await.expect("checkin");
     assert_eq!(s, 200, "{v}");
     // 400 clients that connect and say nothing: past the daemon's cap they wait in the kernel's

@@ -21,7 +21,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// A profile on disk (TOML + TMK file + test CA) and the backend built from it.
 pub(crate) fn backend_for(base_url: &str, dir: &std::path::Path, tmk: &str, store: &str, terminal: &str) -> LoyaltyBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
-    std::fs::write(dir.join("tmk.hex"), format!("{tmk}\n")).unwrap();
+    crate::fsmode::write_private(dir.join("tmk.hex"), format!("{tmk}\n")).unwrap();
     let toml = format!(
         "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"{store}\"\nterminal = \"{terminal}\"\noperator = \"01\"\ntimeout_ms = 3000\n[secrets]\nmaster_key = \"tmk.hex\"\n[options]\nprotocol_prefix = \"v1\"\n"
     );
@@ -74,7 +74,7 @@ fn consume_original() -> OriginalRef {
 fn a_bad_master_key_is_a_clear_config_error() {
     let dir = temp_dir("tmk");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
-    std::fs::write(dir.join("tmk.hex"), "0123").unwrap();
+    crate::fsmode::write_private(dir.join("tmk.hex"), "0123").unwrap();
     let path = dir.join("loy.toml");
     std::fs::write(
         &path,
