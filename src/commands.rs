@@ -6,10 +6,17 @@ use posgate::cli::{Cli, Command, Connect, DemoArgs, JournalAction};
 use posgate::client::{exit, ApiClient, ClientError};
 use posgate::config::DaemonConfig;
 
+/// Logging to stderr. The filter: `POSGATE_LOG` when set, else `RUST_LOG`, else `info`. Under systemd
+/// (`JOURNAL_STREAM` or `INVOCATION_ID` set) lines are plain, with no timestamp and no colour: the
+/// journal stamps each line itself.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = if journald { fmt.without_time().try_init() } else { fmt.try_init() };
 }
 
 fn client(c: &Connect) -> anyhow::Result<ApiClient> {
@@ -231,6 +238,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         setup.config.data_dir.join("pki").display()
     );
     println!("  local API, Unix socket: {}", sock.display());
+    println!(
+        "  daemon config:          {} (check it while the demo runs:  posgate doctor --config {})",
+        setup.config_file.display(),
+        setup.config_file.display()
+    );
+    println!("    the daemon alone on it, without the simulators:  posgate serve --config {}", setup.config_file.display());
     println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
     println!("  demo cards: 6222021234567890123 (PIN 123456), 6222020000000000016 (no PIN, 200.00), 6222020000000000008 (no PIN, large balance)");
     println!("  try:");

@@ -101,3 +101,101 @@ async fn doctor_asks_the_socket_named_in_its_config() {
     assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("daemon running")), "{text}");
     d.stop().await;
 }
+
+/// `posgate serve`'s stderr lines with `env` set (and `POSGATE_LOG`, `RUST_LOG`, `JOURNAL_STREAM`,
+/// `INVOCATION_ID` cleared first), from the start to a clean stop.
+async fn serve_log(world: &World, env: &[(&str, &str)]) -> Vec<String> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"));
+    cmd.arg("serve").arg("--config").arg(&world.config).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    for k in ["POSGATE_LOG", "RUST_LOG", "JOURNAL_STREAM", "INVOCATION_ID"] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn");
+    let c = world.client();
+    for _ in 0..1000 {
+        if let Ok((200, _)) = c.get("/v1/status").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.expect("stops").expect("output");
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+}
+
+/// Logs: `RUST_LOG` is honoured (`POSGATE_LOG` wins when both are set), and under journald the lines
+/// carry no timestamp of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_is_honoured_and_journald_gets_lines_without_timestamps() {
+    let world = World::new("logs").await;
+    let stamped = |l: &String| l.len() > 4 && l.as_bytes()[..4].iter().all(u8::is_ascii_digit) && l.as_bytes()[4] == b'-';
+    let plain = serve_log(&world, &[]).await;
+    let ready = plain.iter().find(|l| l.contains("posgate ready")).unwrap_or_else(|| panic!("{plain:?}"));
+    assert!(stamped(ready), "a terminal run should carry timestamps: {ready}");
+    let quiet = serve_log(&world, &[("RUST_LOG", "warn")]).await;
+    assert!(!quiet.iter().any(|l| l.contains("posgate ready")), "RUST_LOG=warn ignored: {quiet:?}");
+    let both = serve_log(&world, &[("RUST_LOG", "warn"), ("POSGATE_LOG", "info")]).await;
+    assert!(both.iter().any(|l| l.contains("posgate ready")), "POSGATE_LOG should win: {both:?}");
+    let journal = serve_log(&world, &[("JOURNAL_STREAM", "8:12345")]).await;
+    let ready = journal.iter().find(|l| l.contains("posgate ready")).unwrap_or_else(|| panic!("{journal:?}"));
+    assert!(ready.starts_with(" INFO") || ready.starts_with("INFO"), "under journald: {ready}");
+    assert!(!journal.iter().any(stamped) && !journal.iter().any(|l| l.contains('\u{1b}')), "{journal:?}");
+}
+
+/// `posgate demo` writes the config it runs with, and its banner's `posgate doctor --config …` works on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_banner_doctor_line_works_on_the_written_config() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = crate::support::scratch("democfg");
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"))
+        .arg("demo")
+        .arg("--data-dir")
+        .arg(dir.join("demo"))
+        .arg("--tcp")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("demo");
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let mut doctor_cmd = None;
+    while let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        if let Some(i) = l.find("posgate doctor --config ") {
+            doctor_cmd = Some(l[i..].trim_end_matches(')').to_string());
+            break;
+        }
+    }
+    let doctor_cmd = doctor_cmd.expect("the banner prints a doctor line");
+    let config = doctor_cmd.trim_start_matches("posgate doctor --config ").trim().to_string();
+    assert!(Path::new(&config).is_file(), "{config}");
+    let socket = dir.join("demo/posgate.sock");
+    let c = posgate::client::ApiClient::unix(&socket);
+    for _ in 0..1000 {
+        if let Ok((200, _)) = c.get("/v1/status").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_posgate"))
+        .arg("doctor")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("POSGATE_SOCKET")
+        .output()
+        .await
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("loads: 5 profile(s)")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("daemon running")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("API token")), "{text}");
+    let _ = demo.start_kill();
+    let _ = demo.wait().await;
+}
