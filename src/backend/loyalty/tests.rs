@@ -196,6 +196,22 @@ fn prepare_splits_public_vault_and_transient() {
     assert_eq!(a.totals, vec![("cardActiveCount".into(), 1), ("totalTransCount".into(), 1)]);
 }
 
+/// Found by review: ID numbers, mobile numbers and verify codes from card activation were journaled in clear.
+#[test]
+fn activation_personal_fields_are_masked_in_the_journal_and_sealed_for_a_resend() {
+    let b = backend();
+    let personal = json!({"cardNo": CARD, "mobileNo": "13812345678", "verifyCode": "654321", "idType": "01", "idNo": "110101199001011234"});
+    let a = b.prepare("card-activate", &body(personal), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
+    let public = serde_json::to_string(&a.public).unwrap();
+    for clear in ["13812345678", "654321", "110101199001011234"] {
+        assert!(!public.contains(clear), "{clear} in the journal's public fields: {public}");
+    }
+    assert_eq!(a.public["mobileNo"], json!("138****5678"));
+    assert_eq!(a.vault["mobileNo"], json!("13812345678"));
+    assert_eq!(a.vault["verifyCode"], json!("654321"));
+    assert_eq!(a.vault["idNo"], json!("110101199001011234"));
+}
+
 #[test]
 fn originals_supply_card_amount_and_must_be_the_right_kind() {
     let b = backend();
