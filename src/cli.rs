@@ -16,11 +16,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where client subcommands look for the daemon unless told (`posgate doctor` asks its config instead).
+pub const DEFAULT_SOCKET: &str = "/run/posgate/posgate.sock";
+
 /// How a client subcommand reaches the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
     /// The daemon's Unix socket.
-    #[arg(long, env = "POSGATE_SOCKET", default_value = "/run/posgate/posgate.sock", global = true)]
+    #[arg(long, env = "POSGATE_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     pub socket: PathBuf,
     /// Use the loopback TCP listener instead of the socket.
     #[arg(long, env = "POSGATE_TCP", global = true)]

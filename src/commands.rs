@@ -6,14 +6,25 @@ use posgate::cli::{Cli, Command, Connect, DemoArgs, JournalAction};
 use posgate::client::{exit, ApiClient, ClientError};
 use posgate::config::DaemonConfig;
 
+/// Logging to stderr. The filter: `POSGATE_LOG` when set, else `RUST_LOG`, else `info`. Under systemd
+/// (`JOURNAL_STREAM` or `INVOCATION_ID` set) lines are plain, with no timestamp and no colour: the
+/// journal stamps each line itself.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let stderr = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
     // The technician page's log tail: the same lines, kept in a small bounded ring.
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(posgate::api::page::logring::layer()).try_init();
+    use posgate::api::page::logring;
+    let _ = if journald {
+        tracing_subscriber::registry().with(filter).with(stderr.without_time()).with(logring::layer()).try_init()
+    } else {
+        tracing_subscriber::registry().with(filter).with(stderr).with(logring::layer()).try_init()
+    };
 }
 
 fn client(c: &Connect) -> anyhow::Result<ApiClient> {
@@ -183,7 +194,11 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             finish(s, v)
         }
         Command::Doctor { config, connect } => {
-            let report = posgate::doctor::run(&config, &client(&connect)?).await;
+            // The config's own socket unless one was named (flag or POSGATE_SOCKET, or --tcp).
+            let named =
+                connect.tcp.is_some() || std::env::var_os("POSGATE_SOCKET").is_some() || connect.socket != std::path::Path::new(posgate::cli::DEFAULT_SOCKET);
+            let given = if named { Some(client(&connect)?) } else { None };
+            let report = posgate::doctor::run(&config, given.as_ref()).await;
             print!("{}", report.render());
             if report.failed() {
                 bail!("doctor found problems");
@@ -231,6 +246,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         setup.config.data_dir.join("pki").display()
     );
     println!("  local API, Unix socket: {}", sock.display());
+    println!(
+        "  daemon config:          {} (check it while the demo runs:  posgate doctor --config {})",
+        setup.config_file.display(),
+        setup.config_file.display()
+    );
+    println!("    the daemon alone on it, without the simulators:  posgate serve --config {}", setup.config_file.display());
     println!("  local API, TCP:         http://{}  (Authorization: Bearer {})", args.tcp, setup.token);
     println!("  demo cards: 6222021234567890123 (PIN 123456), 6222020000000000016 (no PIN, 200.00), 6222020000000000008 (no PIN, large balance)");
     println!("  try:");

@@ -270,7 +270,11 @@ impl Profile {
             (Some(_), _) | (_, Some(_)) if plain_http => {
                 return Err(ConfigError::field(path, base_at, "client_cert", "a client certificate needs an https:// base_url"));
             }
-            (Some(c), Some(k)) => Some((existing(c, "client_cert")?, existing(k, "client_key")?)),
+            (Some(c), Some(k)) => {
+                let key = existing(k, "client_key")?;
+                crate::secret::check_private(&key).map_err(|e| ConfigError::field(path, at(&k.span()), "client_key", e.to_string()))?;
+                Some((existing(c, "client_cert")?, key))
+            }
             (Some(c), None) => return Err(ConfigError::field(path, at(&c.span()), "client_key", "required with `client_cert`")),
             (None, Some(k)) => return Err(ConfigError::field(path, at(&k.span()), "client_cert", "required with `client_key`")),
         };
@@ -279,9 +283,8 @@ impl Profile {
         for (k, f) in &raw.secrets {
             let p = dir.join(f.get_ref());
             secret_files.insert(k.clone(), p.clone());
-            let bytes =
-                std::fs::read(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), format!("cannot read {}: {e}", p.display())))?;
-            secrets.insert(k.clone(), Secret::new(bytes));
+            let secret = crate::secret::read_file(&p).map_err(|e| ConfigError::field(path, at(&f.span()), &format!("secrets.{k}"), e.to_string()))?;
+            secrets.insert(k.clone(), secret);
         }
         if raw.timeout_ms == 0 || raw.connect_timeout_ms == 0 {
             return Err(ConfigError::field(path, None, "timeout_ms", "timeouts must be above zero"));
@@ -380,6 +383,9 @@ struct RawDaemon {
     /// The vendors' callback listener; off when absent.
     #[serde(default)]
     callbacks: Option<RawCallbacks>,
+    /// Connection caps and request deadlines of the local API (`[api]`).
+    #[serde(default)]
+    api: crate::api::limits::ApiLimits,
 }
 
 fn default_body_limit() -> usize {
@@ -394,6 +400,8 @@ pub struct DaemonConfig {
     pub tcp: Option<std::net::SocketAddr>,
     /// Bearer token for the TCP listener.
     pub token: Option<Secret>,
+    /// The file it came from (for `posgate doctor`).
+    pub token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     /// Browser origins allowed to call the TCP API (CORS); empty: every request naming an origin is refused.
     pub allowed_origins: Vec<String>,
@@ -401,6 +409,8 @@ pub struct DaemonConfig {
     pub devices: Vec<crate::devices::DeviceConfig>,
     /// The vendors' callback listener (`[callbacks]`), when configured.
     pub callbacks: Option<CallbackListener>,
+    /// Connection caps and request deadlines of the local API.
+    pub api: crate::api::limits::ApiLimits,
 }
 
 impl DaemonConfig {
@@ -421,7 +431,10 @@ impl DaemonConfig {
             None => None,
         };
         let token = match &raw.token_file {
-            Some(f) => Some(Secret::new(read(&dir.join(f))?.trim().as_bytes().to_vec())),
+            Some(f) => {
+                let t = crate::secret::read_file(&dir.join(f)).map_err(|e| ConfigError::field(path, None, "token_file", e.to_string()))?;
+                Some(Secret::new(t.expose_str().map_err(|_| ConfigError::field(path, None, "token_file", "the token must be UTF-8 text"))?.as_bytes().to_vec()))
+            }
             None => None,
         };
         if tcp.is_some() && token.is_none() {
@@ -452,16 +465,19 @@ impl DaemonConfig {
             crate::devices::Classifier::new(p.scan_rules.clone()).map_err(|e| ConfigError::field(&p.source, None, "scan_rules", e.to_string()))?;
         }
         let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
+        raw.api.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         Ok(DaemonConfig {
             callbacks,
             data_dir: dir.join(raw.data_dir),
             unix_socket: raw.unix_socket.map(|s| dir.join(s)),
             tcp,
             token,
+            token_file: raw.token_file.map(|f| dir.join(f)),
             max_body_bytes: raw.max_body_bytes,
             allowed_origins,
             profiles,
             devices: raw.devices,
+            api: raw.api,
         })
     }
 }
@@ -616,6 +632,7 @@ impl RawCallbacks {
                         return Err(ConfigError::field(path, None, name, format!("{} does not exist", f.display())));
                     }
                 }
+                crate::secret::check_private(&k).map_err(|e| ConfigError::field(path, None, "callbacks.tls_key", e.to_string()))?;
                 Some((c, k))
             }
             _ => return Err(ConfigError::field(path, None, "callbacks.tls_cert", "`tls_cert` and `tls_key` go together")),
@@ -764,7 +781,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("posgate-cfg-cc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("c.pem"), "x").unwrap();
-        std::fs::write(dir.join("k.pem"), "x").unwrap();
+        crate::fsmode::write_private(dir.join("k.pem"), "x").unwrap();
         let p = dir.join("a.toml");
         let base = "name = \"a\"\nbackend = \"loyalty\"\nbase_url = \"https://h\"\nstore = \"1\"\nterminal = \"2\"\n";
         let ok = Profile::parse(&p, &format!("{base}client_cert = \"c.pem\"\nclient_key = \"k.pem\"\n")).expect("both");

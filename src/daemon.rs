@@ -37,7 +37,22 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         Some(c) => Some((api::callbacks::bind(c).await?, api::callbacks::Limits::of(c))),
         None => None,
     };
+    // Owner-only before the journal makes anything inside (sled's files take the umask's modes).
+    for dir in [cfg.data_dir.clone(), cfg.data_dir.join("journal")] {
+        match crate::fsmode::private_dir(&dir) {
+            Ok(Some(old)) => tracing::warn!(dir = %dir.display(), old = format!("{old:04o}"), "the data folder was open to other users; made it 0700"),
+            Ok(None) => {}
+            Err(e) => return Err(DaemonError::Bind(format!("data folder {}: {e}", dir.display()))),
+        }
+    }
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
+    match crate::fsmode::restrict_tree(&cfg.data_dir) {
+        Ok(changed) if !changed.is_empty() => {
+            tracing::warn!(files = changed.len(), first = %changed[0].display(), "files in the data folder were readable by others; made them owner-only")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(dir = %cfg.data_dir.display(), error = %e, "cannot make the data folder's files owner-only"),
+    }
     let rules = cfg.profiles.iter().flat_map(|p| p.scan_rules.iter().cloned());
     let classifier = Classifier::new(rules).map_err(|e| DaemonError::Bind(format!("scan rules: {e}")))?;
     let hub = Hub::new(classifier, engine.clock(), engine.event_sender());
@@ -48,7 +63,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     // Journal open, every listener bound: a connection made from now on is answered (`Type=notify`).
     #[cfg(unix)]
     tell_manager(crate::notify::State::Ready, &format!("ready: {} profile(s)", cfg.profiles.len()));
-    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes, allowed_origins: cfg.allowed_origins.clone() };
+    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes, allowed_origins: cfg.allowed_origins.clone(), limits: cfg.api };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -6,7 +6,6 @@ use rand::RngCore;
 
 use crate::config::DaemonConfig;
 use crate::net::tls::TestPki;
-use crate::secret::Secret;
 use crate::sim::lottery::LotterySim;
 use crate::sim::loyalty::{LoyaltySim, SimConfig};
 
@@ -22,8 +21,13 @@ pub const CONSIGN_PROFILE: &str = include_str!("../terminal-profiles/consign.tom
 pub const DEMO_DELIVERY_ORDERS: usize = 4_500;
 
 /// A running simulator and the daemon configuration that points at it.
+/// The demo's daemon config, in its data folder.
+pub const CONFIG_FILE: &str = "posgate.toml";
+
 pub struct DemoSetup {
     pub config: DaemonConfig,
+    /// Where `config` was written ([`CONFIG_FILE`] in the data folder) and loaded from.
+    pub config_file: PathBuf,
     pub loyalty: Arc<LoyaltySim>,
     pub loyalty_addr: std::net::SocketAddr,
     pub lottery: Arc<LotterySim>,
@@ -62,13 +66,10 @@ pub fn ensure_master_key(path: &Path) -> Result<[u8; 16], String> {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+        crate::fsmode::private_dir(d).map_err(|e| io(d, e))?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
-    f.write_all(data).map_err(|e| io(path, e))
+    crate::fsmode::write_private(path, data).map_err(|e| io(path, e))
 }
 
 /// What the demo scanner sends, in order: a barcode, a QR code, a card swipe (tracks 1 and 2).
@@ -108,7 +109,7 @@ pub fn spawn_scanner(every: std::time::Duration) -> Result<String, String> {
 
 /// Make (or reuse) the demo folder: test CA, master key, token, profile; start the simulator.
 pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<std::net::SocketAddr>) -> Result<DemoSetup, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir, e))?;
+    crate::fsmode::private_dir(data_dir).map_err(|e| io(data_dir, e))?;
     let data_dir = data_dir.canonicalize().map_err(|e| io(data_dir, e))?;
     let pki = TestPki::ensure(&data_dir.join("pki")).map_err(|e| e.to_string())?;
     let tmk = ensure_master_key(&data_dir.join("secrets/loyalty-tmk.hex"))?;
@@ -177,7 +178,6 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
         (crate::backend::scenic::KIND, scenic_addr),
         (crate::backend::consign::KIND, consign_addr),
     ];
-    let mut profiles = Vec::new();
     for kind in crate::backend::registry::KINDS {
         let (Some(example), Some((_, actual))) = (kind.demo_url, sims.iter().find(|(k, _)| *k == kind.name)) else { continue };
         let file = Path::new(kind.example_profile).file_name().map(|f| f.to_os_string()).unwrap_or_else(|| format!("{}.toml", kind.name).into());
@@ -189,30 +189,33 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
             .replace("hours = \"01:00-23:00\"", "hours = \"00:00-00:00\"  # demo: around the clock");
         let text = with_callbacks(kind.name, &text, callback_addr);
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-        profiles.push(crate::backend::registry::load_profile(&path).map_err(|e| e.to_string())?);
+        crate::backend::registry::load_profile(&path).map_err(|e| e.to_string())?;
     }
 
-    let config = DaemonConfig {
-        data_dir: data_dir.clone(),
-        unix_socket: Some(unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"))),
-        tcp,
-        token: Some(Secret::new(token.as_bytes().to_vec())),
-        // A POSP delivery file of 4,500 orders is about 200 KB.
-        max_body_bytes: 1024 * 1024,
-        allowed_origins: Vec::new(),
-        profiles,
-        devices: Vec::new(),
-        callbacks: Some(crate::config::CallbackListener {
-            listen: callback_addr,
-            tls: None,
-            max_body_bytes: 16 * 1024,
-            header_timeout: std::time::Duration::from_secs(5),
-            body_timeout: std::time::Duration::from_secs(5),
-            max_connections: 32,
-        }),
-    };
+    // The daemon config the demo runs with, written beside everything else, so that `posgate doctor
+    // --config …` and `posgate serve --config …` work on the demo as its banner prints them.
+    let socket = unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"));
+    let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let mut text = format!(
+        "# Written by `posgate demo`: the daemon config it runs with. The simulators live inside `posgate demo`;\n\
+         # `posgate serve --config` on this file starts the daemon alone (its backends then unreachable).\n\
+         data_dir = {}\nprofiles_dir = \"terminal-profiles\"\nunix_socket = {}\ntoken_file = \"secrets/api-token\"\n\
+         # A POSP delivery file of 4,500 orders is about 200 KB.\nmax_body_bytes = 1048576\n",
+        quoted(&data_dir),
+        quoted(&socket)
+    );
+    if let Some(a) = tcp {
+        text.push_str(&format!("tcp = \"{a}\"\n"));
+    }
+    text.push_str(&format!(
+        "\n[callbacks]\nlisten = \"{callback_addr}\"\nmax_body_bytes = 16384\nheader_timeout_ms = 5000\nbody_timeout_ms = 5000\nmax_connections = 32\n"
+    ));
+    let config_file = data_dir.join(CONFIG_FILE);
+    crate::fsmode::write_private(&config_file, text).map_err(|e| io(&config_file, e))?;
+    let config = crate::backend::registry::load_config(&config_file).map_err(|e| e.to_string())?;
     Ok(DemoSetup {
         config,
+        config_file,
         loyalty: sim,
         loyalty_addr: addr,
         lottery,
@@ -281,5 +284,19 @@ mod tests {
         let consign = setup.config.profiles.iter().find(|p| p.backend == "consign").unwrap();
         assert_eq!(consign.option_str("notify_url", "").unwrap(), format!("http://{}/callbacks/consign/result", cb.listen));
         assert!(consign.base_url.contains(&setup.consign_addr.to_string()), "{}", consign.base_url);
+    }
+
+    /// The demo writes the config it runs with: loading that file gives the same listeners and profiles.
+    #[tokio::test]
+    async fn the_demo_writes_the_daemon_config_it_runs_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let tcp: std::net::SocketAddr = "127.0.0.1:7979".parse().unwrap();
+        let setup = super::prepare(dir.path(), None, Some(tcp)).await.unwrap();
+        assert_eq!(setup.config_file, dir.path().canonicalize().unwrap().join(super::CONFIG_FILE));
+        let again = crate::config::DaemonConfig::load(&setup.config_file).unwrap();
+        assert_eq!((again.unix_socket, again.tcp, again.data_dir.clone()), (setup.config.unix_socket.clone(), Some(tcp), setup.config.data_dir.clone()));
+        assert_eq!(again.token.map(|t| t.expose().to_vec()), Some(setup.token.as_bytes().to_vec()));
+        assert_eq!(again.profiles.len(), 5);
+        assert_eq!(again.callbacks.map(|c| c.listen), Some(setup.callback_addr));
     }
 }

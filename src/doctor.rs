@@ -45,8 +45,22 @@ fn mode_of(p: &Path) -> Option<u32> {
     std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777)
 }
 
+/// How doctor reaches the daemon: the socket (or TCP listener) in the config it checks, unless the
+/// command line named one.
+fn client_for(cfg: Option<&crate::config::DaemonConfig>, given: Option<&ApiClient>) -> ApiClient {
+    if let Some(c) = given {
+        return c.clone();
+    }
+    match cfg {
+        Some(c) if c.unix_socket.is_some() => ApiClient::unix(c.unix_socket.clone().unwrap_or_default()),
+        Some(c) if c.tcp.is_some() => ApiClient::tcp(c.tcp.map(|a| a.to_string()).unwrap_or_default(), c.token.clone()),
+        _ => ApiClient::unix(crate::cli::DEFAULT_SOCKET),
+    }
+}
+
 /// Run every check. Never prints a secret; contacts only the configured backends (handshake, no request).
-pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
+/// `client`: the daemon as named on the command line; `None` asks the config where it listens.
+pub async fn run(config_path: &Path, client: Option<&ApiClient>) -> Report {
     let mut r = Report::default();
     let cfg = match crate::backend::registry::load_config(config_path) {
         Ok(c) => {
@@ -58,7 +72,15 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
             None
         }
     };
+    let client = client_for(cfg.as_ref(), client);
     if let Some(cfg) = &cfg {
+        if let Some(token) = &cfg.token_file {
+            // The config loaded, so the token passed the start's check; say so (a refused one fails `config` above).
+            match crate::secret::check_private(token) {
+                Ok(()) => r.push(Level::Ok, format!("API token {} is private", token.display())),
+                Err(e) => r.push(Level::Fail, e.to_string()),
+            }
+        }
         let key = cfg.data_dir.join("journal.key");
         match mode_of(&key) {
             Some(m) if m & 0o077 != 0 => r.push(Level::Warn, format!("{} is readable by others (mode {m:o}); want 600", key.display())),
@@ -68,12 +90,9 @@ pub async fn run(config_path: &Path, client: &ApiClient) -> Report {
         for p in &cfg.profiles {
             r.push(Level::Ok, format!("profile {} ({}) → {}", p.name, p.backend, p.base_url));
             for (name, file) in &p.secret_files {
-                match mode_of(file) {
-                    Some(m) if m & 0o077 != 0 => {
-                        r.push(Level::Warn, format!("profile {}: secret {name} ({}) is readable by others (mode {m:o}); want 600", p.name, file.display()))
-                    }
-                    Some(_) => r.push(Level::Ok, format!("profile {}: secret {name} present and private", p.name)),
-                    None => r.push(Level::Fail, format!("profile {}: secret {name} ({}) is missing", p.name, file.display())),
+                match crate::secret::check_private(file) {
+                    Ok(()) => r.push(Level::Ok, format!("profile {}: secret {name} present and private", p.name)),
+                    Err(e) => r.push(Level::Fail, format!("profile {}: secret {name}: {e}", p.name)),
                 }
             }
             for w in crate::backend::registry::warnings(p) {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod devices;
 pub mod doctor;
 pub mod engine;
+pub mod fsmode;
 pub mod journal;
 pub mod metrics;
 pub mod model;

@@ -6,6 +6,7 @@
 pub use crate::model::idempotency;
 pub mod callbacks;
 pub mod cors;
+pub mod limits;
 pub mod page;
 mod parse;
 pub mod problem;
@@ -116,11 +117,13 @@ pub struct ApiOptions {
     pub max_body_bytes: usize,
     /// Browser origins allowed to call the TCP listener (CORS); see [`cors`].
     pub allowed_origins: Vec<String>,
+    /// Connection caps and read deadlines.
+    pub limits: limits::ApiLimits,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { token: None, max_body_bytes: 64 * 1024, allowed_origins: Vec::new() }
+        ApiOptions { token: None, max_body_bytes: 64 * 1024, allowed_origins: Vec::new(), limits: limits::ApiLimits::default() }
     }
 }
 

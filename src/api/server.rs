@@ -34,10 +34,10 @@ pub type ApiBody = BoxBody<Bytes, Infallible>;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// A client that has not sent its request headers by then is dropped.
+use super::limits::{ApiLimits, Caps};
 use super::parse::*;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The response header carrying the request id (echoed from the request when it is sane).
 pub const REQUEST_ID: &str = "x-request-id";
 /// The request header that makes a retried operation return the first result.
@@ -107,6 +107,8 @@ struct State {
     /// SHA-1 of the token: compared in constant time, and equal length whatever the client sends.
     token_digest: Option<[u8; 20]>,
     max_body: usize,
+    /// Header and body deadlines.
+    limits: ApiLimits,
     shutdown: watch::Receiver<bool>,
     /// Browser origins allowed on the TCP listener.
     cors: cors::Policy,
@@ -175,28 +177,37 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
         service,
         token_digest,
         max_body: opts.max_body_bytes,
+        limits: opts.limits,
         shutdown: stop_rx.clone(),
         cors: cors::Policy::new(opts.allowed_origins.clone()),
         page,
     });
+    // Each listener has its own slots, both sized below the open-file limit: a TCP flood waits in the
+    // kernel's backlog (costing the daemon nothing) while the Unix socket keeps being served.
+    let nofile = super::limits::open_file_limit();
+    let caps = opts.limits.caps(nofile);
+    if caps != (Caps { tcp: opts.limits.max_tcp_connections, unix: opts.limits.max_unix_connections }) {
+        tracing::warn!(
+            open_file_limit = nofile,
+            tcp = caps.tcp,
+            unix = caps.unix,
+            "API connection caps lowered to fit the open-file limit (raise LimitNOFILE / ulimit -n for more)"
+        );
+    }
+    let tcp_slots = Arc::new(Semaphore::new(caps.tcp));
+    let unix_slots = Arc::new(Semaphore::new(caps.unix));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            r = accept_unix(unix.as_ref()) => match r {
-                Ok(stream) => {
-                    conns.spawn(serve_conn(state.clone(), stream, Transport::Unix, stop_rx.clone()));
-                }
-                Err(e) => accept_failed(e).await,
-            },
-            r = accept_tcp(tcp.as_ref()) => match r {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_conn(state.clone(), stream, Transport::Tcp, stop_rx.clone()));
-                }
-                Err(e) => accept_failed(e).await,
-            },
+            (stream, slot) = accept_unix(unix.as_ref(), &unix_slots) => {
+                conns.spawn(serve_conn(state.clone(), stream, Transport::Unix, stop_rx.clone(), slot));
+            }
+            (stream, slot) = accept_tcp(tcp.as_ref(), &tcp_slots) => {
+                let _ = stream.set_nodelay(true);
+                conns.spawn(serve_conn(state.clone(), stream, Transport::Tcp, stop_rx.clone(), slot));
+            }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
@@ -216,37 +227,53 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     Ok(())
 }
 
-async fn accept_unix(l: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
-    match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
+/// The next Unix connection, once one of its slots is free. Cancel-safe (used in `select!`).
+async fn accept_unix(l: Option<&UnixListener>, slots: &Arc<Semaphore>) -> (tokio::net::UnixStream, OwnedSemaphorePermit) {
+    let Some(l) = l else { return std::future::pending().await };
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return std::future::pending().await };
+        match l.accept().await {
+            Ok((s, _)) => return (s, slot),
+            Err(e) => accept_failed(Transport::Unix, e).await,
+        }
     }
 }
 
-async fn accept_tcp(l: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
-    match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
-        None => std::future::pending().await,
+/// The next TCP connection, once one of its slots is free: past the cap, connections wait in the
+/// kernel's backlog and hold none of the daemon's files. Cancel-safe (used in `select!`).
+async fn accept_tcp(l: Option<&TcpListener>, slots: &Arc<Semaphore>) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+    let Some(l) = l else { return std::future::pending().await };
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return std::future::pending().await };
+        match l.accept().await {
+            Ok((s, _)) => return (s, slot),
+            Err(e) => accept_failed(Transport::Tcp, e).await,
+        }
     }
 }
 
-/// Accept errors (out of file descriptors and the like) are transient: log, pause, go on.
-async fn accept_failed(e: std::io::Error) {
-    tracing::warn!(error = %e, "accepting an API connection failed");
+/// Accept errors (out of file descriptors and the like) are transient: log, pause this listener
+/// only (the other one keeps accepting), go on.
+async fn accept_failed(transport: Transport, e: std::io::Error) {
+    tracing::warn!(error = %e, transport = transport.name(), "accepting an API connection failed");
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn serve_conn<I>(state: Arc<State>, io: I, transport: Transport, mut stop: watch::Receiver<bool>)
+/// Serve one connection; `_slot` is its place under the listener's cap, given back when it ends.
+async fn serve_conn<I>(state: Arc<State>, io: I, transport: Transport, mut stop: watch::Receiver<bool>, _slot: OwnedSemaphorePermit)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let for_log = state.clone();
+    let header_timeout = state.limits.header_timeout();
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, transport, req).await) }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // The header timeout also runs while a connection is idle (before its first request and between
+    // requests): a silent connection is closed after it.
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stopping = false;
@@ -526,7 +553,8 @@ async fn route(state: Arc<State>, transport: Transport, req: Request<Incoming>) 
 async fn route_api(state: Arc<State>, transport: Transport, req: Request<Incoming>) -> Response<ApiBody> {
     if transport == Transport::Tcp {
         if let Err(p) = check_bearer(state.token_digest.as_ref(), req.headers()) {
-            return p.into_response();
+            // Nothing more is spent on a client without the token: no body is read, the connection ends.
+            return p.with_header("connection", "close").into_response();
         }
     }
     if req.uri().path() == "/metrics" {
@@ -567,6 +595,24 @@ async fn metrics_response(state: &State, method: &Method) -> Response<ApiBody> {
     resp
 }
 
+/// Read a JSON object body within its deadline ([`ApiLimits::body_deadline`]); a body that is too
+/// slow gets 408 and the connection is closed (a dribbling client holds nothing for long).
+async fn read_body(state: &State, req: Request<Incoming>, empty_ok: bool) -> Result<serde_json::Map<String, Value>, Problem> {
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
+    let max = u64::try_from(state.max_body).unwrap_or(u64::MAX);
+    let deadline = state.limits.body_deadline(declared.unwrap_or(max).min(max));
+    match tokio::time::timeout(deadline, read_json_object(req, state.max_body, empty_ok)).await {
+        Ok(r) => r,
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request body too slow",
+            format!("the request body did not arrive within {} ms", deadline.as_millis()),
+        )
+        .with_header("connection", "close")),
+    }
+}
+
 async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Request<Incoming>) -> Result<Response<ApiBody>, Problem> {
     let svc = &state.service;
     match handler {
@@ -581,7 +627,7 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
             Ok(resp)
         }
         Handler::Scans => {
-            let body = read_json_object(req, state.max_body, false).await?;
+            let body = read_body(state, req, false).await?;
             match body.get("text") {
                 Some(Value::String(t)) if !t.is_empty() => {}
                 Some(Value::String(_)) => return Err(Problem::invalid_param("text", "must not be empty")),
@@ -599,7 +645,7 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
         Handler::Run => {
             let [profile, operation] = <[String; 2]>::try_from(params).map_err(|_| Problem::internal("route parameters"))?;
             let key = idempotency_key(req.headers())?;
-            let body = read_json_object(req, state.max_body, true).await?;
+            let body = read_body(state, req, true).await?;
             let answer = svc.run(&profile, &operation, Value::Object(body), key.as_deref()).await.map_err(|e| Problem::from_engine(&e))?;
             let status = StatusCode::from_u16(answer.http_status)
                 .map_err(|_| Problem::internal(format!("the engine answered with HTTP status {}", answer.http_status)))?;
@@ -638,7 +684,7 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
         }
         Handler::ResolveReversal => {
             let id = parse_id(&params)?;
-            let body = read_json_object(req, state.max_body, false).await?;
+            let body = read_body(state, req, false).await?;
             let outcome = match body.get("outcome") {
                 Some(Value::String(o)) => o.clone(),
                 _ => return Err(Problem::invalid_param("outcome", "is required: \"approved\" or \"reversed\"")),

@@ -36,7 +36,8 @@ impl TestPki {
         let write = |p: &Path, s: String| std::fs::write(p, s).map_err(|e| NetError::Setup(format!("{}: {e}", p.display())));
         write(&pki.ca_file, ca.pem())?;
         write(&pki.cert_file, cert.pem())?;
-        write(&pki.key_file, key.serialize_pem())?;
+        // A private key: owner-only (the daemon refuses a readable `tls_key`/`client_key`).
+        crate::fsmode::write_private(&pki.key_file, key.serialize_pem()).map_err(|e| NetError::Setup(format!("{}: {e}", pki.key_file.display())))?;
         Ok(pki)
     }
 

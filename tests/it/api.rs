@@ -227,21 +227,24 @@ async fn doctor_checks_secrets_backends_and_the_daemon() {
     let tmk = world.dir.join("secrets/loyalty-tmk.hex");
     std::fs::set_permissions(&tmk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let d = world.start(&[]).await;
-    let report = posgate::doctor::run(&world.config, &d.client).await;
+    let report = posgate::doctor::run(&world.config, Some(&d.client)).await;
     let text = report.render();
     assert!(!report.failed(), "{text}");
     assert!(text.contains("profile loyalty: backend reachable, certificate verified"), "{text}");
     assert!(text.contains("secret master_key present and private"), "{text}");
     assert!(text.contains("daemon running"), "{text}");
     assert!(!text.contains(crate::support::TMK_HEX), "doctor printed a secret: {text}");
-    // A group-readable key is a warning; a backend whose certificate the CA bundle does not sign is a failure.
+    // A world-readable key is a failure (the daemon refuses to start with it), with the fix.
     std::fs::set_permissions(&tmk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = posgate::doctor::run(&world.config, Some(&d.client)).await.render();
+    assert!(text.contains("FAIL config") && text.contains("secrets.master_key") && text.contains("mode 0644") && text.contains("chmod 600"), "{text}");
+    std::fs::set_permissions(&tmk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // A backend whose certificate the CA bundle does not sign is a failure.
     let other = posgate::net::tls::TestPki::ensure(&world.dir.join("other-ca")).expect("pki");
     std::fs::copy(&other.ca_file, world.dir.join("pki/test-ca.pem")).expect("swap CA");
-    let report = posgate::doctor::run(&world.config, &d.client).await;
+    let report = posgate::doctor::run(&world.config, Some(&d.client)).await;
     let text = report.render();
     assert!(report.failed(), "{text}");
-    assert!(text.contains("WARN profile loyalty: secret master_key") && text.contains("mode 644"), "{text}");
     // In the same words the POS app would get for a failed request, never a debug dump.
     assert!(text.contains("FAIL profile loyalty: backend: TLS handshake with 127.0.0.1:") && text.contains("CA bundle"), "{text}");
     assert!(!text.contains("Custom {") && !text.contains("InvalidCertificate"), "{text}");

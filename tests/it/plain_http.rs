@@ -50,7 +50,7 @@ async fn a_plain_http_profile_is_a_warning_in_status_and_doctor() {
     assert!(cli.status.success(), "{err}");
     assert!(err.contains("WARN profile loyalty: plain HTTP"), "{err}");
 
-    let report = posgate::doctor::run(&world.config, &d.client).await;
+    let report = posgate::doctor::run(&world.config, Some(&d.client)).await;
     let text = report.render();
     assert!(text.contains("WARN profile loyalty: plain HTTP"), "{text}");
     assert!(text.contains("profile loyalty: backend reachable (plain HTTP"), "{text}");

@@ -12,7 +12,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 /// A fresh, unique scratch folder.
+///
+/// Files made by the test process are owner-only from here on (umask 077), as an installer makes
+/// them: the daemon refuses secret files that others can read.
 pub fn scratch(name: &str) -> PathBuf {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let d = std::env::temp_dir().join(format!("posgate-it-{name}-{}-{n}", std::process::id()));

@@ -29,8 +29,8 @@ pub(crate) fn backend_with_timeout(
     extra_options: &str,
 ) -> LotteryBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
-    std::fs::write(dir.join("app-secret.txt"), format!("{app_secret}\n")).unwrap();
-    std::fs::write(dir.join("station.txt"), format!("{password}\n")).unwrap();
+    crate::fsmode::write_private(dir.join("app-secret.txt"), format!("{app_secret}\n")).unwrap();
+    crate::fsmode::write_private(dir.join("station.txt"), format!("{password}\n")).unwrap();
     let list: Vec<String> = (1..=stations).map(|n| format!("{{ id = \"2101{n:04}\", clerk = \"0\", serial = \"X1P4H1110200020{n}\" }}")).collect();
     let toml = format!(
         "name = \"lot\"\nbackend = \"lottery\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"2101\"\nterminal = \"t1\"\noperator = \"0\"\ntimeout_ms = {timeout_ms}\n[secrets]\napp_secret = \"app-secret.txt\"\nstation_password = \"station.txt\"\n[options]\napp_key = \"aa75c0f6a4bf462ea006b2920034cf5b\"\nstations = [{}]\n{extra_options}\n",
@@ -72,8 +72,8 @@ fn the_example_profile_parses() {
     std::fs::create_dir_all(dir.join("profiles")).unwrap();
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
     let pki = crate::net::tls::TestPki::ensure(&dir.join("pki")).unwrap();
-    std::fs::write(dir.join("secrets/lottery-app-secret.txt"), "x\n").unwrap();
-    std::fs::write(dir.join("secrets/lottery-station-password.txt"), "123456\n").unwrap();
+    crate::fsmode::write_private(dir.join("secrets/lottery-app-secret.txt"), "x\n").unwrap();
+    crate::fsmode::write_private(dir.join("secrets/lottery-station-password.txt"), "123456\n").unwrap();
     let path = dir.join("profiles/lottery.toml");
     std::fs::write(&path, include_str!("../../../terminal-profiles/lottery.toml")).unwrap();
     let profile = Profile::load(&path).unwrap();
@@ -93,7 +93,7 @@ fn the_example_profile_parses() {
 fn bad_profiles_are_refused_naming_the_option() {
     let dir = temp_dir("bad");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
-    std::fs::write(dir.join("s.txt"), "x").unwrap();
+    crate::fsmode::write_private(dir.join("s.txt"), "x").unwrap();
     let http = HttpsClient::new(&HttpOptions {
         ca_file: Some(pki.ca_file),
         connect_timeout: Duration::from_secs(1),

@@ -184,6 +184,26 @@ fn bounded_scalar(key: &str, raw: &RawValue, max: usize) -> Option<Value> {
     Some(v)
 }
 
+/// A card holder's personal request fields (card activation): ID number, mobile number and the SMS
+/// verify code. Every local reader of the journal would see them, so the journal keeps them masked
+/// ([`mask_personal`]) and the clear value only sealed in the vault.
+pub const PERSONAL: &[&str] = &["idNo", "mobileNo", "verifyCode"];
+
+/// A personal field as the journal shows it: a mobile number 3+4 (`138****0000`), an ID number like a
+/// card (6+4), a verify code not at all.
+pub fn mask_personal(name: &str, value: &str) -> String {
+    match name {
+        "mobileNo" if value.chars().count() > 7 => {
+            let n = value.chars().count();
+            let head: String = value.chars().take(3).collect();
+            let tail: String = value.chars().skip(n - 4).collect();
+            format!("{head}{}{tail}", "*".repeat(n - 7))
+        }
+        "idNo" => mask_card(value),
+        _ => "*".repeat(value.chars().count().min(8)),
+    }
+}
+
 /// One answer field as the answer table types it, converted and bounded for the journal: amounts to
 /// fen, lists cut to [`wire::MAX_LIST_ITEMS`] items of their own fields, free text cut, personal ids
 /// masked. `None`: not journaled (key material, the wrong shape, over its bound).
@@ -209,6 +229,9 @@ fn convert_field(f: &wire::AnswerField, raw: &RawValue) -> Option<Value> {
             let v = bounded_scalar(key, raw, wire::MAX_CODE_CHARS)?;
             if matches!(key, "cardNo" | "idNo") {
                 return text_of(&v).map(|s| Value::String(mask_card(&s)));
+            }
+            if PERSONAL.contains(&key) {
+                return text_of(&v).map(|s| Value::String(mask_personal(key, &s)));
             }
             Some(v)
         }
@@ -418,6 +441,7 @@ impl LoyaltyBackend {
                     None => None,
                 },
                 (Owner::Pos, Kind::List) => tx.public.get(f.name).map(list_to_wire),
+                (Owner::Pos, Kind::Text) if PERSONAL.contains(&f.name) => tx.vault.get(f.name).and_then(text_of),
                 (Owner::Pos, Kind::Text) | (Owner::Pos, Kind::Total) => tx.public.get(f.name).and_then(text_of),
                 (Owner::Pos, other) => return Err(format!("`{}`: the loyalty backend has no {other:?} fields", f.name)),
             };
@@ -559,7 +583,13 @@ impl Backend for LoyaltyBackend {
                     if f.required && s.trim().is_empty() {
                         return Err(PrepareError::Missing(f.name.into()));
                     }
-                    p.public.insert(f.name.into(), Value::String(s.to_string()));
+                    if PERSONAL.contains(&f.name) {
+                        // Masked in the journal, clear only sealed (a resend after a lost answer needs it).
+                        p.public.insert(f.name.into(), Value::String(mask_personal(f.name, s)));
+                        p.vault.insert(f.name.into(), Value::String(s.to_string()));
+                    } else {
+                        p.public.insert(f.name.into(), Value::String(s.to_string()));
+                    }
                 }
                 (other, Some(_)) => return Err(invalid(f.name, format!("the loyalty backend has no {other:?} fields"))),
             }

@@ -21,7 +21,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// A profile on disk (TOML + TMK file + test CA) and the backend built from it.
 pub(crate) fn backend_for(base_url: &str, dir: &std::path::Path, tmk: &str, store: &str, terminal: &str) -> LoyaltyBackend {
     let pki = crate::net::tls::TestPki::ensure(dir).unwrap();
-    std::fs::write(dir.join("tmk.hex"), format!("{tmk}\n")).unwrap();
+    crate::fsmode::write_private(dir.join("tmk.hex"), format!("{tmk}\n")).unwrap();
     let toml = format!(
         "name = \"loy\"\nbackend = \"loyalty\"\nbase_url = \"{base_url}\"\nca_file = \"test-ca.pem\"\nstore = \"{store}\"\nterminal = \"{terminal}\"\noperator = \"01\"\ntimeout_ms = 3000\n[secrets]\nmaster_key = \"tmk.hex\"\n[options]\nprotocol_prefix = \"v1\"\n"
     );
@@ -74,7 +74,7 @@ fn consume_original() -> OriginalRef {
 fn a_bad_master_key_is_a_clear_config_error() {
     let dir = temp_dir("tmk");
     let pki = crate::net::tls::TestPki::ensure(&dir).unwrap();
-    std::fs::write(dir.join("tmk.hex"), "0123").unwrap();
+    crate::fsmode::write_private(dir.join("tmk.hex"), "0123").unwrap();
     let path = dir.join("loy.toml");
     std::fs::write(
         &path,
@@ -194,6 +194,22 @@ fn prepare_splits_public_vault_and_transient() {
         )
         .unwrap();
     assert_eq!(a.totals, vec![("cardActiveCount".into(), 1), ("totalTransCount".into(), 1)]);
+}
+
+/// Found by review: ID numbers, mobile numbers and verify codes from card activation were journaled in clear.
+#[test]
+fn activation_personal_fields_are_masked_in_the_journal_and_sealed_for_a_resend() {
+    let b = backend();
+    let personal = json!({"cardNo": CARD, "mobileNo": "13812345678", "verifyCode": "654321", "idType": "01", "idNo": "110101199001011234"});
+    let a = b.prepare("card-activate", &body(personal), None, &crate::backend::PrepareContext { now_ms: 0, recent: &[], card: None }).unwrap();
+    let public = serde_json::to_string(&a.public).unwrap();
+    for clear in ["13812345678", "654321", "110101199001011234"] {
+        assert!(!public.contains(clear), "{clear} in the journal's public fields: {public}");
+    }
+    assert_eq!(a.public["mobileNo"], json!("138****5678"));
+    assert_eq!(a.vault["mobileNo"], json!("13812345678"));
+    assert_eq!(a.vault["verifyCode"], json!("654321"));
+    assert_eq!(a.vault["idNo"], json!("110101199001011234"));
 }
 
 #[test]

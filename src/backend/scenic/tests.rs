@@ -7,7 +7,7 @@ use crate::net::client::{HttpOptions, HttpsClient};
 
 fn backend() -> (tempfile::TempDir, ScenicBackend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("secret.txt"), "s3cret").expect("secret");
+    crate::fsmode::write_private(dir.path().join("secret.txt"), "s3cret").expect("secret");
     let text = "name = \"scenic\"\nbackend = \"scenic\"\nbase_url = \"https://127.0.0.1:1\"\nstore = \"S1\"\nterminal = \"T-1\"\n\
         [secrets]\napp_secret = \"secret.txt\"\n[options]\napp_key = \"k\"\n";
     let p = crate::config::Profile::parse(&dir.path().join("scenic.toml"), text).expect("profile");
