@@ -19,8 +19,8 @@ pub struct Cli {
 /// How a client subcommand reaches the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
-    /// The daemon's Unix socket.
-    #[arg(long, env = "POSGATE_SOCKET", default_value = "/run/posgate/posgate.sock", global = true)]
+    /// The daemon's Unix socket (its named pipe on Windows).
+    #[arg(long, env = "POSGATE_SOCKET", default_value = crate::platform::DEFAULT_LOCAL_ENDPOINT, global = true)]
     pub socket: PathBuf,
     /// Use the loopback TCP listener instead of the socket.
     #[arg(long, env = "POSGATE_TCP", global = true)]
@@ -34,7 +34,7 @@ pub struct Connect {
 pub enum Command {
     /// Run the daemon (systemd / Windows service).
     Serve {
-        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Run the daemon with the built-in simulators and the example profiles.
@@ -133,7 +133,7 @@ pub enum Command {
     },
     /// Check the config, secrets, backends (TLS handshake), serial ports and the running daemon.
     Doctor {
-        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
         connect: Connect,

@@ -63,11 +63,10 @@ pub fn ensure_master_key(path: &Path) -> Result<[u8; 16], String> {
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| io(path, e))?;
+    let mut f = crate::platform::private(std::fs::OpenOptions::new().write(true).create(true).truncate(true)).open(path).map_err(|e| io(path, e))?;
     f.write_all(data).map_err(|e| io(path, e))
 }
 
@@ -82,15 +81,13 @@ pub const SCANNER_SCRIPT: &[&[u8]] = &[
 /// the script to the master every `every`, for as long as the process runs.
 pub fn spawn_scanner(every: std::time::Duration) -> Result<String, String> {
     use std::io::Write;
-    let pair = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-    let path = nix::unistd::ttyname(&pair.slave).map_err(|e| format!("ttyname: {e}"))?;
-    let mut master = std::fs::File::from(pair.master);
-    let slave = pair.slave;
+    let mut pty = crate::platform::Pty::open()?;
+    let path = pty.path().to_path_buf();
     std::thread::Builder::new()
         .name("demo-scanner".into())
         .spawn(move || {
-            // Keep our slave end open so the line stays up between the daemon's reopenings.
-            let _slave = slave;
+            // The pty moves here, so its slave end stays open between the daemon's reopenings.
+            let master = pty.master();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 for frame in SCANNER_SCRIPT {

@@ -18,6 +18,7 @@ pub mod journal;
 pub mod model;
 pub mod money;
 pub mod net;
+pub mod platform;
 pub mod secret;
 pub mod sim;
 pub mod testhook;
