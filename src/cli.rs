@@ -37,6 +37,10 @@ pub enum Command {
         #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// The Windows service: `service run` is what the service control manager starts (the MSI installs it).
+    #[cfg(windows)]
+    #[command(subcommand)]
+    Service(ServiceAction),
     /// Run the daemon with the built-in simulators and the example profiles.
     Demo(DemoArgs),
     /// List the backend kinds this build knows (the profile's `backend =`), their documents and example profiles.
@@ -212,5 +216,22 @@ pub enum JobsAction {
         id: u64,
         #[command(flatten)]
         connect: Connect,
+    },
+}
+
+/// `posgate service …` (Windows only).
+#[cfg(windows)]
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Run as the Windows service `posgate`; only the service control manager starts this.
+    Run {
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The MSI's setup step (as SYSTEM): write the config unless present, make its folders, set the
+    /// service's recovery actions.
+    Setup {
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }

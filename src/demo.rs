@@ -191,7 +191,7 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
 
     let config = DaemonConfig {
         data_dir: data_dir.clone(),
-        unix_socket: Some(unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"))),
+        unix_socket: Some(unix_socket.unwrap_or_else(|| crate::platform::demo_endpoint(&data_dir))),
         tcp,
         token: Some(Secret::new(token.as_bytes().to_vec())),
         // A POSP delivery file of 4,500 orders is about 200 KB.

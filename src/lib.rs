@@ -22,3 +22,5 @@ pub mod platform;
 pub mod secret;
 pub mod sim;
 pub mod testhook;
+#[cfg(windows)]
+pub mod winservice;

@@ -18,6 +18,9 @@ pub type LocalStream = NamedPipeServer;
 
 /// `ERROR_PIPE_BUSY`: every instance of the pipe is taken; try again shortly.
 const ERROR_PIPE_BUSY: i32 = 231;
+/// At most this many clients at once (each an instance of the pipe); more wait for a free one.
+/// Bounds what any local process can make the daemon hold (tokio allows at most 254).
+pub const PIPE_INSTANCES: usize = 64;
 /// How long a client waits for a free pipe instance before giving up.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 
@@ -29,7 +32,7 @@ pub struct LocalListener {
 }
 
 fn server(name: &Path, first: bool) -> std::io::Result<NamedPipeServer> {
-    ServerOptions::new().first_pipe_instance(first).reject_remote_clients(true).create(name)
+    ServerOptions::new().first_pipe_instance(first).reject_remote_clients(true).max_instances(PIPE_INSTANCES).create(name)
 }
 
 /// Bind the daemon's local endpoint (`pipe` in the config). The first instance is created with
@@ -56,6 +59,8 @@ pub async fn accept_local(l: &mut LocalListener) -> std::io::Result<LocalStream>
         }
         return Err(e);
     }
+    // At PIPE_INSTANCES this fails: the connected client stays in `next` (its `connect` returns at once
+    // next time) and is handed over once an instance is free.
     let fresh = server(&l.name, false)?;
     Ok(std::mem::replace(&mut l.next, fresh))
 }

@@ -12,6 +12,9 @@ mod windows;
 #[cfg(windows)]
 pub use windows::*;
 
+/// The named pipe the Windows service serves the local API on.
+pub const DEFAULT_LOCAL_ENDPOINT_WINDOWS: &str = r"\\.\pipe\posgate";
+
 /// Longest named pipe name Windows accepts, prefix included.
 pub const PIPE_NAME_MAX: usize = 256;
 const PIPE_PREFIX: &str = r"\\.\pipe\";
@@ -27,6 +30,27 @@ pub fn check_pipe_name(name: &str) -> Result<(), String> {
         return Err(format!("after `{PIPE_PREFIX}` a pipe name is 1 to {} characters, none of them a backslash", PIPE_NAME_MAX - PIPE_PREFIX.len()));
     }
     Ok(())
+}
+
+/// The Windows service's daemon config, as the MSI's setup step writes it.
+pub const WINDOWS_CONFIG_TEMPLATE: &str = include_str!("../../packaging/windows/posgate.toml");
+
+/// First-install setup of a config folder: create `config` from `template` unless it exists (a
+/// technician's edits are never overwritten), and the `data` and `terminal-profiles` folders beside
+/// it. `Ok(true)` when the config was written now.
+pub fn ensure_config(config: &std::path::Path, template: &str) -> std::io::Result<bool> {
+    let dir = config.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir.join("data"))?;
+    std::fs::create_dir_all(dir.join("terminal-profiles"))?;
+    match private(std::fs::OpenOptions::new().write(true).create_new(true)).open(config) {
+        Ok(mut f) => {
+            std::io::Write::write_all(&mut f, template.as_bytes())?;
+            f.sync_all()?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -53,6 +77,33 @@ mod tests {
         assert_eq!(local_endpoint(dir, None, None), Ok(None));
         let (field, _) = local_endpoint(dir, None, Some(r"\\.\pipe\posgate".into())).expect_err("pipe refused");
         assert_eq!(field, "pipe");
+    }
+
+    #[test]
+    fn setup_writes_the_windows_config_once_and_keeps_edits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("posgate").join("posgate.toml");
+        assert!(ensure_config(&config, WINDOWS_CONFIG_TEMPLATE).expect("first setup"));
+        assert!(dir.path().join("posgate/data").is_dir() && dir.path().join("posgate/terminal-profiles").is_dir());
+        std::fs::write(&config, "edited").expect("edit");
+        assert!(!ensure_config(&config, WINDOWS_CONFIG_TEMPLATE).expect("second setup"));
+        assert_eq!(std::fs::read_to_string(&config).expect("read"), "edited");
+    }
+
+    /// The template the MSI installs loads as a daemon config (its `pipe` checked by the Windows rules;
+    /// on Unix, where `pipe` is refused, the rest of it is loaded without that line).
+    #[test]
+    fn the_windows_config_template_loads() {
+        let raw: toml::Table = toml::from_str(WINDOWS_CONFIG_TEMPLATE).expect("TOML");
+        assert_eq!(raw["pipe"].as_str(), Some(DEFAULT_LOCAL_ENDPOINT_WINDOWS));
+        assert_eq!(check_pipe_name(DEFAULT_LOCAL_ENDPOINT_WINDOWS), Ok(()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("posgate.toml");
+        let text: String = WINDOWS_CONFIG_TEMPLATE.lines().filter(|l| cfg!(windows) || !l.starts_with("pipe")).map(|l| format!("{l}\n")).collect();
+        ensure_config(&config, &text).expect("setup");
+        let cfg = crate::config::DaemonConfig::load(&config).expect("the template loads");
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert!(cfg.tcp.is_none() && cfg.profiles.is_empty());
     }
 
     #[test]

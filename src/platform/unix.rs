@@ -19,6 +19,11 @@ pub fn local_endpoint(dir: &Path, unix_socket: Option<String>, pipe: Option<Stri
     Ok(unix_socket.map(|s| dir.join(s)))
 }
 
+/// The demo's local endpoint: a socket in its data folder.
+pub fn demo_endpoint(data_dir: &Path) -> PathBuf {
+    data_dir.join("posgate.sock")
+}
+
 /// New files from these options are readable by their owner only (mode 0600).
 pub fn private(opts: &mut OpenOptions) -> &mut OpenOptions {
     opts.mode(0o600)

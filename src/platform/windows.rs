@@ -4,7 +4,7 @@ use std::os::windows::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The local API endpoint a client uses when none is given: the daemon's named pipe.
-pub const DEFAULT_LOCAL_ENDPOINT: &str = r"\\.\pipe\posgate";
+pub const DEFAULT_LOCAL_ENDPOINT: &str = super::DEFAULT_LOCAL_ENDPOINT_WINDOWS;
 /// The daemon config the MSI installs.
 pub const DEFAULT_CONFIG: &str = r"C:\ProgramData\posgate\posgate.toml";
 
@@ -21,6 +21,11 @@ pub fn local_endpoint(_dir: &Path, unix_socket: Option<String>, pipe: Option<Str
             Ok(Some(PathBuf::from(p)))
         }
     }
+}
+
+/// The demo's local endpoint: its own pipe, so it runs beside an installed service.
+pub fn demo_endpoint(_data_dir: &Path) -> PathBuf {
+    PathBuf::from(r"\\.\pipe\posgate-demo")
 }
 
 /// Windows has no mode bits: a new file takes the ACL its folder passes on (the MSI gives
