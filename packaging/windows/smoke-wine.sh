@@ -2,13 +2,22 @@
 # Run the cross-built posgate.exe under Wine on Linux: the daemon serving the local API on a named pipe,
 # the CLI talking to it over the pipe, a second daemon on the same pipe refused (where Wine enforces
 # it), a Unix-socket config refused. Wine 8.0 (Debian 12) lacks bcryptprimitives.dll, which Rust's std
-# needs (ProcessPrng): put a stub next to posgate.exe first (see README, Windows). A check of the Windows code paths without Windows; not run by CI (Wine is large).
+# needs (ProcessPrng): the script builds a stub next to posgate.exe (see README, Windows). A check of the Windows code paths without Windows; not run by CI (Wine is large).
 #   packaging/windows/build-msi.sh && packaging/windows/smoke-wine.sh      (apt install wine64)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exe=target/x86_64-pc-windows-gnu/release/posgate.exe
 wine=$(command -v wine64 || echo /usr/lib/wine/wine64)
 export WINEPREFIX=${WINEPREFIX:-$PWD/target/windows/wineprefix} WINEDEBUG=-all
+# Wine 8.0 has no bcryptprimitives.dll; Rust's std imports its ProcessPrng. A stub beside the exe (found
+# before the system folder) forwards it to RtlGenRandom. Never shipped: the MSI lists its files.
+shim=target/x86_64-pc-windows-gnu/release/bcryptprimitives.dll
+if [ ! -e "$shim" ]; then
+    mkdir -p target/windows
+    printf '#include <windows.h>\n#include <ntsecapi.h>\nBOOL WINAPI ProcessPrng(PBYTE d, SIZE_T n) { return RtlGenRandom(d, (ULONG)n); }\n' > target/windows/shim.c
+    printf 'LIBRARY bcryptprimitives\nEXPORTS\n    ProcessPrng\n' > target/windows/shim.def
+    x86_64-w64-mingw32-gcc -shared -O2 -o "$shim" target/windows/shim.c target/windows/shim.def -ladvapi32
+fi
 dir=$(mktemp -d)
 pipe='\\.\pipe\posgate-smoke'
 mkdir -p "$dir/terminal-profiles"
