@@ -155,10 +155,8 @@ async fn startup(args: &BenchArgs) -> Result<(), BenchError> {
 async fn scans(args: &BenchArgs) -> Result<(), BenchError> {
     let dir = std::env::temp_dir().join(format!("posgate-bench-scan-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()));
     let mut setup = crate::demo::prepare(&dir, None, None).await.map_err(BenchError::Setup)?;
-    let pair = nix::pty::openpty(None, None).map_err(|e| BenchError::Setup(format!("openpty: {e}")))?;
-    let path = nix::unistd::ttyname(&pair.slave).map_err(|e| BenchError::Setup(format!("ttyname: {e}")))?;
-    let mut master = std::fs::File::from(pair.master);
-    let _slave = pair.slave;
+    let mut pty = crate::platform::Pty::open().map_err(BenchError::Setup)?;
+    let path = pty.path().to_path_buf();
     let mut dev = crate::devices::DeviceConfig::for_path(path.display().to_string());
     dev.id = Some("bench".into());
     setup.config.devices.push(dev);
@@ -181,14 +179,14 @@ async fn scans(args: &BenchArgs) -> Result<(), BenchError> {
     for i in 0..args.scan_frames {
         let frame = format!("]C1{:013}\r", 4006381333931u64 + i as u64);
         let t = Instant::now();
-        master.write_all(frame.as_bytes()).map_err(|e| BenchError::Request(e.to_string()))?;
+        pty.master().write_all(frame.as_bytes()).map_err(|e| BenchError::Request(e.to_string()))?;
         next_scan(&mut events).await?;
         lat.push(t.elapsed());
     }
     lat.sort();
     // Throughput: write frames back to back from another thread; count events.
     let n = args.scan_frames.max(1);
-    let mut writer = master.try_clone().map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut writer = pty.master().try_clone().map_err(|e| BenchError::Setup(e.to_string()))?;
     let t = Instant::now();
     let feeder = std::thread::spawn(move || {
         for i in 0..n {

@@ -17,12 +17,12 @@ pub struct Cli {
 }
 
 /// Where client subcommands look for the daemon unless told (`posgate doctor` asks its config instead).
-pub const DEFAULT_SOCKET: &str = "/run/posgate/posgate.sock";
+pub const DEFAULT_SOCKET: &str = crate::platform::DEFAULT_LOCAL_ENDPOINT;
 
 /// How a client subcommand reaches the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct Connect {
-    /// The daemon's Unix socket.
+    /// The daemon's Unix socket (its named pipe on Windows).
     #[arg(long, env = "POSGATE_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     pub socket: PathBuf,
     /// Use the loopback TCP listener instead of the socket.
@@ -37,9 +37,13 @@ pub struct Connect {
 pub enum Command {
     /// Run the daemon (systemd / Windows service).
     Serve {
-        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// The Windows service: `service run` is what the service control manager starts (the MSI installs it).
+    #[cfg(windows)]
+    #[command(subcommand)]
+    Service(ServiceAction),
     /// Run the daemon with the built-in simulators and the example profiles.
     Demo(DemoArgs),
     /// List the backend kinds this build knows (the profile's `backend =`), their documents and example profiles.
@@ -136,7 +140,7 @@ pub enum Command {
     },
     /// Check the config, secrets, backends (TLS handshake), serial ports and the running daemon.
     Doctor {
-        #[arg(long, default_value = "/etc/posgate/posgate.toml")]
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
         connect: Connect,
@@ -215,5 +219,22 @@ pub enum JobsAction {
         id: u64,
         #[command(flatten)]
         connect: Connect,
+    },
+}
+
+/// `posgate service …` (Windows only).
+#[cfg(windows)]
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Run as the Windows service `posgate`; only the service control manager starts this.
+    Run {
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The MSI's setup step (as SYSTEM): write the config unless present, make its folders, set the
+    /// service's recovery actions.
+    Setup {
+        #[arg(long, default_value = crate::platform::DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }

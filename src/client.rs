@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::secret::Secret;
 
-/// The default socket path of a packaged install.
-pub const DEFAULT_SOCKET: &str = "/run/posgate/posgate.sock";
+/// The default socket path of a packaged install (the named pipe on Windows).
+pub const DEFAULT_SOCKET: &str = crate::platform::DEFAULT_LOCAL_ENDPOINT;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -230,7 +230,7 @@ impl ApiClient {
         h.entry(ACCEPT).or_insert(HeaderValue::from_static("application/json"));
         match &self.endpoint {
             Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| connect_error(&target, e))?;
+                let stream = crate::api::connect_local(path).await.map_err(|e| connect_error(&target, e))?;
                 exchange(&target, stream, req).await
             }
             Endpoint::Tcp { addr, token } => {

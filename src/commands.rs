@@ -123,6 +123,22 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             posgate::daemon::run(cfg, posgate::daemon::shutdown_signal()).await?;
             Ok(())
         }
+        #[cfg(windows)]
+        Command::Service(posgate::cli::ServiceAction::Run { config }) => {
+            // No console: the log goes to a file next to the config.
+            let log = posgate::winservice::open_log(&config)?;
+            let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(log)).try_init();
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || posgate::winservice::run(config, rt)).await??;
+            Ok(())
+        }
+        #[cfg(windows)]
+        Command::Service(posgate::cli::ServiceAction::Setup { config }) => {
+            posgate::winservice::setup(&config)?;
+            println!("service {} set up with {}", posgate::winservice::SERVICE_NAME, config.display());
+            Ok(())
+        }
         Command::Demo(args) => demo(args).await,
         Command::Backends => {
             print!("{}", posgate::backend::registry::markdown());

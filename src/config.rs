@@ -368,6 +368,9 @@ struct RawDaemon {
     profiles_dir: Option<String>,
     #[serde(default)]
     unix_socket: Option<String>,
+    /// Windows: the local API's named pipe (`\\.\pipe\posgate`), in place of `unix_socket`.
+    #[serde(default)]
+    pipe: Option<String>,
     #[serde(default)]
     tcp: Option<Spanned<String>>,
     #[serde(default)]
@@ -396,6 +399,7 @@ fn default_body_limit() -> usize {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub data_dir: PathBuf,
+    /// The local API endpoint: the Unix socket's path, or on Windows the named pipe's name (`pipe =`).
     pub unix_socket: Option<PathBuf>,
     pub tcp: Option<std::net::SocketAddr>,
     /// Bearer token for the TCP listener.
@@ -466,10 +470,11 @@ impl DaemonConfig {
         }
         let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
         raw.api.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
+        let unix_socket = crate::platform::local_endpoint(dir, raw.unix_socket, raw.pipe).map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         Ok(DaemonConfig {
             callbacks,
             data_dir: dir.join(raw.data_dir),
-            unix_socket: raw.unix_socket.map(|s| dir.join(s)),
+            unix_socket,
             tcp,
             token,
             token_file: raw.token_file.map(|f| dir.join(f)),

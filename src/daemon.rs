@@ -25,7 +25,7 @@ pub enum DaemonError {
 /// Bind every listener first (so a port clash fails fast), open the engine, then serve.
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
     let unix = match &cfg.unix_socket {
-        Some(p) => Some(api::bind_unix(p)?),
+        Some(p) => Some(api::bind_local(p)?),
         None => None,
     };
     let tcp = match cfg.tcp {
@@ -86,7 +86,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     let _ = stop_devices.send(true);
     engine.shutdown().await;
     if let Some(p) = &cfg.unix_socket {
-        let _ = std::fs::remove_file(p);
+        api::remove_local(p);
     }
     result.map_err(DaemonError::from)
 }
@@ -100,19 +100,8 @@ fn tell_manager(state: crate::notify::State, status: &str) {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM or Ctrl-C (Ctrl-Break on Windows; the Windows service stops through the SCM).
 pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    crate::platform::terminate_signal().await;
     tracing::info!("shutting down");
 }

@@ -83,15 +83,13 @@ pub const SCANNER_SCRIPT: &[&[u8]] = &[
 /// the script to the master every `every`, for as long as the process runs.
 pub fn spawn_scanner(every: std::time::Duration) -> Result<String, String> {
     use std::io::Write;
-    let pair = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-    let path = nix::unistd::ttyname(&pair.slave).map_err(|e| format!("ttyname: {e}"))?;
-    let mut master = std::fs::File::from(pair.master);
-    let slave = pair.slave;
+    let mut pty = crate::platform::Pty::open()?;
+    let path = pty.path().to_path_buf();
     std::thread::Builder::new()
         .name("demo-scanner".into())
         .spawn(move || {
-            // Keep our slave end open so the line stays up between the daemon's reopenings.
-            let _slave = slave;
+            // The pty moves here, so its slave end stays open between the daemon's reopenings.
+            let master = pty.master();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 for frame in SCANNER_SCRIPT {
@@ -194,12 +192,13 @@ pub async fn prepare(data_dir: &Path, unix_socket: Option<PathBuf>, tcp: Option<
 
     // The daemon config the demo runs with, written beside everything else, so that `posgate doctor
     // --config …` and `posgate serve --config …` work on the demo as its banner prints them.
-    let socket = unix_socket.unwrap_or_else(|| data_dir.join("posgate.sock"));
+    let socket = unix_socket.unwrap_or_else(|| crate::platform::demo_endpoint(&data_dir));
+    let endpoint_key = if cfg!(windows) { "pipe" } else { "unix_socket" };
     let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let mut text = format!(
         "# Written by `posgate demo`: the daemon config it runs with. The simulators live inside `posgate demo`;\n\
          # `posgate serve --config` on this file starts the daemon alone (its backends then unreachable).\n\
-         data_dir = {}\nprofiles_dir = \"terminal-profiles\"\nunix_socket = {}\ntoken_file = \"secrets/api-token\"\n\
+         data_dir = {}\nprofiles_dir = \"terminal-profiles\"\n{endpoint_key} = {}\ntoken_file = \"secrets/api-token\"\n\
          # A POSP delivery file of 4,500 orders is about 200 KB.\nmax_body_bytes = 1048576\n",
         quoted(&data_dir),
         quoted(&socket)

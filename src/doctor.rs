@@ -1,5 +1,4 @@
 //! `posgate doctor`: what a technician checks on site — config, secrets, backends, devices, the daemon.
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::client::ApiClient;
@@ -42,7 +41,7 @@ impl Report {
 }
 
 fn mode_of(p: &Path) -> Option<u32> {
-    std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777)
+    std::fs::metadata(p).ok().map(|m| crate::platform::mode_bits(&m))
 }
 
 /// How doctor reaches the daemon: the socket (or TCP listener) in the config it checks, unless the

@@ -22,6 +22,9 @@ pub mod money;
 pub mod net;
 #[cfg(unix)]
 pub mod notify;
+pub mod platform;
 pub mod secret;
 pub mod sim;
 pub mod testhook;
+#[cfg(windows)]
+pub mod winservice;

@@ -1,4 +1,4 @@
-//! The local HTTP+JSON API for POS apps over a Unix socket and loopback TCP.
+//! The local HTTP+JSON API for POS apps over a Unix socket (a named pipe on Windows) and loopback TCP.
 //!
 //! The server speaks to the engine only through [`Service`], so the HTTP layer can be tested
 //! against a small fake and the engine can change behind it. Routes are data ([`server::ROUTES`]),
@@ -8,6 +8,12 @@ pub mod callbacks;
 pub mod cors;
 pub mod limits;
 pub mod page;
+#[cfg(unix)]
+#[path = "listen_unix.rs"]
+mod listen;
+#[cfg(windows)]
+#[path = "listen_windows.rs"]
+mod listen;
 mod parse;
 pub mod problem;
 pub mod server;
@@ -24,8 +30,11 @@ use crate::engine::{Answer, Engine, EngineError, Event, JournalQuery};
 use crate::secret::Secret;
 
 pub use idempotency::{valid_idempotency_key, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN};
+#[cfg(unix)]
+pub use listen::bind_unix;
+pub use listen::{bind_local, connect_local, remove_local, LocalListener, LocalStream};
 pub use problem::Problem;
-pub use server::{bind_unix, serve, ROUTES};
+pub use server::{serve, ROUTES};
 
 /// The OpenAPI 3.1 document of this API, served at `GET /v1/openapi`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -103,8 +112,8 @@ impl Service for Engine {
 /// Listeners the caller has already bound (so binding errors surface before the daemon reports ready).
 #[derive(Debug, Default)]
 pub struct Listeners {
-    /// Trusted by file permissions (mode 0660): no token needed.
-    pub unix: Option<tokio::net::UnixListener>,
+    /// The Unix socket (the named pipe on Windows), trusted by file permissions (mode 0660): no token needed.
+    pub unix: Option<LocalListener>,
     /// Loopback TCP: every request needs `Authorization: Bearer <token>`.
     pub tcp: Option<tokio::net::TcpListener>,
 }

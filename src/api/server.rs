@@ -4,8 +4,6 @@
 //! errors are reported before the daemon says it is ready, and tests can bind port 0.
 use std::convert::Infallible;
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,10 +20,11 @@ use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::listen::{accept_local, local_name, remove_local, LocalListener, LocalStream, LOCAL_TRANSPORT};
 use super::problem::Problem;
 use super::{cors, page, sse, ApiError, ApiOptions, Listeners, Service, OPENAPI_JSON};
 
@@ -94,7 +93,7 @@ enum Transport {
 impl Transport {
     fn name(self) -> &'static str {
         match self {
-            Transport::Unix => "unix",
+            Transport::Unix => LOCAL_TRANSPORT,
             Transport::Tcp => "tcp",
         }
     }
@@ -116,34 +115,10 @@ struct State {
     page: page::Page,
 }
 
-/// Bind the API's Unix socket: refuse if a live daemon answers on it, remove a stale socket file,
-/// bind, and set mode 0660 so only the owner and the `posgate` group can talk to the daemon.
-pub fn bind_unix(path: impl AsRef<Path>) -> Result<UnixListener, ApiError> {
-    let path = path.as_ref();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ApiError::InUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path).map_err(|source| ApiError::Stale { path: path.to_path_buf(), source })?;
-        }
-        Ok(_) => {
-            // Never delete something that is not a socket: the path is probably misconfigured.
-            let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket");
-            return Err(ApiError::Bind { path: path.to_path_buf(), source });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(ApiError::Stale { path: path.to_path_buf(), source }),
-    }
-    let listener = UnixListener::bind(path).map_err(|source| ApiError::Bind { path: path.to_path_buf(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|source| ApiError::Permissions { path: path.to_path_buf(), source })?;
-    Ok(listener)
-}
-
 /// Serve the API on the given listeners until `shutdown` completes; then stop accepting, end
 /// SSE streams, give in-flight requests [`SHUTDOWN_GRACE`] to finish, and remove the socket file.
 pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOptions, shutdown: impl Future<Output = ()> + Send) -> Result<(), ApiError> {
-    let Listeners { unix, tcp } = listeners;
+    let Listeners { mut unix, tcp } = listeners;
     if unix.is_none() && tcp.is_none() {
         return Err(ApiError::NoListener);
     }
@@ -164,9 +139,9 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
         }
         tracing::info!(%addr, "local API listening on TCP");
     }
-    let unix_path = unix.as_ref().and_then(|l| l.local_addr().ok()).and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let unix_path = unix.as_ref().and_then(local_name);
     if let Some(p) = &unix_path {
-        tracing::info!(path = %p.display(), "local API listening on Unix socket");
+        tracing::info!(path = %p.display(), transport = LOCAL_TRANSPORT, "local API listening");
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -201,7 +176,7 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            (stream, slot) = accept_unix(unix.as_ref(), &unix_slots) => {
+            (stream, slot) = accept_unix(unix.as_mut(), &unix_slots) => {
                 conns.spawn(serve_conn(state.clone(), stream, Transport::Unix, stop_rx.clone(), slot));
             }
             (stream, slot) = accept_tcp(tcp.as_ref(), &tcp_slots) => {
@@ -215,7 +190,7 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     drop(unix);
     drop(tcp);
     if let Some(p) = &unix_path {
-        let _ = std::fs::remove_file(p);
+        remove_local(p);
     }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
@@ -227,13 +202,13 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
     Ok(())
 }
 
-/// The next Unix connection, once one of its slots is free. Cancel-safe (used in `select!`).
-async fn accept_unix(l: Option<&UnixListener>, slots: &Arc<Semaphore>) -> (tokio::net::UnixStream, OwnedSemaphorePermit) {
+/// The next local (Unix socket / named pipe) connection, once one of its slots is free. Cancel-safe (used in `select!`).
+async fn accept_unix(l: Option<&mut LocalListener>, slots: &Arc<Semaphore>) -> (LocalStream, OwnedSemaphorePermit) {
     let Some(l) = l else { return std::future::pending().await };
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return std::future::pending().await };
-        match l.accept().await {
-            Ok((s, _)) => return (s, slot),
+        match accept_local(l).await {
+            Ok(s) => return (s, slot),
             Err(e) => accept_failed(Transport::Unix, e).await,
         }
     }

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -166,7 +165,7 @@ impl MarkFile {
         std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
         if let Some(parent) = path.parent() {
             let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))?;
+            crate::platform::sync_dir(dir).map_err(|e| io_err(dir, e))?;
         }
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| io_err(path, e))?;
         Ok(MarkFile { path: path.to_path_buf(), file, seq: 1, last: mark.clone() })
@@ -193,7 +192,7 @@ impl MarkFile {
         let slot = encode_slot(seq, mark)?;
         // Odd sequence numbers (the first, from `create`) live in slot 0, even ones in slot 1.
         let offset = if seq % 2 == 1 { 0 } else { SLOT as u64 };
-        self.file.write_all_at(&slot, offset).map_err(|e| io_err(&self.path, e))?;
+        crate::platform::write_all_at(&self.file, &slot, offset).map_err(|e| io_err(&self.path, e))?;
         self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
         self.seq = seq;
         self.last = mark.clone();

@@ -44,13 +44,12 @@ impl Sealer {
                 let mut k = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut k);
                 use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
+                let mut f = crate::platform::private(std::fs::OpenOptions::new().write(true).create_new(true)).open(path).map_err(err)?;
                 f.write_all(&k).map_err(err)?;
                 f.sync_all().map_err(err)?;
                 // The folder too, so the key's name survives a power cut along with the records it seals.
                 if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+                    crate::platform::sync_dir(dir).map_err(err)?;
                 }
                 k
             }

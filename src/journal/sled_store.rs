@@ -160,7 +160,7 @@ impl SledJournal {
                     tracing::warn!(journal = %dir.display(), mark = %mark_at.display(), last_id = now.last_id, "journal has no high-water mark; adopting it as it is and starting one");
                     j.recount_idempotency_keys()?;
                     j.db.flush().map_err(store_err)?;
-                    File::open(dir.join("db")).and_then(|f| f.sync_data()).map_err(|e| JournalError::Sync(e.to_string()))?;
+                    crate::platform::open_syncable(&dir.join("db")).and_then(|f| f.sync_data()).map_err(|e| JournalError::Sync(e.to_string()))?;
                     now = snapshot(&j.records, &j.profiles)?;
                 }
                 mark::MarkFile::create(&mark_at, &now)?
@@ -224,11 +224,10 @@ impl SledJournal {
 
     fn start_sync(&mut self, dir: &Path, mark: Option<mark::MarkFile>) -> Result<(), JournalError> {
         // The log file sled writes; fdatasync on our own handle syncs the same inode.
-        let log = File::open(dir.join("db")).map_err(|e| JournalError::Store(format!("{}: {e}", dir.join("db").display())))?;
+        let log = crate::platform::open_syncable(&dir.join("db")).map_err(|e| JournalError::Store(format!("{}: {e}", dir.join("db").display())))?;
         // The folder itself, so the log file created at first start is durable too. sled 0.34 keeps
         // one log file in `Mode::LowSpace`, so later commits only need the log's fdatasync.
-        let folder = File::open(dir).map_err(store_err)?;
-        folder.sync_all().map_err(|e| JournalError::Sync(e.to_string()))?;
+        crate::platform::sync_dir(dir).map_err(|e| JournalError::Sync(e.to_string()))?;
         let db = self.db.clone();
         let syncer = self.syncer.clone();
         let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
