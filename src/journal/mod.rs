@@ -3,6 +3,7 @@
 //! Durability is the point of this module. sled's `flush()` only issues `sync_file_range` (sled
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
+pub mod log;
 pub mod mark;
 pub mod seal;
 mod sled_store;
