@@ -301,23 +301,35 @@ impl Log {
         v
     }
 
-    /// Delete the segments wholly before segment `seg` (their changes are in a checkpoint).
-    pub fn remove_before(&self, seg: u64) -> Result<usize, LogError> {
-        let mut n = 0;
-        for no in segments(&self.dir)?.into_iter().filter(|&no| no < seg && no != self.cur.no) {
-            let p = segment_path(&self.dir, no);
-            std::fs::remove_file(&p).map_err(|e| io(&p, "remove", e))?;
-            n += 1;
-        }
-        if n > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(n)
+    /// Empty the log after a final checkpoint: every other segment removed, the current one's used part
+    /// zeroed and synced, appends from its start. Returns the new position.
+    pub fn rewind(&mut self) -> Result<Pos, LogError> {
+        let path = segment_path(&self.dir, self.cur.no);
+        self.cur.file.write_all_at(&vec![0u8; self.cur.at as usize], 0).map_err(|e| io(&path, "zero", e))?;
+        self.cur.file.sync_data().map_err(|e| io(&path, "sync", e))?;
+        self.cur.at = 0;
+        self.unsynced.clear();
+        remove_before(&self.dir, self.cur.no)?;
+        Ok(self.position())
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Delete the segments wholly before segment `seg` (their changes are in a checkpoint).
+pub fn remove_before(dir: &Path, seg: u64) -> Result<usize, LogError> {
+    let mut n = 0;
+    for no in segments(dir)?.into_iter().filter(|&no| no < seg) {
+        let p = segment_path(dir, no);
+        std::fs::remove_file(&p).map_err(|e| io(&p, "remove", e))?;
+        n += 1;
+    }
+    if n > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(n)
 }
 
 /// Every change still in the log with a sequence number above `seq`, oldest first (for a relay that
@@ -435,7 +447,8 @@ mod tests {
         drop(l);
         let (l, _, seen) = reopen(&d).unwrap();
         assert_eq!(seen, vec![1, 2, 3]);
-        assert_eq!(l.remove_before(2).unwrap(), 1);
+        assert_eq!(remove_before(&d, 2).unwrap(), 1);
+        drop(l);
         assert_eq!(segments(&d).unwrap(), vec![2]);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
