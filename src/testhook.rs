@@ -38,6 +38,9 @@ pub const IN_CALLBACK: &str = "in_callback";
 /// The journal's checkpoint flushed and synced sled but has not recorded its log position yet.
 pub const IN_CHECKPOINT: &str = "in_checkpoint";
 
+/// The journal's group commit has the entries of its group in the log but has not synced them.
+pub const BEFORE_LOG_SYNC: &str = "before_log_sync";
+
 /// Reach a crash point from a plain thread (the journal's own): when armed, announce and block forever.
 pub fn point_blocking(name: &str) {
     if let Some(cp) = crash_point() {

@@ -431,6 +431,7 @@ fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>) {
         // Every entry whose writer asked for this sync was appended before it asked: one fdatasync of
         // the log's segment (two after a roll-over) makes the whole group durable.
         let files = writer.lock().map(|mut w| w.log.to_sync()).map_err(|_| "journal writer poisoned".to_string());
+        crate::testhook::point_blocking(crate::testhook::BEFORE_LOG_SYNC);
         let mut result = files.and_then(|files| files.iter().try_for_each(|f| f.sync_data()).map_err(|e| format!("fdatasync of the journal log: {e}")));
         // metrics: one group of `target - synced` sync requests made durable by the fdatasync above.
         let mark_err = marker.as_ref().and_then(|(slot, _)| slot.state.lock().ok().and_then(|mut st| st.error.take()));
