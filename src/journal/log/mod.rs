@@ -405,7 +405,7 @@ mod tests {
             let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
             match tear {
                 "flip" => f.write_all_at(&[0xff], ends[1] + 20).unwrap(),
-                _ => f.write_all_at(&vec![0u8; 30], ends[2] - 30).unwrap(),
+                _ => f.write_all_at(&[0u8; 30], ends[2] - 30).unwrap(),
             }
             let (mut l, o, seen) = reopen(&d).unwrap();
             assert_eq!(seen, vec![1, 2], "{tear}");
