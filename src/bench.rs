@@ -59,6 +59,9 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     if args.only == "all" || args.only == "startup" {
         startup(&args).await?;
     }
+    if args.only == "all" || args.only == "journal" {
+        crate::bench_journal::run(args.startup_records).await?;
+    }
     Ok(())
 }
 

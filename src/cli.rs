@@ -202,10 +202,10 @@ pub struct BenchArgs {
     /// Frames for the scan benchmark (pty bytes to the `scan` event at an SSE subscriber).
     #[arg(long, default_value_t = 2000)]
     pub scan_frames: usize,
-    /// Records in the journal for the start-up measurement.
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Records in the journal for the start-up and journal measurements.
+    #[arg(long, alias = "records", default_value_t = 1_000_000)]
     pub startup_records: usize,
-    /// Run only this part: consume, scan, startup, or all.
+    /// Run only this part: consume, scan, startup, journal, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
 }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod bench_journal;
 pub mod cli;
 pub mod client;
 pub mod config;

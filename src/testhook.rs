@@ -35,6 +35,25 @@ pub const SETTLE_SENT: &str = "settle_sent";
 /// A vendor's notification is journaled (durable), its effect on the order and its answer not yet.
 pub const IN_CALLBACK: &str = "in_callback";
 
+/// The journal's checkpoint flushed and synced sled but has not recorded its log position yet.
+pub const IN_CHECKPOINT: &str = "in_checkpoint";
+
+/// The journal's group commit has the entries of its group in the log but has not synced them.
+pub const BEFORE_LOG_SYNC: &str = "before_log_sync";
+
+/// Reach a crash point from a plain thread (the journal's own): when armed, announce and block forever.
+pub fn point_blocking(name: &str) {
+    if let Some(cp) = crash_point() {
+        if cp.name == name && cp.seen.fetch_add(1, Ordering::SeqCst) + 1 == cp.nth {
+            eprintln!("posgate-crashpoint {name}");
+            let _ = std::io::stderr().flush();
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
 /// Reach a crash point. When it is the armed one, announce and hang until killed.
 pub async fn point(name: &str) {
     if let Some(cp) = crash_point() {

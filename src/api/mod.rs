@@ -7,13 +7,13 @@ pub use crate::model::idempotency;
 pub mod callbacks;
 pub mod cors;
 pub mod limits;
-pub mod page;
 #[cfg(unix)]
 #[path = "listen_unix.rs"]
 mod listen;
 #[cfg(windows)]
 #[path = "listen_windows.rs"]
 mod listen;
+pub mod page;
 mod parse;
 pub mod problem;
 pub mod server;

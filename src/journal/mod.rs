@@ -3,10 +3,13 @@
 //! Durability is the point of this module. sled's `flush()` only issues `sync_file_range` (sled
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
+mod guard;
+pub mod log;
 pub mod mark;
 pub mod seal;
 mod sled_store;
 pub mod verify;
+mod write;
 
 use std::collections::BTreeMap;
 
@@ -301,6 +304,83 @@ mod tests {
         j.commit(t(-5)).unwrap();
         assert_eq!(j.totals("p", "000001").unwrap().get("pointDebitAmount"), Some(&(i64::MAX - 6)));
         drop(j);
+        cleanup(&d);
+    }
+
+    /// A copy of the folder taken while the journal runs is what a SIGKILL leaves: sled holds whatever
+    /// it wrote on its own, the log every synced change. The copy opens with every change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_killed_between_checkpoints_is_replayed_from_its_log() {
+        let d = dir("replay");
+        let j = SledJournal::open(&d).unwrap();
+        consumes(&j, "a", 50).await;
+        let seq = j.change_seq();
+        assert_eq!(seq, 100, "one change per durable point: begin and commit of 50 consumes");
+        let changes = j.changes_since(98).unwrap();
+        assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![99, 100]);
+        let copy = d.with_file_name("copy");
+        copy_dir(&d, &copy);
+        std::fs::copy(mark::mark_path(&d), mark::mark_path(&copy)).unwrap();
+        drop(j);
+        let j = SledJournal::open(&copy).unwrap();
+        assert_eq!(j.profile_state("p").unwrap().last_trace, 50);
+        assert_eq!(j.totals("p", "000001").unwrap().get("pointDebitAmount"), Some(&5000));
+        assert_eq!(j.batch_records("p", "000001").unwrap().len(), 50);
+        assert!(j.pending().unwrap().is_empty());
+        assert_eq!(j.by_idempotency_key("p", "a49").unwrap().map(|r| r.trace), Some("000050".into()));
+        assert_eq!(j.change_seq(), 100);
+        consumes(&j, "b", 1).await;
+        assert_eq!(j.change_seq(), 102, "numbering goes on after the replay");
+        drop(j);
+        cleanup(&d);
+        let _ = std::fs::remove_dir_all(copy.parent().unwrap());
+    }
+
+    /// A clean stop checkpoints and empties the log: the next start replays nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stop_leaves_an_empty_log() {
+        let d = dir("clean");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            consumes(&j, "a", 5).await;
+        }
+        let j = SledJournal::open(&d).unwrap();
+        assert_eq!(j.replayed.entries, 0);
+        assert!(j.changes_since(0).unwrap().is_empty());
+        assert_eq!(j.change_seq(), 10);
+        assert_eq!(j.batch_records("p", "000001").unwrap().len(), 5);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "journal folder 0700");
+        drop(j);
+        cleanup(&d);
+    }
+
+    /// A version-1 journal (sled alone, no log) opens, keeps every record and is stamped version 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_journal_is_migrated_on_open() {
+        let d = dir("v1");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            consumes(&j, "a", 3).await;
+        }
+        {
+            let db = sled::open(&d).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(b"format", &1u32.to_be_bytes()).unwrap();
+            meta.remove(b"applied").unwrap();
+            meta.remove(b"checkpoint").unwrap();
+            db.flush().unwrap();
+        }
+        std::fs::remove_dir_all(d.join("log")).unwrap();
+        let j = SledJournal::open(&d).unwrap();
+        assert_eq!(j.batch_records("p", "000001").unwrap().len(), 3);
+        assert_eq!(j.profile_state("p").unwrap().last_trace, 3);
+        consumes(&j, "b", 1).await;
+        assert_eq!(j.changes_since(0).unwrap().len(), 2, "new changes go to the log");
+        drop(j);
+        let db = sled::open(&d).unwrap();
+        assert_eq!(db.open_tree("meta").unwrap().get(b"format").unwrap().as_deref(), Some(&2u32.to_be_bytes()[..]));
+        drop(db);
         cleanup(&d);
     }
 

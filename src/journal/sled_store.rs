@@ -1,52 +1,49 @@
-//! The sled implementation of `JournalStore`, with group-commit flush + fdatasync.
+//! The journal store: sled trees for state and indexes beside the durable log, and its group commit.
+//!
+//! Writes go through `write::Writer` (log entry first, then sled, unsynced); the group-commit thread
+//! here makes them durable with one `fdatasync` of the log per group; a checkpoint thread flushes sled
+//! now and then so a start replays little of the log.
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 use tokio::sync::watch;
 
-use super::mark::{self, Mark, ProfileMark};
-use super::{next_trace, Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
-use crate::model::{JournalQuery, Record, Status};
+use super::guard::{behind, data_dir_of, describe_profiles, mark_loop, snapshot, Guard, MarkSlot};
+use super::mark::{self, Mark};
+use super::write::{self, Replayed, Writer};
+use super::{Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
+use crate::model::{JournalQuery, Record};
 
 /// sled's page cache. A store PC has little memory to spare and the hot set (open batches, owed
 /// recovery, recent records) is small; sled's default is 1 GiB.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-type TxResult<T> = Result<T, ConflictableTransactionError<JournalError>>;
+/// A checkpoint after this many changes (or `CHECKPOINT_TICKS` seconds with any): bounds what a start
+/// after a crash replays. `POSGATE_JOURNAL_CHECKPOINT_EVERY` sets the count (tests).
+const CHECKPOINT_ENTRIES: u64 = 20_000;
+const CHECKPOINT_TICKS: u32 = 30;
 
 /// The journal's on-disk format version (`meta` tree, key `format`): see ARCHITECTURE.md, Boundaries.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the durable record is the log under `log/`, sled is written without syncing (1: sled alone,
+/// synced per group; opened by this build and stamped 2, see `check_format`).
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
-fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
+pub(super) fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
     JournalError::Store(e.to_string())
 }
 
-fn tx_err(e: TransactionError<JournalError>) -> JournalError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => store_err(e),
-    }
-}
-
-fn abort(e: JournalError) -> ConflictableTransactionError<JournalError> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn encode(rec: &Record) -> Result<Vec<u8>, JournalError> {
+pub(super) fn encode(rec: &Record) -> Result<Vec<u8>, JournalError> {
     serde_json::to_vec(rec).map_err(|e| JournalError::Corrupt(rec.id.to_string(), e.to_string()))
 }
 
-fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
+pub(super) fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
     serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt(hex::encode(id), e.to_string()))
 }
 
-fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
+pub(super) fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(profile.len() + batch.len() + 1);
     k.extend_from_slice(profile.as_bytes());
     k.push(0);
@@ -54,7 +51,7 @@ fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
     k
 }
 
-fn profile_index_key(profile: &str, id: u64) -> Vec<u8> {
+pub(super) fn profile_index_key(profile: &str, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(profile.len() + 9);
     k.extend_from_slice(profile.as_bytes());
     k.push(0);
@@ -71,11 +68,11 @@ pub(super) fn split_batch_key(k: &[u8]) -> (String, String) {
 
 /// `profile \0 reference \0 id`: the vendor's reference for a record (`serialNo`, `orderId`, a lottery
 /// `transacId`), so an answer, a notification or a person naming only the vendor's number finds the record.
-fn reference_index_key(profile: &str, reference: &str, id: u64) -> Vec<u8> {
+pub(super) fn reference_index_key(profile: &str, reference: &str, id: u64) -> Vec<u8> {
     batch_index_key(profile, reference, id)
 }
 
-fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
+pub(super) fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     let mut k = batch_key(profile, batch);
     k.push(0);
     k.extend_from_slice(&id.to_be_bytes());
@@ -108,8 +105,23 @@ pub struct SledJournal {
     pub(super) idem: sled::Tree,
     /// Vendor reference → records (see `reference_index_key`).
     pub(super) refidx: sled::Tree,
+    /// Every tree in the order a log entry numbers them (`log::entry::TREES`), `meta` last.
+    trees: Arc<Vec<sled::Tree>>,
+    dir: PathBuf,
+    writer: Arc<Mutex<Writer>>,
+    /// What replaying the log at open did (a gap makes `open` refuse and `verify` complain).
+    pub(super) replayed: Replayed,
     syncer: Arc<Syncer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpoints: Arc<Stop>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Tells a journal thread to stop.
+#[derive(Default)]
+struct Stop {
+    stop: Mutex<bool>,
+    wake: Condvar,
 }
 
 impl SledJournal {
@@ -136,7 +148,9 @@ impl SledJournal {
             }
         }
         let mut j = Self::open_db(dir)?;
-        j.check_format(dir)?;
+        if let Some(t) = &j.replayed.torn {
+            tracing::warn!("journal log: {t}");
+        }
         let mut now = snapshot(&j.records, &j.profiles)?;
         let markfile = match found {
             Some(f) => {
@@ -147,6 +161,13 @@ impl SledJournal {
                         dir.display(),
                         mark_at.display(),
                         behind.join("; "),
+                        data_dir_of(dir).display()
+                    )));
+                }
+                if let Some(gap) = &j.replayed.gap {
+                    return Err(JournalError::Behind(format!(
+                        "the journal {} cannot be brought up to date: {gap}. Restore the journal folder (with journal.key) from a backup and check it with `posgate journal verify --data-dir {}`",
+                        dir.display(),
                         data_dir_of(dir).display()
                     )));
                 }
@@ -171,14 +192,17 @@ impl SledJournal {
     }
 
     /// Refuse a journal written by a newer format than this build reads; stamp an unstamped one (every
-    /// journal before the stamp existed is version 1) with this build's version.
-    fn check_format(&self, dir: &Path) -> Result<(), JournalError> {
-        let meta = self.db.open_tree("meta").map_err(store_err)?;
+    /// journal before the stamp existed is version 1) and a version-1 one with this build's version.
+    /// Version 1 is sled alone, every change synced; version 2 keeps the same trees and values and adds
+    /// the log, so migrating is the stamp (the log starts empty, the checkpoint at its start).
+    fn check_format(db: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<(), JournalError> {
+        let stamp = || -> Result<(), JournalError> {
+            meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(store_err)?;
+            db.flush().map_err(store_err)?;
+            Ok(())
+        };
         match meta.get(FORMAT_KEY).map_err(store_err)? {
-            None => {
-                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(store_err)?;
-                Ok(())
-            }
+            None => stamp(),
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
@@ -189,6 +213,10 @@ impl SledJournal {
                         dir.display()
                     )));
                 }
+                if found < FORMAT_VERSION {
+                    tracing::info!(journal = %dir.display(), from = found, to = FORMAT_VERSION, "journal format migrated (the log starts beside the store)");
+                    stamp()?;
+                }
                 Ok(())
             }
         }
@@ -197,11 +225,22 @@ impl SledJournal {
     /// Open the sled store alone: no mark check and no sync thread (for `journal verify`, which
     /// reads a copy and never syncs).
     pub(super) fn open_db(dir: &Path) -> Result<SledJournal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(store_err)?;
-        // No background flusher: every commit is flushed and synced by the group-commit thread below.
+        if !dir.exists() {
+            crate::fsmode::private_dir(dir).map_err(store_err)?;
+        }
+        // No background flusher: the log is the durable record, sled is flushed by checkpoints.
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
+        let trees: Vec<sled::Tree> = super::log::entry::TREES.iter().map(|n| tree(n)).collect::<Result<_, _>>()?;
+        Self::check_format(&db, &trees[write::META], dir)?;
+        let (writer, replayed) = write::open_and_replay(dir, &db, &trees)?;
         Ok(SledJournal {
+            trees: Arc::new(trees),
+            dir: dir.to_path_buf(),
+            writer: Arc::new(Mutex::new(writer)),
+            replayed,
+            checkpoints: Arc::new(Stop::default()),
+            checkpointer: Mutex::new(None),
             records: tree("records")?,
             pending: tree("pending")?,
             recovery: tree("recovery")?,
@@ -223,16 +262,23 @@ impl SledJournal {
     }
 
     fn start_sync(&mut self, dir: &Path, mark: Option<mark::MarkFile>) -> Result<(), JournalError> {
-        // The log file sled writes; fdatasync on our own handle syncs the same inode.
-        let log = crate::platform::open_syncable(&dir.join("db")).map_err(|e| JournalError::Store(format!("{}: {e}", dir.join("db").display())))?;
-        // The folder itself, so the log file created at first start is durable too. sled 0.34 keeps
-        // one log file in `Mode::LowSpace`, so later commits only need the log's fdatasync.
+        // The folder itself, so files created at first start are durable too.
         crate::platform::sync_dir(dir).map_err(|e| JournalError::Sync(e.to_string()))?;
-        let db = self.db.clone();
+        let writer = self.writer.clone();
         let syncer = self.syncer.clone();
         let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
-        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(db, log, syncer, guard)).map_err(store_err)?;
+        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(writer, syncer, guard)).map_err(store_err)?;
         if let Ok(mut t) = self.thread.lock() {
+            *t = Some(handle);
+        }
+        let (dir, db, meta, writer, stop) =
+            (dir.to_path_buf(), self.db.clone(), self.trees[write::META].clone(), self.writer.clone(), self.checkpoints.clone());
+        let every = std::env::var("POSGATE_JOURNAL_CHECKPOINT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(CHECKPOINT_ENTRIES).max(1);
+        let handle = std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || checkpoint_loop(&dir, &db, &meta, &writer, &stop, every))
+            .map_err(store_err)?;
+        if let Ok(mut t) = self.checkpointer.lock() {
             *t = Some(handle);
         }
         Ok(())
@@ -275,16 +321,21 @@ impl SledJournal {
         Ok(false)
     }
 
+    /// Every change still in the log after change `seq`, oldest first, each with the exact writes it
+    /// made (a record's new value is its `records` write). The log keeps the changes since the last
+    /// checkpoint; a relay (issue 15) must keep its cursor within that.
+    pub fn changes_since(&self, seq: u64) -> Result<Vec<super::log::Entry>, JournalError> {
+        super::log::changes_since(&self.dir.join("log"), seq).map_err(|e| JournalError::Store(e.to_string()))
+    }
+
+    /// The last change written (its `change_seq`).
+    pub fn change_seq(&self) -> u64 {
+        self.writer.lock().map(|w| w.seq).unwrap_or(0)
+    }
+
     /// What the high-water mark would say about this journal now.
     pub fn mark_now(&self) -> Result<Mark, JournalError> {
         snapshot(&self.records, &self.profiles)
-    }
-
-    fn read_state(t: &TransactionalTree, profile: &str) -> TxResult<ProfileState> {
-        match t.get(profile.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| abort(JournalError::Corrupt(format!("profile {profile}"), e.to_string()))),
-            None => Ok(ProfileState::default()),
-        }
     }
 
     fn collect(&self, iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> Result<Vec<Record>, JournalError> {
@@ -309,66 +360,46 @@ impl Drop for SledJournal {
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
             let _ = t.join();
         }
+        if let Ok(mut s) = self.checkpoints.stop.lock() {
+            *s = true;
+        }
+        self.checkpoints.wake.notify_all();
+        let ran = self.checkpointer.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = ran {
+            let _ = t.join();
+            // A clean stop: sled takes everything and the log empties, so the next start replays nothing.
+            if let Err(e) = write::close(&self.dir, &self.db, &self.trees[write::META], &self.writer) {
+                tracing::error!("journal: last checkpoint at stop: {e}");
+            }
+        }
     }
 }
 
-/// The sync thread's view of the high-water mark: the trees it reads and the file it writes.
-struct Guard {
-    records: sled::Tree,
-    profiles: sled::Tree,
-    mark: mark::MarkFile,
-}
-
-/// The latest durable mark values, handed from the sync thread to the mark thread.
-#[derive(Default)]
-struct MarkSlot {
-    state: std::sync::Mutex<MarkSlotState>,
-    wake: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct MarkSlotState {
-    latest: Option<Mark>,
-    stop: bool,
-    /// A mark update that failed: the next group commit reports it (the disk is failing).
-    error: Option<String>,
-}
-
-/// The least time between two mark writes. The mark is written by a thread of its own, so its
-/// fdatasync never delays a group commit (on this kind of disk a small write + fdatasync costs as
-/// much as 4 ms, which serialised with the log's sync cut durable throughput to a third); at most one
-/// write per interval, with the newest values. The mark so lags the journal by at most this much, and
-/// never runs ahead of it.
-const MARK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-
-fn mark_loop(mut file: mark::MarkFile, slot: Arc<MarkSlot>) {
+/// Checkpoints every `every` changes, or every `CHECKPOINT_TICKS` seconds when anything changed.
+fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<Writer>, stop: &Stop, every: u64) {
+    let seq_now = || writer.lock().map(|w| w.seq).unwrap_or(0);
+    let (mut last, mut ticks) = (seq_now(), 0u32);
     loop {
-        let (next, stop) = {
-            let Ok(mut st) = slot.state.lock() else { return };
-            while st.latest.is_none() && !st.stop {
-                st = match slot.wake.wait(st) {
-                    Ok(g) => g,
-                    Err(_) => return,
-                };
-            }
-            (st.latest.take(), st.stop)
-        };
-        if let Some(m) = next {
-            if let Err(e) = file.update(&m) {
-                tracing::error!("journal high-water mark: {e}");
-                if let Ok(mut st) = slot.state.lock() {
-                    st.error = Some(e.to_string());
-                }
+        {
+            let Ok(g) = stop.stop.lock() else { return };
+            let Ok((g, _)) = stop.wake.wait_timeout(g, std::time::Duration::from_millis(if every < CHECKPOINT_ENTRIES { 20 } else { 1000 })) else { return };
+            if *g {
+                return;
             }
         }
-        if stop {
-            return;
+        ticks += 1;
+        let now = seq_now();
+        if now.saturating_sub(last) >= every || (now > last && ticks >= CHECKPOINT_TICKS) {
+            match write::checkpoint(dir, db, meta, writer) {
+                Ok(seq) => last = seq,
+                Err(e) => tracing::error!("journal checkpoint: {e}"),
+            }
+            ticks = 0;
         }
-        std::thread::sleep(MARK_INTERVAL);
     }
 }
 
-fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, guard: Option<Guard>) {
+fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>) {
     let mut synced = 0u64;
     let (trees, marker) = match guard {
         Some(g) => {
@@ -394,8 +425,13 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, guard: Option<Guard>) {
         // Read the mark's values before the flush: everything read here was committed, so the flush
         // below makes it durable, and the mark written after it never runs ahead of the journal.
         let snap = trees.as_ref().map(|(records, profiles)| snapshot(records, profiles));
+        // Every entry whose writer asked for this sync was appended before it asked: one fdatasync of
+        // the log's segment (two after a roll-over) makes the whole group durable.
+        let files = writer.lock().map(|mut w| w.log.to_sync()).map_err(|_| "journal writer poisoned".to_string());
+        crate::testhook::point_blocking(crate::testhook::BEFORE_LOG_SYNC);
+        // metrics: one group of `target - synced` sync requests made durable by the fdatasync below.
         let mut result = crate::metrics::time_group_commit(target - synced, || {
-            db.flush().map_err(|e| format!("sled flush: {e}")).and_then(|_| log.sync_data().map_err(|e| format!("fdatasync of the journal log: {e}")))
+            files.and_then(|files| files.iter().try_for_each(|f| f.sync_data()).map_err(|e| format!("fdatasync of the journal log: {e}")))
         });
         let mark_err = marker.as_ref().and_then(|(slot, _)| slot.state.lock().ok().and_then(|mut st| st.error.take()));
         if let (Ok(()), Some(e)) = (&result, mark_err) {
@@ -429,122 +465,6 @@ fn sync_loop(db: sled::Db, log: File, s: Arc<Syncer>, guard: Option<Guard>) {
     }
 }
 
-/// The high-water mark's values as the trees hold them now.
-fn snapshot(records: &sled::Tree, profiles: &sled::Tree) -> Result<Mark, JournalError> {
-    let last_id = match records.last().map_err(store_err)? {
-        Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| JournalError::Corrupt(hex::encode(&k), "record key is not 8 bytes".into()))?),
-        None => 0,
-    };
-    let mut out = Mark { last_id, profiles: BTreeMap::new() };
-    for kv in profiles.iter() {
-        let (k, v) = kv.map_err(store_err)?;
-        let name = String::from_utf8_lossy(&k).into_owned();
-        let st: ProfileState = serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {name}"), e.to_string()))?;
-        out.profiles.insert(
-            name,
-            ProfileMark {
-                seq: st.seq,
-                last_trace: st.last_trace,
-                last_batch: st.last_batch,
-                batch: st.batch,
-                batch_open: st.batch_open,
-                idem_keys: st.idem_keys,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// True when counter `now` is behind `mark` on the 000001..999999 cycle (a wrap is not "behind":
-/// the mark is at most one group commit older than the journal).
-fn counter_behind(now: u32, mark: u32) -> bool {
-    if mark == 0 || now == mark {
-        return false;
-    }
-    if now == 0 {
-        return true;
-    }
-    let ahead = (i64::from(now) - i64::from(mark)).rem_euclid(999_999);
-    ahead > 499_999
-}
-
-/// How `now` falls short of `mark`, one line per finding; empty when it does not.
-pub(super) fn behind(mark: &Mark, now: &Mark) -> Vec<String> {
-    let mut out = Vec::new();
-    if now.last_id < mark.last_id {
-        out.push(format!("last record id {} < {} in the mark", now.last_id, mark.last_id));
-    }
-    for (name, m) in &mark.profiles {
-        let Some(n) = now.profiles.get(name) else {
-            out.push(format!(
-                "profile {name}: no state at all (the mark has trace {:06}, batch {}, {} idempotency keys)",
-                m.last_trace,
-                m.batch.as_deref().unwrap_or("-"),
-                m.idem_keys
-            ));
-            continue;
-        };
-        let mut p = Vec::new();
-        if n.seq < m.seq {
-            p.push(format!("state version {} < {}", n.seq, m.seq));
-        }
-        if counter_behind(n.last_trace, m.last_trace) {
-            p.push(format!("trace {:06} < {:06}", n.last_trace, m.last_trace));
-        }
-        if counter_behind(n.last_batch, m.last_batch) {
-            p.push(format!("batch counter {:06} < {:06}", n.last_batch, m.last_batch));
-        }
-        if n.idem_keys < m.idem_keys {
-            p.push(format!("{} idempotency keys < {}", n.idem_keys, m.idem_keys));
-        }
-        if n.seq < m.seq && (n.batch != m.batch || n.batch_open != m.batch_open) {
-            p.push(format!(
-                "batch {} ({}) where the mark has {} ({})",
-                n.batch.as_deref().unwrap_or("-"),
-                open_word(n.batch_open),
-                m.batch.as_deref().unwrap_or("-"),
-                open_word(m.batch_open)
-            ));
-        }
-        if n.seq == m.seq && n != m {
-            p.push("state differs from the mark at the same version".into());
-        }
-        if !p.is_empty() {
-            out.push(format!("profile {name}: {}", p.join(", ")));
-        }
-    }
-    out
-}
-
-fn open_word(open: bool) -> &'static str {
-    if open {
-        "open"
-    } else {
-        "settled"
-    }
-}
-
-fn describe_profiles(m: &Mark) -> String {
-    let p: Vec<String> = m
-        .profiles
-        .iter()
-        .map(|(n, p)| format!("{n}: trace {:06}, batch {}, {} idempotency keys", p.last_trace, p.batch.as_deref().unwrap_or("-"), p.idem_keys))
-        .collect();
-    if p.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", p.join("; "))
-    }
-}
-
-/// The data directory a journal folder sits in (for the messages).
-fn data_dir_of(dir: &Path) -> &Path {
-    match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 #[async_trait::async_trait]
 impl JournalStore for SledJournal {
     fn profile_state(&self, profile: &str) -> Result<ProfileState, JournalError> {
@@ -555,102 +475,13 @@ impl JournalStore for SledJournal {
     }
 
     fn begin(&self, new: NewRecord) -> Result<Begun, JournalError> {
-        let id = self.db.generate_id().map_err(store_err)? + 1;
-        let idem_key = new.record.idempotency_key.as_ref().map(|k| batch_key(&new.record.profile, k));
-        (&self.records, &self.pending, &self.batchidx, &self.profiles, &self.idem, &self.profidx)
-            .transaction(|(records, pending, batchidx, profiles, idem, profidx)| {
-                if let Some(k) = &idem_key {
-                    if let Some(first) = idem.get(k)? {
-                        let v = records
-                            .get(&first)?
-                            .ok_or_else(|| abort(JournalError::Corrupt(hex::encode(&first), "idempotency key names a missing record".into())))?;
-                        return Ok(Begun::Existing(decode(&first, &v).map_err(abort)?));
-                    }
-                }
-                let mut rec = new.record.clone();
-                rec.id = id;
-                if new.allocate_trace || idem_key.is_some() {
-                    let mut st = Self::read_state(profiles, &rec.profile)?;
-                    if new.allocate_trace {
-                        st.last_trace = next_trace(st.last_trace);
-                        rec.trace = format!("{:06}", st.last_trace);
-                    }
-                    if idem_key.is_some() {
-                        st.idem_keys += 1;
-                    }
-                    st.seq += 1;
-                    let bytes = serde_json::to_vec(&st).map_err(|e| abort(store_err(e)))?;
-                    profiles.insert(rec.profile.as_bytes(), bytes)?;
-                }
-                let key = id.to_be_bytes();
-                records.insert(&key, encode(&rec).map_err(abort)?)?;
-                if rec.status == Status::Pending {
-                    pending.insert(&key, &[])?;
-                }
-                batchidx.insert(batch_index_key(&rec.profile, &rec.batch, id), &[])?;
-                profidx.insert(profile_index_key(&rec.profile, id), &[])?;
-                if let Some(k) = &idem_key {
-                    idem.insert(k.as_slice(), &key)?;
-                }
-                Ok(Begun::Created(rec))
-            })
-            .map_err(tx_err)
+        let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
+        w.begin(&self.trees, new)
     }
 
     fn commit(&self, change: Change) -> Result<(), JournalError> {
-        (&self.records, &self.pending, &self.recovery, &self.batchidx, &self.totals, &self.profiles, &self.refidx)
-            .transaction(|(records, pending, recovery, batchidx, totals, profiles, refidx)| {
-                for rec in &change.records {
-                    let key = rec.id.to_be_bytes();
-                    records.insert(&key, encode(rec).map_err(abort)?)?;
-                    if rec.status == Status::Pending {
-                        pending.insert(&key, &[])?;
-                    } else {
-                        pending.remove(&key)?;
-                    }
-                    if rec.status == Status::Unknown && rec.recovery.is_some() {
-                        recovery.insert(&key, &[])?;
-                    } else {
-                        recovery.remove(&key)?;
-                    }
-                    batchidx.insert(batch_index_key(&rec.profile, &rec.batch, rec.id), &[])?;
-                    if let Some(r) = rec.reference.as_deref().filter(|r| !r.is_empty()) {
-                        refidx.insert(reference_index_key(&rec.profile, r, rec.id), &[])?;
-                    }
-                }
-                let mut grouped: BTreeMap<Vec<u8>, Vec<(&str, i64)>> = BTreeMap::new();
-                for (p, b, k, d) in &change.totals {
-                    grouped.entry(batch_key(p, b)).or_default().push((k.as_str(), *d));
-                }
-                for (bk, deltas) in grouped {
-                    let mut map: BTreeMap<String, i64> = match totals.get(&bk)? {
-                        Some(v) => serde_json::from_slice(&v).map_err(|e| abort(JournalError::Corrupt("totals".into(), e.to_string())))?,
-                        None => BTreeMap::new(),
-                    };
-                    for (k, d) in deltas {
-                        // Checked: a total that wrapped would settle a wrong batch without a word.
-                        let total = map.entry(k.to_string()).or_insert(0);
-                        *total = total.checked_add(d).ok_or_else(|| {
-                            let (profile, batch) = split_batch_key(&bk);
-                            abort(JournalError::Overflow { profile, batch, key: k.to_string(), current: *total, delta: d })
-                        })?;
-                    }
-                    totals.insert(bk, serde_json::to_vec(&map).map_err(|e| abort(store_err(e)))?)?;
-                }
-                for (p, st) in &change.profile_states {
-                    // The trace counter, the key count and the version are the journal's own: concurrent
-                    // begins may have advanced them since the caller read the state (and a `max` would
-                    // move a counter that just wrapped to 000001 back to 999999).
-                    let cur = Self::read_state(profiles, p)?;
-                    let mut st = st.clone();
-                    st.last_trace = cur.last_trace;
-                    st.idem_keys = cur.idem_keys;
-                    st.seq = cur.seq + 1;
-                    profiles.insert(p.as_bytes(), serde_json::to_vec(&st).map_err(|e| abort(store_err(e)))?)?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
+        let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
+        w.commit(&self.trees, change)
     }
 
     async fn sync(&self) -> Result<(), JournalError> {
@@ -792,23 +623,5 @@ impl JournalStore for SledJournal {
 
     fn syncs(&self) -> u64 {
         self.syncer.count.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_behind_their_mark_across_the_wrap() {
-        assert!(counter_behind(14, 22));
-        assert!(!counter_behind(22, 22));
-        assert!(!counter_behind(23, 22));
-        assert!(!counter_behind(0, 0));
-        assert!(counter_behind(0, 5));
-        // 999999 → 000001 is ahead, not behind; 000001 seen against a mark of 000003 is behind.
-        assert!(!counter_behind(1, 999_999));
-        assert!(counter_behind(999_999, 1));
-        assert!(counter_behind(1, 3));
     }
 }

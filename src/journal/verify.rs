@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::sled_store::{behind, split_batch_key, SledJournal};
+use super::guard::behind;
+use super::sled_store::{split_batch_key, SledJournal};
 use super::{mark, ProfileState};
 use crate::journal::seal::Sealer;
 use crate::model::{Record, Status};
@@ -137,6 +138,9 @@ pub fn verify(data_dir: &Path, scratch: Option<&Path>) -> Report {
             return r;
         }
     };
+    if let Some(gap) = &j.replayed.gap {
+        r.problem(format!("the log cannot bring the store up to date: {gap}"));
+    }
     match j.mark_now() {
         Ok(now) => {
             if let Some(f) = &found {

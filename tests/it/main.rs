@@ -8,6 +8,7 @@ mod cors;
 mod devices;
 mod files;
 mod journal_guard;
+mod journal_log;
 mod lottery;
 mod metrics;
 mod money;

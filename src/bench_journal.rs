@@ -1,0 +1,172 @@
+//! `posgate bench --only journal`: the journal's own figures on a journal of N consume records.
+//!
+//! Bytes per record on disk (every file of the journal folder, log segments included, by allocated
+//! blocks), start-up-to-ready of the real daemon on it after a clean stop and after a SIGKILL in the
+//! middle of a burst of consumes, and its RSS with that journal open. Printed, never asserted.
+#![allow(clippy::disallowed_methods)]
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::bench::BenchError;
+use crate::client::ApiClient;
+use crate::journal::{Begun, Change, JournalStore, NewRecord, SledJournal};
+
+fn setup_err<E: std::fmt::Display>(e: E) -> BenchError {
+    BenchError::Setup(e.to_string())
+}
+
+/// Allocated bytes of every file under `dir`.
+fn du(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Start the real binary; the child and the time until `GET /v1/status` answers.
+async fn start(config: &Path, sock: &Path) -> Result<(tokio::process::Child, Duration), BenchError> {
+    let exe = std::env::current_exe().map_err(setup_err)?;
+    let _ = std::fs::remove_file(sock);
+    let t = Instant::now();
+    let child = tokio::process::Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("POSGATE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(setup_err)?;
+    let client = ApiClient::unix(sock);
+    loop {
+        if let Ok((200, _)) = client.get("/v1/status").await {
+            return Ok((child, t.elapsed()));
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(BenchError::Setup("the daemon did not become ready in 120 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A consume as the engine journals it: begun pending with a trace, then approved with its totals.
+fn consume_record(i: usize) -> crate::engine::Record {
+    let mut r = crate::engine::Record::new("loyalty", "consume", crate::model::Class::Financial, "900001", "2026-01-01T00:00:00.000Z");
+    r.amount_fen = 1;
+    r.card = Some("622202*********0008".into());
+    r.request = json!({"cardNo": "622202*********0008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0, "registerTraceNo": format!("B{i:09}")})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    r.totals = vec![("pointDebitCount".into(), 1), ("pointDebitAmount".into(), 1), ("totalTransCount".into(), 1)];
+    r
+}
+
+/// Fill `dir/journal` with `n` approved consumes through `JournalStore`, synced in groups of 1,000.
+async fn fill(dir: &Path, n: usize) -> Result<Duration, BenchError> {
+    let t = Instant::now();
+    let j = SledJournal::open(&dir.join("journal")).map_err(setup_err)?;
+    for i in 0..n {
+        let Begun::Created(mut r) = j.begin(NewRecord { record: consume_record(i), allocate_trace: true }).map_err(setup_err)? else { continue };
+        r.status = crate::engine::Status::Approved;
+        r.reference = Some(format!("{:012}", 500_000_000_000u64 + i as u64));
+        r.trans_time = Some("20260101120000".into());
+        r.code = Some("00".into());
+        r.result = json!({"pointBalance": 1_000_000 - i as i64}).as_object().cloned().unwrap_or_default();
+        r.updated_at = "2026-01-01T00:00:00.120Z".into();
+        let totals = r.totals.iter().map(|(k, d)| (r.profile.clone(), r.batch.clone(), k.clone(), *d)).collect();
+        j.commit(Change { records: vec![r], totals, profile_states: Vec::new() }).map_err(setup_err)?;
+        if i % 1000 == 999 {
+            j.sync().await.map_err(setup_err)?;
+        }
+    }
+    j.sync().await.map_err(setup_err)?;
+    drop(j);
+    Ok(t.elapsed())
+}
+
+pub async fn run(n: usize) -> Result<(), BenchError> {
+    let dir = std::env::temp_dir().join(format!("posgate-bench-journal-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()));
+    // The simulators stay up (for the burst) while `setup` lives.
+    let setup = crate::demo::prepare(&dir, None, None).await.map_err(BenchError::Setup)?;
+    let config = dir.join("posgate.toml");
+    std::fs::write(&config, "data_dir = \".\"\nunix_socket = \"bench.sock\"\n").map_err(setup_err)?;
+    let sock = dir.join("bench.sock");
+    let before = du(&dir.join("journal"));
+    let took = fill(&dir, n).await?;
+    let bytes = du(&dir.join("journal"));
+    println!(
+        "journal: {n} consume records filled through JournalStore in {:.1} s; {:.1} MiB on disk = {:.0} bytes per record (target <= 600)",
+        took.as_secs_f64(),
+        bytes as f64 / 1048576.0,
+        bytes.saturating_sub(before) as f64 / n.max(1) as f64
+    );
+
+    let (mut child, ready) = start(&config, &sock).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = child.id().map(rss_kib).unwrap_or(0);
+    println!(
+        "journal of {n}: start-up after a clean stop ready in {:.1} ms (target <= 1 s); RSS with it open {:.1} MiB (target <= 40)",
+        ready.as_secs_f64() * 1e3,
+        rss as f64 / 1024.0
+    );
+
+    // A burst of consumes over 16 lanes, SIGKILLed in its middle.
+    let client = Arc::new(ApiClient::unix(&sock));
+    let (s, v) = client.post("/v1/profiles/loyalty/checkin", json!({}), None).await.map_err(|e| BenchError::Request(e.to_string()))?;
+    if s != 200 {
+        return Err(BenchError::Request(format!("checkin: HTTP {s}: {v}")));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut lanes = Vec::new();
+    for l in 0..16usize {
+        let (c, stop, done) = (client.clone(), stop.clone(), done.clone());
+        lanes.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({"cardNo": "6222020000000000008", "consumeType": "01", "pointAmount": 1, "cashAmount": 0, "registerTraceNo": format!("K{l:02}{i:07}")});
+                if let Ok((200, _)) = c.post("/v1/profiles/loyalty/consume", body, None).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    stop.store(true, Ordering::Relaxed);
+    for l in lanes {
+        let _ = l.await;
+    }
+    let (mut child, ready) = start(&config, &sock).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = child.id().map(rss_kib).unwrap_or(0);
+    println!(
+        "journal of {n}: start-up after SIGKILL mid-burst ({} consumes answered in the 3 s before) ready in {:.1} ms (target <= 1 s); RSS {:.1} MiB",
+        done.load(Ordering::Relaxed),
+        ready.as_secs_f64() * 1e3,
+        rss as f64 / 1024.0
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    drop(setup);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
