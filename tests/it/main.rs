@@ -6,6 +6,7 @@ mod callbacks_e2e;
 mod consign;
 mod devices;
 mod journal_guard;
+mod keepalive;
 mod lottery;
 mod money;
 mod net;
