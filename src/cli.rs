@@ -205,9 +205,12 @@ pub struct BenchArgs {
     /// Records in the journal for the start-up and journal measurements.
     #[arg(long, alias = "records", default_value_t = 1_000_000)]
     pub startup_records: usize,
-    /// Run only this part: consume, scan, startup, journal, or all.
+    /// Run only this part: binary, consume, scan, startup, journal, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// The binary whose stripped size to report (default: this executable).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
 }
 
 /// `posgate jobs <action>`.

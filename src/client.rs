@@ -1,8 +1,14 @@
 //! The CLI's client of the local API: JSON requests and the event stream over the Unix socket or TCP.
 //!
-//! One HTTP/1.1 connection per request: the CLI makes a handful of calls, and a fresh connection
-//! means a daemon restart between calls is never seen as a broken pooled connection.
+//! HTTP/1.1 keep-alive: a client reuses its idle connections (one per request in flight, so a
+//! sequential caller holds exactly one), as a POS app would. A pooled connection the daemon closed
+//! while idle (restart, idle timeout) is replaced once, but a request whose bytes were written and
+//! whose answer was lost is resent only when that is safe: a GET, or a POST with an Idempotency-Key
+//! (the daemon answers a repeated key with the first request's record). A POST without a key is
+//! reported as [`ClientError::OutcomeUnknown`], never sent twice.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -31,6 +37,10 @@ pub enum ClientError {
     Connect { target: String, source: std::io::Error },
     #[error("HTTP exchange with {target} failed: {source}")]
     Http { target: String, source: hyper::Error },
+    #[error(
+        "the connection to {target} closed after the request was sent and before its answer ({source}); its outcome is unknown and it was not resent (no Idempotency-Key): look it up with `posgate journal` before trying again"
+    )]
+    OutcomeUnknown { target: String, source: hyper::Error },
     #[error("no answer from {target} within {secs} s")]
     Timeout { target: String, secs: u64 },
     #[error("bad request: {0}")]
@@ -105,7 +115,7 @@ impl ClientError {
             // Nothing reached the daemon.
             ClientError::NotRunning { .. } | ClientError::PermissionDenied { .. } | ClientError::Connect { .. } => exit::NOT_DONE,
             // The request may have reached the daemon, which finishes it on its own: outcome unknown here.
-            ClientError::Http { .. } | ClientError::Timeout { .. } | ClientError::NotJson { .. } => exit::PENDING,
+            ClientError::Http { .. } | ClientError::OutcomeUnknown { .. } | ClientError::Timeout { .. } | ClientError::NotJson { .. } => exit::PENDING,
             ClientError::Request(_) | ClientError::BadToken => exit::USAGE,
             ClientError::Refused { .. } => exit::OTHER,
         }
@@ -139,22 +149,74 @@ impl Reply {
     }
 }
 
-/// A client of one daemon's local API.
+/// At most this many idle connections are kept per client (32 lanes in the bench, a few in a POS);
+/// more concurrent callers still work, their extra connections close after use.
+const MAX_IDLE: usize = 64;
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// The idle connections a client and its clones share, and how many it opened (for tests and the bench).
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<Sender>>,
+    opened: AtomicU64,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("opened", &self.opened.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(s);
+        }
+    }
+}
+
+/// A client of one daemon's local API. Clones share the idle connections.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     endpoint: Endpoint,
     timeout: Duration,
+    pool: Arc<Pool>,
 }
 
 impl ApiClient {
     /// Talk to the daemon over its Unix socket (no token needed).
     pub fn unix(path: impl Into<PathBuf>) -> Self {
-        ApiClient { endpoint: Endpoint::Unix(path.into()), timeout: Duration::from_secs(120) }
+        ApiClient { endpoint: Endpoint::Unix(path.into()), timeout: Duration::from_secs(120), pool: Arc::default() }
     }
 
     /// Talk to the daemon over loopback TCP (`127.0.0.1:8765`) with its bearer token.
     pub fn tcp(addr: impl Into<String>, token: Option<Secret>) -> Self {
-        ApiClient { endpoint: Endpoint::Tcp { addr: addr.into(), token }, timeout: Duration::from_secs(120) }
+        ApiClient { endpoint: Endpoint::Tcp { addr: addr.into(), token }, timeout: Duration::from_secs(120), pool: Arc::default() }
+    }
+
+    /// How many connections this client (and its clones) opened so far, the event stream's included.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.opened.load(Ordering::Relaxed)
+    }
+
+    /// Close the idle connections (the next request opens a new one).
+    pub fn close_idle(&self) {
+        self.pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     /// Give up on a request after this long (operations can wait on backend timeouts; default 120 s).
@@ -190,14 +252,93 @@ impl ApiClient {
     /// Any request, with raw headers and body (for tests and unusual calls).
     pub async fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, ClientError> {
         let target = self.target();
-        let fut = async {
-            let resp = self.send(method, path, headers, body).await?;
-            let status = resp.status().as_u16();
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|source| ClientError::Http { target: target.clone(), source })?.to_bytes();
-            Ok(Reply { status, headers: parts.headers, body })
-        };
+        let fut = self.pooled(&target, method, path, headers, body);
         tokio::time::timeout(self.timeout, fut).await.map_err(|_| ClientError::Timeout { target: target.clone(), secs: self.timeout.as_secs() })?
+    }
+
+    /// One request on an idle connection (or a new one), which goes back to the pool once its answer
+    /// is read whole. See the module doc for when a failed request is sent again.
+    async fn pooled(&self, target: &str, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Reply, ClientError> {
+        let resendable =
+            matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        let mut reconnected = false;
+        loop {
+            let req = self.build(method.clone(), path, headers, body.clone())?;
+            let (mut sender, reused) = match self.idle_ready().await {
+                Some(s) => (s, true),
+                None => (self.connect(target).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let (parts, body) = resp.into_parts();
+                    let body = body.collect().await.map_err(|source| ClientError::Http { target: target.to_string(), source })?.to_bytes();
+                    self.pool.put(sender);
+                    return Ok(Reply { status, headers: parts.headers, body });
+                }
+                Err(mut e) => {
+                    let unsent = e.take_message().is_some();
+                    let source = e.into_error();
+                    // A reused connection the daemon closed while it sat idle: once, on a new one.
+                    if reused && !reconnected && (unsent || resendable) {
+                        tracing::debug!(error = %source, unsent, "pooled API connection was closed; reconnecting once");
+                        reconnected = true;
+                        continue;
+                    }
+                    if unsent {
+                        return Err(ClientError::Connect { target: target.to_string(), source: std::io::Error::other(source) });
+                    }
+                    if !resendable {
+                        return Err(ClientError::OutcomeUnknown { target: target.to_string(), source });
+                    }
+                    return Err(ClientError::Http { target: target.to_string(), source });
+                }
+            }
+        }
+    }
+
+    /// An idle connection that is still open and ready; closed ones are dropped on the way.
+    async fn idle_ready(&self) -> Option<Sender> {
+        while let Some(mut s) = self.pool.take() {
+            if s.ready().await.is_ok() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// The request with the headers every call carries (`Host`, `Accept`, the bearer token over TCP).
+    fn build(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Full::new(body)).map_err(|e| ClientError::Request(e.to_string()))?;
+        let h = req.headers_mut();
+        h.entry(HOST).or_insert(HeaderValue::from_static("localhost"));
+        h.entry(ACCEPT).or_insert(HeaderValue::from_static("application/json"));
+        if let Endpoint::Tcp { token: Some(token), .. } = &self.endpoint {
+            let t = token.expose_str().map_err(|_| ClientError::BadToken)?;
+            let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| ClientError::BadToken)?;
+            h.insert(AUTHORIZATION, v);
+        }
+        Ok(req)
+    }
+
+    /// A new connection, its HTTP/1.1 handshake done and its driver task spawned.
+    async fn connect(&self, target: &str) -> Result<Sender, ClientError> {
+        self.pool.opened.fetch_add(1, Ordering::Relaxed);
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = crate::api::connect_local(path).await.map_err(|e| connect_error(target, e))?;
+                handshake(target, stream).await
+            }
+            Endpoint::Tcp { addr, .. } => {
+                let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| connect_error(target, e))?;
+                let _ = stream.set_nodelay(true);
+                handshake(target, stream).await
+            }
+        }
     }
 
     /// Subscribe to `GET /v1/events`; a refusal (401 and the like) is an error naming the problem.
@@ -218,32 +359,12 @@ impl ApiClient {
         Ok(EventStream { target, body: resp.into_body(), buf: BytesMut::new() })
     }
 
+    /// A request on a connection of its own (the event stream holds its connection for as long as it runs).
     async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Response<Incoming>, ClientError> {
         let target = self.target();
-        let mut req = Request::builder().method(method).uri(path);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let mut req = req.body(Full::new(body)).map_err(|e| ClientError::Request(e.to_string()))?;
-        let h = req.headers_mut();
-        h.entry(HOST).or_insert(HeaderValue::from_static("localhost"));
-        h.entry(ACCEPT).or_insert(HeaderValue::from_static("application/json"));
-        match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let stream = crate::api::connect_local(path).await.map_err(|e| connect_error(&target, e))?;
-                exchange(&target, stream, req).await
-            }
-            Endpoint::Tcp { addr, token } => {
-                if let Some(token) = token {
-                    let t = token.expose_str().map_err(|_| ClientError::BadToken)?;
-                    let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| ClientError::BadToken)?;
-                    req.headers_mut().insert(AUTHORIZATION, v);
-                }
-                let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| connect_error(&target, e))?;
-                let _ = stream.set_nodelay(true);
-                exchange(&target, stream, req).await
-            }
-        }
+        let req = self.build(method, path, headers, body)?;
+        let mut sender = self.connect(&target).await?;
+        sender.send_request(req).await.map_err(|source| ClientError::Http { target, source })
     }
 }
 
@@ -256,18 +377,17 @@ fn connect_error(target: &str, e: std::io::Error) -> ClientError {
     }
 }
 
-async fn exchange<S>(target: &str, stream: S, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError>
+async fn handshake<S>(target: &str, stream: S) -> Result<Sender, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let http = |source| ClientError::Http { target: target.to_string(), source };
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|source| ClientError::Http { target: target.to_string(), source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "API client connection ended with an error");
         }
     });
-    sender.send_request(req).await.map_err(http)
+    Ok(sender)
 }
 
 /// One Server-Sent Event.

@@ -1,9 +1,9 @@
 #!/bin/sh
 # Build posgate's .deb from a built binary with nothing but dpkg-deb and binutils (strip, objdump).
 #
-#   cargo build --release --locked && packaging/deb/build.sh [--binary PATH] [--out DIR] [--fast]
+#   cargo build --profile dist --locked && packaging/deb/build.sh [--binary PATH] [--out DIR] [--fast]
 #
-# --binary  the posgate executable to package (default target/release/posgate); it is stripped on the way in and
+# --binary  the posgate executable to package (default target/dist/posgate, the shipped profile); it is stripped on the way in and
 #           run once to print its man page and shell completions, so it must run on this machine.
 # --out     where the .deb goes (default target/deb); its path is the last line printed.
 # --fast    gzip -1 instead of xz (the package test builds from a debug binary and wants it quick).
@@ -14,7 +14,7 @@ set -eu
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-binary="$repo/target/release/posgate"
+binary="$repo/target/dist/posgate"
 out="$repo/target/deb"
 compress="-Zxz"
 
@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 done
 
 die() { echo "build.sh: $*" >&2; exit 1; }
-[ -x "$binary" ] || die "no executable at $binary (build it: cargo build --release --locked)"
+[ -x "$binary" ] || die "no executable at $binary (build it: cargo build --profile dist --locked)"
 for tool in dpkg-deb dpkg strip objdump gzip md5sum; do
 	command -v "$tool" >/dev/null || die "$tool is missing (dpkg and binutils provide what this needs)"
 done

@@ -6,13 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
-# No debug info and stripped symbols for the shipped binary (the Linux release profile keeps debug = 1).
-CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked --target x86_64-pc-windows-gnu --bin posgate
+# The shipped profile (`dist` in Cargo.toml: stripped, LTO), as the .deb carries.
+cargo build --profile dist --locked --target x86_64-pc-windows-gnu --bin posgate
 # wixl wants source paths relative to the working directory (the repository root here).
 mkdir -p target/windows
 msi=target/windows/posgate-$version-x64.msi
-wixl --arch x64 -D Version="$version" -D Exe=target/x86_64-pc-windows-gnu/release/posgate.exe -D Root=. -o "$msi" packaging/windows/posgate.wxs
+wixl --arch x64 -D Version="$version" -D Exe=target/x86_64-pc-windows-gnu/dist/posgate.exe -D Root=. -o "$msi" packaging/windows/posgate.wxs
 # Proof of what is inside: the service, its control, the custom actions and the files.
 for table in ServiceInstall ServiceControl CustomAction File; do
     echo "== $table"

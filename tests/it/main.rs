@@ -9,6 +9,7 @@ mod devices;
 mod files;
 mod journal_guard;
 mod journal_log;
+mod keepalive;
 mod lottery;
 mod metrics;
 mod money;
