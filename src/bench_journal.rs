@@ -4,7 +4,6 @@
 //! blocks), start-up-to-ready of the real daemon on it after a clean stop and after a SIGKILL in the
 //! middle of a burst of consumes, and its RSS with that journal open. Printed, never asserted.
 #![allow(clippy::disallowed_methods)]
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,10 +25,20 @@ fn du(dir: &Path) -> u64 {
     rd.flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => du(&e.path()),
-            Ok(m) => m.blocks() * 512,
+            Ok(m) => allocated(&m),
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Bytes the file takes on disk (allocated blocks on Unix; its length elsewhere).
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(m) * 512
+}
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
 }
 
 fn rss_kib(pid: u32) -> u64 {

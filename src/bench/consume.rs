@@ -54,7 +54,7 @@ pub(super) async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock))
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let unix = crate::api::bind_unix(&sock).map_err(|e| BenchError::Setup(e.to_string()))?;
+    let unix = crate::api::bind_local(&sock).map_err(|e| BenchError::Setup(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let opts = ApiOptions { token: None, max_body_bytes: cfg.max_body_bytes, limits: cfg.api, ..Default::default() };
     let server = tokio::spawn(crate::api::serve(engine.clone() as Arc<dyn Service>, Listeners { unix: Some(unix), tcp: None }, opts, async move {
