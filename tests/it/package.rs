@@ -197,7 +197,10 @@ async fn deb_installs_into_a_scratch_root_serves_from_the_installed_config_and_p
     let log = world.dir.join("installed-posgate.log");
     let log_file = std::fs::File::create(&log).expect("log file");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // As under the unit (`Group=posgate`): the daemon's group is the token's group, so the 0640 root:posgate
+    // token passes the secret-file check (a group other than the daemon's may not read a secret).
     let mut child = tokio::process::Command::new(root.join("usr/bin/posgate"))
+        .gid(gid)
         .arg("serve")
         .arg("--config")
         .arg(&config)
