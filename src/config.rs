@@ -415,6 +415,8 @@ pub struct DaemonConfig {
     pub callbacks: Option<CallbackListener>,
     /// Connection caps and request deadlines of the local API.
     pub api: crate::api::limits::ApiLimits,
+    /// The file this config was read from (the technician page runs `doctor` on it).
+    pub source: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -483,6 +485,7 @@ impl DaemonConfig {
             profiles,
             devices: raw.devices,
             api: raw.api,
+            source: Some(path.to_path_buf()),
         })
     }
 }

@@ -63,7 +63,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     // Journal open, every listener bound: a connection made from now on is answered (`Type=notify`).
     #[cfg(unix)]
     tell_manager(crate::notify::State::Ready, &format!("ready: {} profile(s)", cfg.profiles.len()));
-    let opts = ApiOptions { token: cfg.token.clone(), max_body_bytes: cfg.max_body_bytes, allowed_origins: cfg.allowed_origins.clone(), limits: cfg.api };
+    let opts = ApiOptions {
+        token: cfg.token.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        allowed_origins: cfg.allowed_origins.clone(),
+        limits: cfg.api,
+        config_file: cfg.source.clone(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -16,6 +16,17 @@ pub struct Report {
     pub findings: Vec<(Level, String)>,
 }
 
+impl Level {
+    /// The word the technician page shows (and styles by).
+    pub fn word(&self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "fail",
+        }
+    }
+}
+
 impl Report {
     fn push(&mut self, level: Level, text: impl Into<String>) {
         self.findings.push((level, text.into()));

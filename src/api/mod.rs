@@ -128,11 +128,13 @@ pub struct ApiOptions {
     pub allowed_origins: Vec<String>,
     /// Connection caps and read deadlines.
     pub limits: limits::ApiLimits,
+    /// The daemon's config file, for the technician page's doctor run (none: the page says so).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { token: None, max_body_bytes: 64 * 1024, allowed_origins: Vec::new(), limits: limits::ApiLimits::default() }
+        ApiOptions { token: None, max_body_bytes: 64 * 1024, allowed_origins: Vec::new(), limits: limits::ApiLimits::default(), config_file: None }
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn serve(service: Arc<dyn Service>, listeners: Listeners, opts: ApiOpt
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let page_on = tcp.as_ref().and_then(|l| l.local_addr().ok()).is_some_and(|a| a.ip().is_loopback());
-    let page = page::Page::new(page_on, token_digest, service.clone(), stop_rx.clone());
+    let page = page::Page::new(page_on, token_digest, service.clone(), stop_rx.clone(), opts.config_file.clone());
     let state = Arc::new(State {
         refused_log: Mutex::new(RateLimit::new(REFUSED_LOG_WINDOW, REFUSED_LOG_LINES)),
         service,

@@ -195,6 +195,13 @@ async fn the_technician_page_signs_in_shows_the_shop_and_resolves_a_lost_answer_
     let session = cookie["value"].as_str().expect("session cookie").to_string();
     assert_eq!(session.len(), 64, "a 256-bit id in hex");
 
+    // `posgate doctor` on the daemon's own config, from the page: the config loads, the daemon answers.
+    b.click("#run-doctor").await;
+    b.wait_for("#doctor-list").await;
+    b.wait_text("daemon running").await;
+    let text = b.text().await;
+    assert!(text.contains("loads:") && text.contains("profile loyalty"), "the doctor run did not show the config's checks:\n{text}");
+
     // A swipe typed into the API shows in the live raw view as masked hex and text, the card number cut to 6+4.
     let swipe = ";6222020000000000008=25121011234567890?";
     for _ in 0..50 {

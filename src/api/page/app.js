@@ -86,3 +86,11 @@ document.getElementById("signout").addEventListener("click", () => act("/page/si
 refresh();
 live();
 setInterval(refresh, 3000);
+
+document.getElementById("run-doctor").addEventListener("click", async () => {
+  const out = document.getElementById("doctor");
+  out.textContent = "running…";
+  const v = await act("/page/doctor");
+  if (!v) { out.textContent = ""; return; }
+  out.replaceChildren(el("ul", { id: "doctor-list" }, ...v.checks.map((c) => el("li", { class: c.level }, `${c.level}: ${c.text}`))));
+});

@@ -11,6 +11,7 @@ pub mod raw;
 mod session;
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,6 +55,8 @@ pub struct Page {
     sessions: Sessions,
     service: Arc<dyn Service>,
     shutdown: watch::Receiver<bool>,
+    /// The daemon's config file, for the doctor run (`POST /page/doctor`).
+    config_file: Option<PathBuf>,
 }
 
 /// Whether `path` is the page's (everything else is the API).
@@ -62,8 +65,14 @@ pub fn owns(path: &str) -> bool {
 }
 
 impl Page {
-    pub fn new(enabled: bool, token_digest: Option<[u8; 20]>, service: Arc<dyn Service>, shutdown: watch::Receiver<bool>) -> Self {
-        Page { enabled, token_digest, sessions: Sessions::default(), service, shutdown }
+    pub fn new(
+        enabled: bool,
+        token_digest: Option<[u8; 20]>,
+        service: Arc<dyn Service>,
+        shutdown: watch::Receiver<bool>,
+        config_file: Option<PathBuf>,
+    ) -> Self {
+        Page { enabled, token_digest, sessions: Sessions::default(), service, shutdown, config_file }
     }
 
     /// Answer one request for a page path.
@@ -151,6 +160,17 @@ impl Page {
                     StatusCode::OK,
                     &json!({ "status": status, "reversals": reversals, "journal": journal, "log": log, "checks": checks }),
                 )))
+            }
+            // `posgate doctor` on the daemon's own config: secrets' modes, each backend's TLS handshake (no
+            // request), serial ports, the running daemon. POST: it contacts the backends, so a person asks for it.
+            (&Method::POST, ["doctor"]) => {
+                let Some(config) = &self.config_file else {
+                    return Err(Problem::new(StatusCode::CONFLICT, "no-config-file", "No config file", "this daemon was not started from a config file"));
+                };
+                tracing::info!(target: "posgate::api", "technician page: doctor run");
+                let report = crate::doctor::run(config, None).await;
+                let checks: Vec<Value> = report.findings.iter().map(|(level, text)| json!({ "level": level.word(), "text": text })).collect();
+                Ok(no_store(json_response(StatusCode::OK, &json!({ "failed": report.failed(), "checks": checks }))))
             }
             (&Method::GET, ["events"]) => Ok(events(svc.subscribe(), raw::subscribe(), self.shutdown.clone())),
             (&Method::POST, ["signout"]) => {
