@@ -526,6 +526,11 @@ impl JournalStore for SledJournal {
     fn commit(&self, change: Change) -> Result<(), JournalError> {
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
         let r = w.commit(&self.trees, change);
+        // A commit carries an outcome that is owed (a record already sent): if even the reserve did
+        // not hold it, the record stays `pending` in the log, and only a start turns it into recovery.
+        if let Err(e @ JournalError::Store(_)) = &r {
+            store_broken(&format!("an outcome could not be journaled: {e}"));
+        }
         self.after_write(&w, r)
     }
 
