@@ -150,6 +150,9 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             for w in v["profiles"].as_array().into_iter().flatten().flat_map(|p| p["warnings"].as_array().into_iter().flatten()) {
                 eprintln!("WARN {}", w.as_str().unwrap_or_default());
             }
+            if v["journal"]["state"] == "unavailable" {
+                eprintln!("WARN {}", v["journal"]["error"].as_str().unwrap_or("journal unavailable"));
+            }
             finish(s, v)
         }
         Command::Report { profile, operation, body, json, connect } => {

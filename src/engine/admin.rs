@@ -31,10 +31,13 @@ impl Engine {
                 }
             })
             .collect();
+        // Whether the journal can take new records now (disk space, the last write error).
+        let health = self.journal.health();
+        let journal = json!({ "syncs": self.journal.syncs(), "state": health.state, "error": health.error, "free_bytes": health.free_bytes });
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": self.clock.now_ms() - self.started_ms,
-            "journal": { "syncs": self.journal.syncs() },
+            "journal": journal,
             "profiles": self.profiles_with_daily(profiles),
             "devices": self.devices.get().map(|h| h.devices()).unwrap_or_default(),
         })

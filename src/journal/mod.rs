@@ -8,6 +8,7 @@ pub mod log;
 pub mod mark;
 pub mod seal;
 mod sled_store;
+mod space;
 pub mod verify;
 mod write;
 
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use sled_store::{SledJournal, FORMAT_VERSION};
+pub use sled_store::{SledJournal, EXIT_STORE_BROKEN, FORMAT_VERSION};
+pub use space::JournalHealth;
 
 use crate::model::{JournalQuery, Record};
 
@@ -28,6 +30,9 @@ pub enum JournalError {
     Seal(String),
     #[error("journal store: {0}")]
     Store(String),
+    /// The journal cannot take new records now (low disk space); it takes them again by itself.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("journal sync (fsync) failed: {0}")]
     Sync(String),
     #[error("journal record {0} is corrupt: {1}")]
@@ -129,6 +134,10 @@ pub trait JournalStore: Send + Sync + 'static {
     fn list(&self, q: &JournalQuery) -> Result<Vec<Record>, JournalError>;
     /// Completed fsyncs since open (for status and tests).
     fn syncs(&self) -> u64;
+    /// Whether the journal can write now, for status.
+    fn health(&self) -> JournalHealth {
+        JournalHealth::ok()
+    }
 }
 
 #[cfg(test)]

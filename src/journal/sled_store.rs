@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::guard::{behind, data_dir_of, describe_profiles, mark_loop, snapshot, Guard, MarkSlot};
 use super::mark::{self, Mark};
+use super::space::{JournalHealth, Space};
 use super::write::{self, Replayed, Writer};
 use super::{Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
 use crate::model::{JournalQuery, Record};
@@ -30,6 +31,10 @@ const CHECKPOINT_TICKS: u32 = 30;
 /// synced per group; opened by this build and stamped 2, see `check_format`).
 pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_KEY: &[u8] = b"format";
+
+/// The daemon's exit code when sled refused a change the log already holds (sled 0.34 then refuses
+/// every later write until reopened): the service manager starts it again and the log replays.
+pub const EXIT_STORE_BROKEN: i32 = 75;
 
 pub(super) fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
     JournalError::Store(e.to_string())
@@ -115,6 +120,8 @@ pub struct SledJournal {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoints: Arc<Stop>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Free-space guard and the last write error (`space.rs`).
+    space: Arc<Space>,
 }
 
 /// Tells a journal thread to stop.
@@ -258,6 +265,7 @@ impl SledJournal {
             }),
             db,
             thread: Mutex::new(None),
+            space: Arc::new(Space::new(dir)),
         })
     }
 
@@ -267,16 +275,18 @@ impl SledJournal {
         let writer = self.writer.clone();
         let syncer = self.syncer.clone();
         let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
-        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(writer, syncer, guard)).map_err(store_err)?;
+        let space = self.space.clone();
+        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(writer, syncer, guard, &space)).map_err(store_err)?;
         if let Ok(mut t) = self.thread.lock() {
             *t = Some(handle);
         }
         let (dir, db, meta, writer, stop) =
             (dir.to_path_buf(), self.db.clone(), self.trees[write::META].clone(), self.writer.clone(), self.checkpoints.clone());
+        let space = self.space.clone();
         let every = std::env::var("POSGATE_JOURNAL_CHECKPOINT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(CHECKPOINT_ENTRIES).max(1);
         let handle = std::thread::Builder::new()
             .name("journal-checkpoint".into())
-            .spawn(move || checkpoint_loop(&dir, &db, &meta, &writer, &stop, every))
+            .spawn(move || checkpoint_loop(&dir, &db, &meta, &writer, &stop, every, &space))
             .map_err(store_err)?;
         if let Ok(mut t) = self.checkpointer.lock() {
             *t = Some(handle);
@@ -338,6 +348,19 @@ impl SledJournal {
         snapshot(&self.records, &self.profiles)
     }
 
+    /// Note a failed write for status; when sled itself failed, exit (see `EXIT_STORE_BROKEN`).
+    fn after_write<T>(&self, w: &Writer, r: Result<T, JournalError>) -> Result<T, JournalError> {
+        if let Err(e) = &r {
+            if matches!(e, JournalError::Store(_) | JournalError::Sync(_)) {
+                self.space.failed(&e.to_string());
+            }
+        }
+        if let Some(e) = &w.sled_failed {
+            store_broken(e);
+        }
+        r
+    }
+
     fn collect(&self, iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         for kv in iter {
@@ -376,7 +399,7 @@ impl Drop for SledJournal {
 }
 
 /// Checkpoints every `every` changes, or every `CHECKPOINT_TICKS` seconds when anything changed.
-fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<Writer>, stop: &Stop, every: u64) {
+fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<Writer>, stop: &Stop, every: u64, space: &Space) {
     let seq_now = || writer.lock().map(|w| w.seq).unwrap_or(0);
     let (mut last, mut ticks) = (seq_now(), 0u32);
     loop {
@@ -390,16 +413,29 @@ fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<
         ticks += 1;
         let now = seq_now();
         if now.saturating_sub(last) >= every || (now > last && ticks >= CHECKPOINT_TICKS) {
+            // Below the reserve a sled flush could hit ENOSPC, which sled never forgives: wait (the
+            // log holds everything meanwhile).
+            if space.low() {
+                continue;
+            }
             match write::checkpoint(dir, db, meta, writer) {
                 Ok(seq) => last = seq,
-                Err(e) => tracing::error!("journal checkpoint: {e}"),
+                Err(e) => {
+                    tracing::error!("journal checkpoint: {e}");
+                    space.failed(&format!("checkpoint: {e}"));
+                    // With space to spare, a failed sled flush is sled's sticky error (or a broken
+                    // disk): only a restart mends it. While space is low, wait for it to come back.
+                    if !space.low() {
+                        store_broken(&format!("checkpoint: {e}"));
+                    }
+                }
             }
             ticks = 0;
         }
     }
 }
 
-fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>) {
+fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>, space: &Space) {
     let mut synced = 0u64;
     let (trees, marker) = match guard {
         Some(g) => {
@@ -438,6 +474,10 @@ fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>) {
             result = Err(format!("the journal's high-water mark could not be written: {e}"));
         }
         let durable = result.is_ok();
+        match &result {
+            Ok(()) => space.succeeded(),
+            Err(e) => space.failed(e),
+        }
         synced = target;
         s.count.fetch_add(1, Ordering::Relaxed);
         let _ = s.done.send((target, result.err()));
@@ -475,13 +515,32 @@ impl JournalStore for SledJournal {
     }
 
     fn begin(&self, new: NewRecord) -> Result<Begun, JournalError> {
+        // New work only: the reserve below this line is kept for the outcomes already owed.
+        self.space.admit()?;
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
-        w.begin(&self.trees, new)
+        let r = w.begin(&self.trees, new);
+        self.after_write(&w, r)
     }
 
+    /// Never refused for space: the outcome of a record already sent is owed (see `space.rs`).
     fn commit(&self, change: Change) -> Result<(), JournalError> {
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
-        w.commit(&self.trees, change)
+        let r = w.commit(&self.trees, change);
+        // A commit carries an outcome that is owed (a record already sent): if even the reserve did
+        // not hold it, the record stays `pending` in the log, and only a start turns it into recovery.
+        if let Err(e @ JournalError::Store(_)) = &r {
+            store_broken(&format!("an outcome could not be journaled: {e}"));
+        }
+        self.after_write(&w, r)
+    }
+
+    fn health(&self) -> JournalHealth {
+        let mut h = self.space.health();
+        if let Some(e) = self.writer.lock().ok().and_then(|w| w.sled_failed.clone()) {
+            h.state = "unavailable";
+            h.error = Some(format!("journal unavailable: its store refused a write ({e}); posgate restarts to replay its log"));
+        }
+        h
     }
 
     async fn sync(&self) -> Result<(), JournalError> {
@@ -624,4 +683,19 @@ impl JournalStore for SledJournal {
     fn syncs(&self) -> u64 {
         self.syncer.count.load(Ordering::Relaxed)
     }
+}
+
+/// sled refused a change the log holds: it is behind the log and refuses every later write until
+/// reopened. Exit with `EXIT_STORE_BROKEN` after saying so; everything the log holds is in the OS
+/// (written, so it survives the process) and is replayed by the next start, which the service manager
+/// makes (systemd `Restart=always`, the Windows service's recovery actions).
+fn store_broken(e: &str) {
+    if std::env::var_os("POSGATE_JOURNAL_NO_EXIT").is_some() {
+        return;
+    }
+    tracing::error!(
+        code = EXIT_STORE_BROKEN,
+        "journal store failed ({e}): sled refuses every write from now on; exiting so the service manager restarts posgate and the journal log replays"
+    );
+    std::process::exit(EXIT_STORE_BROKEN);
 }

@@ -33,6 +33,9 @@ pub(super) struct Writer {
     pub(super) seq: u64,
     /// The highest record id handed out.
     pub(super) last_id: u64,
+    /// sled refused a change the log already holds: sled is behind the log and (sled 0.34) refuses
+    /// every later write until reopened. Only a restart (which replays the log) mends it.
+    pub(super) sled_failed: Option<String>,
 }
 
 fn log_err(e: log::LogError) -> JournalError {
@@ -66,7 +69,7 @@ impl Writer {
         self.log.append(&entry).map_err(log_err)?;
         // The entry is in the log: its number is used whatever sled does next (replay applies it).
         self.seq = entry.seq;
-        apply_tx(trees, &entry)
+        apply_tx(trees, &entry).inspect_err(|e| self.sled_failed = Some(e.to_string()))
     }
 
     pub(super) fn begin(&mut self, trees: &[sled::Tree], new: NewRecord) -> Result<Begun, JournalError> {
@@ -264,7 +267,7 @@ pub(super) fn open_and_replay(dir: &Path, db: &sled::Db, trees: &[sled::Tree]) -
         None => 0,
     };
     // New changes follow both what sled holds and what the log holds.
-    let w = Writer { log, seq: at.max(opened.last_seq), last_id };
+    let w = Writer { log, seq: at.max(opened.last_seq), last_id, sled_failed: None };
     if out.entries > 0 || from.is_none() {
         checkpoint_at(dir, db, meta, w.log.position())?;
     }

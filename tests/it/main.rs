@@ -6,6 +6,7 @@ mod callbacks_e2e;
 mod consign;
 mod cors;
 mod devices;
+mod diskfull;
 mod files;
 mod journal_guard;
 mod journal_log;
