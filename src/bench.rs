@@ -37,6 +37,14 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// A process's resident set in KiB, from `/proc/<pid>/status` (0 where there is no procfs).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     println!("posgate bench ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let part = |name: &str| args.only == "all" || args.only == name;

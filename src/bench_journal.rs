@@ -41,13 +41,6 @@ fn allocated(m: &std::fs::Metadata) -> u64 {
     m.len()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Start the real binary; the child and the time until `GET /v1/status` answers.
 async fn start(config: &Path, sock: &Path) -> Result<(tokio::process::Child, Duration), BenchError> {
     let exe = std::env::current_exe().map_err(setup_err)?;
@@ -128,7 +121,7 @@ pub async fn run(n: usize) -> Result<(), BenchError> {
 
     let (mut child, ready) = start(&config, &sock).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss = child.id().map(rss_kib).unwrap_or(0);
+    let rss = child.id().map(crate::bench::rss_kib).unwrap_or(0);
     println!(
         "journal of {n}: start-up after a clean stop ready in {:.1} ms (target <= 1 s); RSS with it open {:.1} MiB (target <= 40)",
         ready.as_secs_f64() * 1e3,
@@ -166,7 +159,7 @@ pub async fn run(n: usize) -> Result<(), BenchError> {
     }
     let (mut child, ready) = start(&config, &sock).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss = child.id().map(rss_kib).unwrap_or(0);
+    let rss = child.id().map(crate::bench::rss_kib).unwrap_or(0);
     println!(
         "journal of {n}: start-up after SIGKILL mid-burst ({} consumes answered in the 3 s before) ready in {:.1} ms (target <= 1 s); RSS {:.1} MiB",
         done.load(Ordering::Relaxed),

@@ -29,11 +29,7 @@ async fn time_start(config: &std::path::Path, sock: &std::path::Path) -> Result<
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_kib = child
-        .id()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
-        .unwrap_or(0);
+    let rss_kib = child.id().map(super::rss_kib).unwrap_or(0);
     let _ = child.start_kill();
     let _ = child.wait().await;
     Ok((ready, rss_kib))
