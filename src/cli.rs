@@ -208,7 +208,8 @@ pub struct BenchArgs {
     /// Run only this part: binary, consume, scan, startup, journal, or all.
     #[arg(long, default_value = "all")]
     pub only: String,
-    /// The binary whose stripped size to report (default: this executable).
+    /// The binary whose stripped size to report (default: target/dist/posgate when present, the shipped
+    /// build; else this executable).
     #[arg(long)]
     pub binary: Option<PathBuf>,
 }

@@ -6,13 +6,21 @@ use posgate::cli::{Cli, Command, Connect, DemoArgs, JournalAction};
 use posgate::client::{exit, ApiClient, ClientError};
 use posgate::config::DaemonConfig;
 
+/// The log filter from the first of `vars` that is set and parses, else `info`. The syntax is a list of
+/// `target=level` and bare `level` directives (`posgate::devices=trace,warn`): `filter::Targets`, not
+/// `EnvFilter`, whose span and field directives nobody here used and whose regex engine cost the shipped
+/// binary its size.
+fn log_filter(vars: &[&str]) -> tracing_subscriber::filter::Targets {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO))
+}
+
 /// Logging to stderr. The filter: `POSGATE_LOG` when set, else `RUST_LOG`, else `info`. Under systemd
 /// (`JOURNAL_STREAM` or `INVOCATION_ID` set) lines are plain, with no timestamp and no colour: the
 /// journal stamps each line itself.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(&["POSGATE_LOG", "RUST_LOG"]);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
     let ansi = !journald && std::io::IsTerminal::is_terminal(&std::io::stderr());
     use tracing_subscriber::layer::SubscriberExt;
@@ -127,8 +135,10 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
         Command::Service(posgate::cli::ServiceAction::Run { config }) => {
             // No console: the log goes to a file next to the config.
             let log = posgate::winservice::open_log(&config)?;
-            let filter = tracing_subscriber::EnvFilter::try_from_env("POSGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(log)).try_init();
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let filter = log_filter(&["POSGATE_LOG"]);
+            let _ = tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(log))).try_init();
             let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || posgate::winservice::run(config, rt)).await??;
             Ok(())

@@ -7,11 +7,16 @@ use super::BenchError;
 /// The target for the shipped build, stripped (decimal megabytes).
 const TARGET_BYTES: u64 = 8_000_000;
 
-/// Print the size of `binary` (default: this executable) as it is and stripped. A copy is stripped
+/// Where `cargo build --profile dist` leaves the shipped binary, relative to the checkout.
+const DIST_BINARY: &str = if cfg!(windows) { "target/dist/posgate.exe" } else { "target/dist/posgate" };
+
+/// Print the size of `binary` as it is and stripped. Without `--binary`: the shipped build
+/// ([`DIST_BINARY`], when run from a checkout that has one), else this executable. A copy is stripped
 /// with the system's `strip` (a no-op on a binary built stripped); without `strip` only the size as is.
 pub(super) fn size(binary: Option<&Path>) -> Result<(), BenchError> {
     let exe = match binary {
         Some(p) => p.to_path_buf(),
+        None if Path::new(DIST_BINARY).is_file() => Path::new(DIST_BINARY).to_path_buf(),
         None => std::env::current_exe().map_err(|e| BenchError::Setup(format!("current exe: {e}")))?,
     };
     let as_is = std::fs::metadata(&exe).map_err(|e| BenchError::Setup(format!("{}: {e}", exe.display())))?.len();

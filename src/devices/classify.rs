@@ -32,6 +32,9 @@ pub struct ScanRule {
     pub prefix: Option<Vec<String>>,
     #[serde(default)]
     pub length: Option<LengthRule>,
+    /// Matched with `regex-lite` (the `regex` syntax without Unicode classes: `\d`, `\w`, `\s` and
+    /// `[[:alpha:]]` are ASCII, `\p{..}` is refused at load); scans are ASCII barcodes and PANs, and the
+    /// Unicode tables cost the shipped binary about 0.7 MB.
     #[serde(default)]
     pub regex: Option<String>,
     #[serde(default, deserialize_with = "one_or_many")]
@@ -113,7 +116,7 @@ pub struct ScanInput<'a> {
 #[derive(Debug, Clone)]
 struct Compiled {
     rule: ScanRule,
-    regex: Option<regex::Regex>,
+    regex: Option<regex_lite::Regex>,
 }
 
 /// Rules compiled once (regexes checked at load time), evaluated per scan.
@@ -130,7 +133,7 @@ impl Classifier {
                 return Err(RuleError::NoProfile { index, operation: rule.operation });
             }
             let regex = match &rule.regex {
-                Some(r) => Some(regex::Regex::new(r).map_err(|e| RuleError::BadRegex { index, operation: rule.operation.clone(), why: e.to_string() })?),
+                Some(r) => Some(regex_lite::Regex::new(r).map_err(|e| RuleError::BadRegex { index, operation: rule.operation.clone(), why: e.to_string() })?),
                 None => None,
             };
             out.push(Compiled { rule, regex });
@@ -252,5 +255,29 @@ mod tests {
         let bad = ScanRule { regex: Some("(".into()), ..r.in_profile("p") };
         assert!(matches!(Classifier::new([bad]), Err(RuleError::BadRegex { index: 0, .. })));
         assert!(toml::from_str::<ScanRule>("operation = \"x\"\nprefx = \"1\"").is_err());
+    }
+
+    /// The patterns are `regex-lite`: the `regex` syntax profiles use (classes, repeats, anchors,
+    /// groups, `\d`) works as before; Unicode classes are refused at load with the rule named, and
+    /// `\d` is ASCII (a full-width digit is not a digit in a barcode).
+    #[test]
+    fn scan_rule_regex_is_regex_lite_syntax() {
+        let rule = |re: &str| ScanRule {
+            profile: Some("p".into()),
+            operation: "op".into(),
+            prefix: None,
+            length: None,
+            regex: Some(re.into()),
+            symbology: None,
+            kind: None,
+        };
+        let code = |t| ScanInput { kind: ScanKind::Barcode, symbology: None, text: t };
+        let c = Classifier::new([rule(r"^(?:TK|TX)-\d{6}(?i:[a-f])?$")]).expect("rule");
+        for (text, hit) in [("TK-123456", true), ("TX-123456F", true), ("TK-12345", false), ("TK-１２３４５６", false), ("xTK-123456", false)] {
+            assert_eq!(c.classify(code(text)).is_some(), hit, "{text:?}");
+        }
+        let err = Classifier::new([rule(r"^\p{Han}+$")]).expect_err("Unicode class");
+        assert!(matches!(&err, RuleError::BadRegex { index: 0, operation, .. } if operation == "op"), "{err:?}");
+        assert!(err.to_string().starts_with("scan rule 0 (operation \"op\"): bad regex: "), "{err}");
     }
 }

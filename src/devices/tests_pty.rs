@@ -318,11 +318,10 @@ fn captured_logs() -> Captured {
     LOGS.get_or_init(|| {
         let logs = Captured::default();
         let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("posgate::devices=trace"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::Targets::new().with_target("posgate::devices", tracing::Level::TRACE))
+            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(move || writer.clone()));
         tracing::subscriber::set_global_default(subscriber).expect("no other test sets a global subscriber");
         logs
     })

@@ -250,8 +250,8 @@ pub fn looks_like_swipe(text: &str) -> bool {
 /// or a track 1 name field (`^NAME^`), then four digits (the expiry). Anywhere in the text: with or
 /// without sentinels, after an AIM identifier, inside a URL. Such text is card data whatever else it
 /// looks like, so it is never published as a barcode.
-static TRACK_SHAPE: std::sync::LazyLock<regex::Regex> =
-    std::sync::LazyLock::new(|| regex::Regex::new(r"[0-9]{12,19}(?:[=D]|\^[^^]{0,26}\^)[0-9]{4}").unwrap_or_else(|e| panic!("TRACK_SHAPE: {e}")));
+static TRACK_SHAPE: std::sync::LazyLock<regex_lite::Regex> =
+    std::sync::LazyLock::new(|| regex_lite::Regex::new(r"[0-9]{12,19}(?:[=D]|\^[^^]{0,26}\^)[0-9]{4}").unwrap_or_else(|e| panic!("TRACK_SHAPE: {e}")));
 
 /// Whether `text` holds anything shaped like magnetic track data (see [`TRACK_SHAPE`]).
 pub fn has_track_data(text: &str) -> bool {
@@ -263,10 +263,10 @@ pub fn has_track_data(text: &str) -> bool {
 /// one of its sentinels. Returns the track rebuilt with both sentinels (`D` as `=`, padding `F`
 /// dropped), or `None` when the segment is not shaped like that.
 fn repair_bare_track(seg: &str) -> Option<String> {
-    static T2: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"^;?([0-9]{12,19})[=D]([0-9]{4}[0-9=]*)F?\??$").unwrap_or_else(|e| panic!("T2: {e}")));
-    static T1: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"^%?(B[0-9]{12,19}\^[^^?%]{0,26}\^[0-9]{4}[^?%]*)\??$").unwrap_or_else(|e| panic!("T1: {e}")));
+    static T2: std::sync::LazyLock<regex_lite::Regex> =
+        std::sync::LazyLock::new(|| regex_lite::Regex::new(r"^;?([0-9]{12,19})[=D]([0-9]{4}[0-9=]*)F?\??$").unwrap_or_else(|e| panic!("T2: {e}")));
+    static T1: std::sync::LazyLock<regex_lite::Regex> =
+        std::sync::LazyLock::new(|| regex_lite::Regex::new(r"^%?(B[0-9]{12,19}\^[^^?%]{0,26}\^[0-9]{4}[^?%]*)\??$").unwrap_or_else(|e| panic!("T1: {e}")));
     if let Some(c) = T2.captures(seg) {
         return Some(format!(";{}={}?", &c[1], &c[2]));
     }

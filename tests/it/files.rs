@@ -142,6 +142,12 @@ async fn rust_log_is_honoured_and_journald_gets_lines_without_timestamps() {
     assert!(!quiet.iter().any(|l| l.contains("posgate ready")), "RUST_LOG=warn ignored: {quiet:?}");
     let both = serve_log(&world, &[("RUST_LOG", "warn"), ("POSGATE_LOG", "info")]).await;
     assert!(both.iter().any(|l| l.contains("posgate ready")), "POSGATE_LOG should win: {both:?}");
+    // Target directives (the filter is `Targets` now, no longer `EnvFilter`): a list that parses is
+    // obeyed per target, one that does not falls back to `info`.
+    let targeted = serve_log(&world, &[("POSGATE_LOG", "posgate=warn,info")]).await;
+    assert!(!targeted.iter().any(|l| l.contains("posgate ready")), "posgate=warn ignored: {targeted:?}");
+    let unparsable = serve_log(&world, &[("POSGATE_LOG", "posgate=loud")]).await;
+    assert!(unparsable.iter().any(|l| l.contains("posgate ready")), "a bad filter should fall back to info: {unparsable:?}");
     let journal = serve_log(&world, &[("JOURNAL_STREAM", "8:12345")]).await;
     let ready = journal.iter().find(|l| l.contains("posgate ready")).unwrap_or_else(|| panic!("{journal:?}"));
     assert!(ready.starts_with(" INFO") || ready.starts_with("INFO"), "under journald: {ready}");

@@ -88,11 +88,11 @@ async fn a_journal_that_lost_records_is_refused_at_start_naming_the_mark() {
     // a copy without the guard and counts), and that the refusal names those numbers.
     let (ok, report) = verify(&data).await;
     assert!(!ok, "{report}");
-    let lost = regex::Regex::new(r"last record id (\d+) < (\d+) in the mark").expect("re");
+    let lost = regex_lite::Regex::new(r"last record id (\d+) < (\d+) in the mark").expect("re");
     let caps = lost.captures(&report).unwrap_or_else(|| panic!("verify should name the lost ids: {report}"));
     let (now, mark): (u64, u64) = (caps[1].parse().expect("n"), caps[2].parse().expect("n"));
     assert!(now < mark && mark > SALES as u64, "{report}");
-    let trace = regex::Regex::new(r"trace (\d{6}) < (\d{6})").expect("re");
+    let trace = regex_lite::Regex::new(r"trace (\d{6}) < (\d{6})").expect("re");
     let caps = trace.captures(&report).unwrap_or_else(|| panic!("verify should name the trace counter: {report}"));
     assert_eq!(&caps[2], format!("{SALES:06}"), "{report}");
     assert!(err.contains(&format!("last record id {now} < {mark}")) && err.contains(&format!("trace {} < {SALES:06}", &caps[1])), "{err}");
