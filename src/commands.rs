@@ -138,7 +138,10 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             use tracing_subscriber::layer::SubscriberExt;
             use tracing_subscriber::util::SubscriberInitExt;
             let filter = log_filter(&["POSGATE_LOG"]);
-            let _ = tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(log))).try_init();
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(log)))
+                .try_init();
             let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || posgate::winservice::run(config, rt)).await??;
             Ok(())
