@@ -198,3 +198,52 @@ pub fn reply(status: u16, content_type: &str, body: String) -> hyper::Response<h
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// One plain GET on a fresh connection: the whole answer, or `None` when the connection failed or
+    /// was cut before an answer.
+    async fn get(addr: std::net::SocketAddr) -> Option<String> {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"POST / HTTP/1.1\r\nHost: sim\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.ok()?.ok()?;
+        (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn link_faults_reset_at_accept_then_take_the_listener_down_and_back_on_the_same_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let handler = Arc::new(|_req: Request<Incoming>| async { Ok::<_, DropConnection>(reply(200, "application/json", "{\"ok\":true}".into())) });
+        tokio::spawn(serve_plain(l, std::future::pending::<()>(), handler));
+        assert!(get(addr).await.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+        let link = link(addr.port());
+        link.reset_next_connections(1);
+        assert_eq!(get(addr).await, None);
+        assert!(get(addr).await.is_some());
+        link.fail_next_handshakes(1);
+        assert_eq!(get(addr).await, None, "a plain listener cuts the connection instead");
+        link.go_down(Duration::from_millis(400));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "refused while down");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(get(addr).await.is_some_and(|a| a.starts_with("HTTP/1.1 200")), "back on the same port");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_half_the_real_one_and_a_late_one_comes_after_its_delay() {
+        let real = "{\"code\":\"00\",\"balance\":123456}";
+        let cut = bend(Some(Fault::Truncated), reply(200, "application/json", real.into())).await;
+        let body = cut.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], &real.as_bytes()[..real.len() / 2]);
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+        let t = tokio::time::Instant::now();
+        let late = bend(Some(Fault::LateAnswer(Duration::from_millis(200))), reply(200, "application/json", real.into())).await;
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert_eq!(&late.into_body().collect().await.unwrap().to_bytes()[..], real.as_bytes());
+    }
+}

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use posgate::client::ApiClient;
-use serde_json::Value;
 
 use super::loyalty::LoyaltyWorld;
 use super::{env_or, Mode, VendorWorld, FINAL};
@@ -135,12 +134,10 @@ pub async fn run() {
     if counts.other.load(Ordering::Relaxed) != 0 {
         failures.push(format!("{} consumes ended neither approved nor declined", counts.other.load(Ordering::Relaxed)));
     }
-    let (_, st) = d.client.get("/v1/status").await.unwrap_or((0, Value::Null));
     eprintln!(
-        "load done: {} consumes ({approved} approved) in {secs} s by {LANES} lanes; after warm-up {:?} (RSS KiB, fds), peak after {peak:?}; status {}",
+        "load done: {} consumes ({approved} approved) in {secs} s by {LANES} lanes; after warm-up {:?} (RSS KiB, fds), peak after {peak:?}",
         counts.requests.load(Ordering::Relaxed),
-        base,
-        st["profiles"][0]["state"]
+        base
     );
     d.stop().await;
     assert!(failures.is_empty(), "load found {} problems:\n- {}", failures.len(), failures.join("\n- "));
