@@ -10,7 +10,7 @@
 //! other; any problem fails the test. README.md has the command.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::crash::run_lives;
 use super::{env_or, VendorWorld};
