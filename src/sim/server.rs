@@ -33,6 +33,7 @@ pub struct Link {
     down: Mutex<Option<Duration>>,
     wake: tokio::sync::Notify,
     accepted: AtomicU32,
+    fired: AtomicU32,
 }
 
 impl Link {
@@ -58,8 +59,16 @@ impl Link {
     pub fn accepted(&self) -> u32 {
         self.accepted.load(Ordering::SeqCst)
     }
-    fn take(counter: &AtomicU32) -> bool {
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    /// Connections reset at accept or handshakes cut so far (a test's proof that its fault happened).
+    pub fn fired(&self) -> u32 {
+        self.fired.load(Ordering::SeqCst)
+    }
+    fn take(&self, counter: &AtomicU32) -> bool {
+        let hit = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if hit {
+            self.fired.fetch_add(1, Ordering::SeqCst);
+        }
+        hit
     }
 }
 
@@ -113,12 +122,12 @@ where
                     }
                 };
                 link.accepted.fetch_add(1, Ordering::SeqCst);
-                if Link::take(&link.reset_next) {
+                if link.take(&link.reset_next) {
                     drop(tcp);
                     continue;
                 }
                 let _ = tcp.set_nodelay(true);
-                conns.spawn(conn(tcp, Link::take(&link.handshake_fail_next)));
+                conns.spawn(conn(tcp, link.take(&link.handshake_fail_next)));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -227,6 +236,7 @@ mod tests {
         assert!(get(addr).await.is_some());
         link.fail_next_handshakes(1);
         assert_eq!(get(addr).await, None, "a plain listener cuts the connection instead");
+        assert_eq!(link.fired(), 2);
         link.go_down(Duration::from_millis(400));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(TcpStream::connect(addr).await.is_err(), "refused while down");

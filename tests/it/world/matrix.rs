@@ -126,7 +126,12 @@ pub async fn run_cell<W: VendorWorld>(cell: Cell, lives: usize, down: Duration, 
 
     // The last life: faults off, the backend up, a clean daemon.
     w.quiet();
+    let fired = link(w.sim_port()).fired();
     link(w.sim_port()).clear();
+    let mut failures = Vec::new();
+    if matches!(cell, Cell::Tls | Cell::ResetBeforeRead) && fired == 0 {
+        failures.push("no connection was reset or handshake cut: the cell tested nothing".to_string());
+    }
     if let Some(rest) = up_again.checked_duration_since(tokio::time::Instant::now()) {
         tokio::time::sleep(rest + Duration::from_millis(200)).await;
     }
@@ -145,7 +150,7 @@ pub async fn run_cell<W: VendorWorld>(cell: Cell, lives: usize, down: Duration, 
         let until = tokio::time::Instant::now() + Duration::from_secs(20);
         while !send(&c, W::PROFILE, &all, i).await && tokio::time::Instant::now() < until {}
     }
-    let mut failures = finish::<W>(&c, &all).await;
+    failures.extend(finish::<W>(&c, &all).await);
     let told = lock(&all).clone();
     failures.extend(w.check_ledger(&told, &c).await);
     let words = told.iter().fold(std::collections::BTreeMap::<String, usize>::new(), |mut m, t| {
@@ -153,7 +158,12 @@ pub async fn run_cell<W: VendorWorld>(cell: Cell, lives: usize, down: Duration, 
         m
     });
     let plain = if cell == Cell::Tls && !W::TLS { " (plain HTTP: connections cut at accept)" } else { "" };
-    eprintln!("matrix {} {cell:?}{plain}: {life} lives ({hits} at a crash point), {} requests {words:?}, {} problems", W::NAME, told.len(), failures.len());
+    eprintln!(
+        "matrix {} {cell:?}{plain}: {life} lives ({hits} at a crash point, {fired} connections cut), {} requests {words:?}, {} problems",
+        W::NAME,
+        told.len(),
+        failures.len()
+    );
     d.stop().await;
     failures.into_iter().map(|f| format!("{cell:?}: {f}")).collect()
 }
