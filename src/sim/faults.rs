@@ -25,6 +25,20 @@ pub enum Fault {
     /// Apply the request, then answer its real answer with an `advertisement` of this many bytes (a
     /// hostile host sending bodies far beyond any limit: the client must neither hold nor journal them).
     Huge(usize),
+    /// Apply the request, then answer its real answer cut in half (a valid HTTP answer whose JSON ends
+    /// in the middle: a proxy or a host that died while writing).
+    Truncated,
+    /// Apply the request, then hold its real answer this long before sending it (past the client's
+    /// timeout: the answer is lost although the host committed).
+    LateAnswer(Duration),
+}
+
+impl Fault {
+    /// Whether the host's real answer reaches the client whole and on time with this fault (for the
+    /// simulators' books of what they told).
+    pub fn delivers(fault: Option<Fault>) -> bool {
+        !matches!(fault, Some(Fault::Truncated | Fault::LateAnswer(_) | Fault::DropAfterCommit | Fault::Garbage | Fault::AnswerWith(_)))
+    }
 }
 
 struct Queued {

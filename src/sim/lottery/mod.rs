@@ -537,7 +537,7 @@ impl LotterySim {
             Some(Fault::Garbage) => Ok(Self::reply(200, "text/html", "<html><body>502 Bad Gateway (simulated garbage)</body></html>".into())),
             // A hostile host: the request was applied, the answer is whatever the test wrote.
             Some(Fault::AnswerWith(body)) => Ok(Self::reply(200, "application/json; charset=UTF-8", body.to_string())),
-            _ => Self::json(&answer),
+            _ => Ok(super::server::bend(fault, Self::json(&answer)?).await),
         }
     }
 }

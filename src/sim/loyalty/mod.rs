@@ -527,7 +527,7 @@ impl LoyaltySim {
             Some(Fault::DropAfterCommit) => Err(DropConnection),
             Some(Fault::Garbage) => Ok(Self::reply(200, "text/html", "<html><body>502 Bad Gateway (simulated garbage)</body></html>".into())),
             Some(Fault::AnswerWith(body)) => Ok(Self::reply(200, "application/json; charset=UTF-8", body.to_string())),
-            _ => Ok(Self::reply(200, "application/json; charset=UTF-8", answer.to_json())),
+            _ => Ok(super::server::bend(fault, Self::reply(200, "application/json; charset=UTF-8", answer.to_json())).await),
         }
     }
 }

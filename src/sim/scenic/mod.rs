@@ -245,10 +245,10 @@ impl ScenicSim {
                 Ok(reply(200, json_ct, v.to_string()))
             }
             _ => {
-                if let Some(n) = answer.told {
+                if let Some(n) = answer.told.filter(|_| Fault::delivers(fault)) {
                     self.st().0.told_approved.insert(n);
                 }
-                Ok(reply(200, json_ct, answer.body.to_string()))
+                Ok(super::server::bend(fault, reply(200, json_ct, answer.body.to_string())).await)
             }
         }
     }

@@ -166,23 +166,12 @@ impl WalletSim {
 
     /// Serve plain HTTP (for profiles with `allow_plain_http`) until `shutdown`.
     pub async fn serve_plain(self: Arc<Self>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((tcp, _)) = accepted else { continue };
-                    let sim = self.clone();
-                    conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| { let sim = sim.clone(); async move { sim.handle(req).await } });
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
-                    });
-                }
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-        conns.shutdown().await;
+        let sim = self;
+        let handler = Arc::new(move |req: Request<Incoming>| {
+            let sim = sim.clone();
+            async move { sim.handle(req).await }
+        });
+        super::server::serve_plain(listener, shutdown, handler).await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {
@@ -207,10 +196,10 @@ impl WalletSim {
             Some(Fault::Garbage) => Ok(super::server::reply(200, "text/html", "<html>502 Bad Gateway (simulated garbage)</html>".into())),
             Some(Fault::AnswerWith(b)) => Ok(super::server::reply(200, "application/json; charset=UTF-8", b.to_string())),
             _ => {
-                if let Some(id) = answer.told.clone() {
+                if let Some(id) = answer.told.clone().filter(|_| Fault::delivers(fault)) {
                     self.st().told_approved.insert(id);
                 }
-                Ok(super::server::reply(200, "application/json; charset=UTF-8", answer.body.to_string()))
+                Ok(super::server::bend(fault, super::server::reply(200, "application/json; charset=UTF-8", answer.body.to_string())).await)
             }
         }
     }

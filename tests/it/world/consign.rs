@@ -23,6 +23,8 @@ pub struct ConsignWorld {
     pub sim: Arc<ConsignSim>,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// The simulator's port (its link faults: [`posgate::sim::server::link`]).
+    pub port: u16,
 }
 
 impl Drop for ConsignWorld {
@@ -42,6 +44,8 @@ impl VendorWorld for ConsignWorld {
     const KINDS: &'static [Kind] = &[Kind::Financial, Kind::Report];
     const CRASH_LIVES: usize = 15;
     const SETTLES: bool = false;
+    const TLS: bool = false;
+    const LATE: Duration = Duration::from_millis(2500);
 
     /// Results come after half a second (polling: the profile names no notifyUrl).
     async fn start(name: &str, _mode: Mode) -> Self {
@@ -59,7 +63,7 @@ impl VendorWorld for ConsignWorld {
         let config = dir.join("posgate.toml");
         std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\nmax_body_bytes = 1048576\n").expect("config");
         let socket = dir.join("posgate.sock");
-        ConsignWorld { dir, sim, config, socket }
+        ConsignWorld { dir, sim, config, socket, port: addr.port() }
     }
 
     fn config(&self) -> &Path {
@@ -107,6 +111,14 @@ impl VendorWorld for ConsignWorld {
     /// A query of an order the platform never had (its answer may be lost), beside the POS traffic.
     fn side_request(&self) -> Option<(&'static str, Value)> {
         Some(("query", json!({"orderId": "NOSUCHORDER0001"})))
+    }
+
+    fn push_fault(&self, f: Fault) {
+        self.sim.push_fault(f);
+    }
+
+    fn sim_port(&self) -> u16 {
+        self.port
     }
 
     fn quiet(&self) {

@@ -17,7 +17,7 @@ use super::{env_or, finish, lock, send, side, Kind, Mode, Told, VendorWorld};
 use crate::support::{wait_recovered, Daemon};
 
 /// Wait for the daemon's `posgate-crashpoint` line (never returns when it does not come).
-async fn crashed(d: &mut Daemon) {
+pub async fn crashed(d: &mut Daemon) {
     while let Some(l) = d.stderr.recv().await {
         if l.starts_with("posgate-crashpoint") {
             return;
@@ -92,12 +92,35 @@ async fn one_life<W: VendorWorld>(
     false
 }
 
+/// What one crash loop did and found.
+pub struct CrashRun {
+    /// Lives, each ended by SIGKILL (at its crash point or after its rounds).
+    pub kills: usize,
+    /// Lives killed at their armed crash point.
+    pub at_points: usize,
+    /// Every request and what the POS was finally told.
+    pub told: Vec<Told>,
+    /// The daemon's journal at the end: (operation, status) → records.
+    pub journal: std::collections::BTreeMap<(String, String), usize>,
+    /// Every problem found, in words.
+    pub failures: Vec<String>,
+}
+
 /// The crash loop for one world; panics with every problem found.
 pub async fn run<W: VendorWorld>() {
     let iters: usize = env_or("POSGATE_CRASH_ITERS", W::CRASH_LIVES);
     let seed: u64 = env_or("POSGATE_CRASH_SEED", 0x5eed_0001);
-    eprintln!("crash loop {}: {iters} lives, seed {seed}", W::NAME);
-    let w = Arc::new(W::start(&format!("crash-{}", W::NAME), Mode::Crash).await);
+    let r = run_lives::<W>(&format!("crash-{}", W::NAME), iters, seed).await;
+    assert!(r.failures.is_empty(), "crash loop {} found {} problems:\n- {}", W::NAME, r.failures.len(), r.failures.join("\n- "));
+}
+
+/// `iters` lives of the crash loop in a fresh world called `name`, then the clean last life and the checks.
+pub async fn run_lives<W: VendorWorld>(name: &str, iters: usize, seed: u64) -> CrashRun {
+    let quiet = std::env::var_os("POSGATE_CAMPAIGN_KILLS").is_some();
+    if !quiet {
+        eprintln!("crash loop {}: {iters} lives, seed {seed}", W::NAME);
+    }
+    let w = Arc::new(W::start(name, Mode::Crash).await);
     let mut rng = StdRng::seed_from_u64(seed);
     let all = Arc::new(Mutex::new(Vec::<Told>::new()));
     let points = W::CRASH_POINTS;
@@ -122,7 +145,9 @@ pub async fn run<W: VendorWorld>() {
         }
         d.kill9().await;
     }
-    eprintln!("crash loop {}: points reached {hits:?}, answers lost {lost:?}", W::NAME);
+    if !quiet {
+        eprintln!("crash loop {}: points reached {hits:?}, answers lost {lost:?}", W::NAME);
+    }
     let mut failures = Vec::new();
     for p in points {
         if hits.get(p).copied().unwrap_or(0) < (iters / points.len() / 4).max(1) {
@@ -141,7 +166,32 @@ pub async fn run<W: VendorWorld>() {
     for t in &told {
         *words.entry(t.status().to_string()).or_default() += 1;
     }
-    eprintln!("crash loop {}: {} requests {words:?}", W::NAME, told.len());
+    if !quiet {
+        eprintln!("crash loop {}: {} requests {words:?}", W::NAME, told.len());
+    }
+    let journal = journal_counts(&c).await;
     d.stop().await;
-    assert!(failures.is_empty(), "crash loop {} found {} problems:\n- {}", W::NAME, failures.len(), failures.join("\n- "));
+    CrashRun { kills: iters, at_points: hits.values().sum(), told, journal, failures }
+}
+
+/// The daemon's journal by (operation, status).
+async fn journal_counts(c: &posgate::client::ApiClient) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let q = match before {
+            Some(b) => format!("/v1/journal?limit=1000&before={b}"),
+            None => "/v1/journal?limit=1000".to_string(),
+        };
+        let Ok((_, page)) = c.get(&q).await else { return out };
+        let page = page["records"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return out;
+        }
+        for r in &page {
+            let key = (r["operation"].as_str().unwrap_or("?").to_string(), r["status"].as_str().unwrap_or("?").to_string());
+            *out.entry(key).or_default() += 1;
+        }
+        before = page.last().and_then(|r| r["id"].as_u64());
+    }
 }

@@ -24,6 +24,8 @@ pub struct LotteryWorld {
     pub sim: Arc<LotterySim>,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// The simulator's port (its link faults: [`posgate::sim::server::link`]).
+    pub port: u16,
 }
 
 impl Drop for LotteryWorld {
@@ -59,7 +61,7 @@ pub async fn world_with(name: &str, risk: &str, edit: &dyn Fn(String) -> String)
     let config = dir.join("posgate.toml");
     std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\n").expect("config");
     let socket = dir.join("posgate.sock");
-    LotteryWorld { dir, sim, config, socket }
+    LotteryWorld { dir, sim, config, socket, port: addr.port() }
 }
 
 /// A profile edit: `timeout_ms`, and extra `[options]` lines.
@@ -99,6 +101,8 @@ impl VendorWorld for LotteryWorld {
     const KINDS: &'static [Kind] = &[Kind::SignOn, Kind::Financial, Kind::Report];
     const CRASH_LIVES: usize = 60;
     const SETTLES: bool = false;
+    const TLS: bool = true;
+    const LATE: Duration = Duration::from_millis(700);
 
     /// The strict host: a `transacId` that reached it before is answered 15 (crash loop) or 10030 (soak),
     /// never with the earlier payment, so a resend learns nothing and the daemon must ask (getPrize).
@@ -175,6 +179,14 @@ impl VendorWorld for LotteryWorld {
     /// Today's reconciliation (awardSummary and awardDetail, whose answers may be lost).
     fn side_request(&self) -> Option<(&'static str, Value)> {
         Some(("reconcile", json!({"date": beijing_today()})))
+    }
+
+    fn push_fault(&self, f: Fault) {
+        self.sim.push_fault(f);
+    }
+
+    fn sim_port(&self) -> u16 {
+        self.port
     }
 
     fn quiet(&self) {

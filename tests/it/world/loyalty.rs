@@ -18,7 +18,7 @@ const CARDS: [&str; 2] = ["6222020000000000008", "6222020000000000016"];
 const TERMINAL: &str = "10000001";
 
 pub struct LoyaltyWorld {
-    world: World,
+    pub world: World,
     opening: BTreeMap<String, i64>,
 }
 
@@ -29,6 +29,8 @@ impl VendorWorld for LoyaltyWorld {
     const KINDS: &'static [Kind] = &[Kind::SignOn, Kind::Financial, Kind::Reversal, Kind::Settlement];
     const CRASH_LIVES: usize = 100;
     const SETTLES: bool = true;
+    const TLS: bool = true;
+    const LATE: Duration = Duration::from_millis(2500);
 
     async fn start(name: &str, _mode: Mode) -> Self {
         let world = World::new(name).await;
@@ -88,6 +90,14 @@ impl VendorWorld for LoyaltyWorld {
             _ => Fault::Delay(Duration::from_millis(rng.gen_range(1..50))),
         };
         self.world.sim.push_fault(f);
+    }
+
+    fn push_fault(&self, f: Fault) {
+        self.world.sim.push_fault(f);
+    }
+
+    fn sim_port(&self) -> u16 {
+        self.world.sim_addr.port()
     }
 
     fn quiet(&self) {

@@ -12,7 +12,10 @@ use posgate::client::ApiClient;
 use rand::rngs::StdRng;
 use serde_json::{json, Value};
 
+pub mod campaign;
 pub mod crash;
+pub mod load;
+pub mod matrix;
 pub mod soak;
 
 /// The answer statuses that end a POS request; anything else is asked again with the same key.
@@ -112,8 +115,19 @@ pub trait VendorWorld: Send + Sync + Sized + 'static {
     fn side_request(&self) -> Option<(&'static str, Value)> {
         None
     }
+    /// Queue a fault for the next money request (reversals included) at the host.
+    fn push_fault(&self, f: posgate::sim::faults::Fault);
     /// Stop every fault.
     fn quiet(&self);
+    /// The port of the simulator the daemon sends money requests to (for link faults: resets at accept,
+    /// cut TLS handshakes, the listener down for a while).
+    fn sim_port(&self) -> u16;
+    /// Whether the daemon talks TLS to that simulator (a cut handshake is a TLS failure only then).
+    const TLS: bool;
+    /// A delay past the answer timeout of the profile [`Mode::Soak`] starts (one the world's holds outlast).
+    const LATE: Duration;
+    /// Fault-free requests at the end of a matrix cell, enough for the ledger check's "enough to prove anything".
+    const MATRIX_TAIL: usize = 24;
     /// Compare the host's books with what the POS was told, after the run was drained and settled;
     /// every problem found, in words.
     async fn check_ledger(&self, told: &[Told], c: &ApiClient) -> Vec<String>;

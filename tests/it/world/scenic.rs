@@ -26,6 +26,8 @@ pub struct ScenicWorld {
     pub sim: Arc<ScenicSim>,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// The simulator's port (its link faults: [`posgate::sim::server::link`]).
+    pub port: u16,
     /// Journal ids of approved creates a cancel was already made for (one cancel per order).
     cancelled: Mutex<HashSet<u64>>,
 }
@@ -60,6 +62,8 @@ impl VendorWorld for ScenicWorld {
     const KINDS: &'static [Kind] = &[Kind::Financial, Kind::Reversal];
     const CRASH_LIVES: usize = 15;
     const SETTLES: bool = false;
+    const TLS: bool = true;
+    const LATE: Duration = Duration::from_millis(2500);
 
     async fn start(name: &str, _mode: Mode) -> Self {
         let dir = scratch(name);
@@ -77,7 +81,7 @@ impl VendorWorld for ScenicWorld {
         let config = dir.join("posgate.toml");
         std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\nmax_body_bytes = 1048576\n").expect("config");
         let socket = dir.join("posgate.sock");
-        ScenicWorld { dir, sim, config, socket, cancelled: Mutex::new(HashSet::new()) }
+        ScenicWorld { dir, sim, config, socket, port: addr.port(), cancelled: Mutex::new(HashSet::new()) }
     }
 
     fn config(&self) -> &Path {
@@ -131,6 +135,14 @@ impl VendorWorld for ScenicWorld {
             _ => Fault::Delay(Duration::from_millis(rng.gen_range(1..50))),
         };
         self.sim.push_fault(f);
+    }
+
+    fn push_fault(&self, f: Fault) {
+        self.sim.push_fault(f);
+    }
+
+    fn sim_port(&self) -> u16 {
+        self.port
     }
 
     fn quiet(&self) {

@@ -30,6 +30,8 @@ pub struct WalletWorld {
     pub sim: Arc<WalletSim>,
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// The simulator's port (its link faults: [`posgate::sim::server::link`]).
+    pub port: u16,
     opening: BTreeMap<String, i64>,
     /// Journal ids of approved pays a cancel was already made for (one cancel per pay).
     cancelled: Mutex<HashSet<u64>>,
@@ -75,7 +77,7 @@ pub async fn world_signed(name: &str, app_key: &str, md5_tsig: bool) -> WalletWo
     std::fs::write(&config, "data_dir = \"data\"\nunix_socket = \"posgate.sock\"\nmax_body_bytes = 1048576\n").expect("config");
     let socket = dir.join("posgate.sock");
     let opening = sim.ledger().balances;
-    WalletWorld { dir, sim, config, socket, opening, cancelled: Mutex::new(HashSet::new()), rotation: AtomicUsize::new(0) }
+    WalletWorld { dir, sim, config, socket, port: addr.port(), opening, cancelled: Mutex::new(HashSet::new()), rotation: AtomicUsize::new(0) }
 }
 
 fn pay_request(rng: &mut StdRng, reference: String, key: String) -> PosRequest {
@@ -109,6 +111,10 @@ impl VendorWorld for WalletWorld {
     const CRASH_LIVES: usize = 30;
     /// Local settlement: batches close with the engine's totals.
     const SETTLES: bool = true;
+    const TLS: bool = false;
+    const LATE: Duration = Duration::from_millis(2500);
+    /// Many of its requests are cancels and balance inquiries.
+    const MATRIX_TAIL: usize = 48;
 
     /// The crash loop signs as the example profile does (RSA-SHA1); the soak with md5-key, for throughput.
     async fn start(name: &str, mode: Mode) -> Self {
@@ -192,6 +198,14 @@ impl VendorWorld for WalletWorld {
     /// The product download (whose answer may be lost), beside the POS traffic.
     fn side_request(&self) -> Option<(&'static str, Value)> {
         Some(("products", json!({})))
+    }
+
+    fn push_fault(&self, f: Fault) {
+        self.sim.push_fault(f);
+    }
+
+    fn sim_port(&self) -> u16 {
+        self.port
     }
 
     fn quiet(&self) {
