@@ -28,3 +28,22 @@ impl JournalSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_days_defaults_to_400_and_is_bounded() {
+        let s: JournalSettings = toml::from_str("").unwrap();
+        assert_eq!(s.retain_days, 400);
+        assert!(s.validate().is_ok());
+        let s: JournalSettings = toml::from_str("retain_days = 0").unwrap();
+        assert!(s.validate().is_ok(), "0: move settled batches at once");
+        let (field, why) = JournalSettings { retain_days: MAX_RETAIN_DAYS + 1 }.validate().unwrap_err();
+        assert_eq!(field, "journal.retain_days");
+        assert!(why.contains("36500"), "{why}");
+        assert!(toml::from_str::<JournalSettings>("retain_days = -1").is_err());
+        assert!(toml::from_str::<JournalSettings>("retain = 3").is_err(), "unknown keys are refused");
+    }
+}
