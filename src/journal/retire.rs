@@ -14,6 +14,9 @@ use super::sled_store::{batch_key, decode, encode, profile_index_key, reference_
 use super::{JournalError, ProfileState, SledJournal};
 use crate::model::{Class, Record, Status};
 
+/// A `batchidx` key and the record id it names.
+type IndexEntry = (Vec<u8>, u64);
+
 /// One settled batch ready to leave the hot journal.
 #[derive(Debug, Clone)]
 pub struct SettledBatch {
@@ -31,7 +34,7 @@ impl SledJournal {
     /// The batches settled before `cutoff` (RFC 3339) that may leave, at most about `max_records` records.
     pub(super) fn plan_retention_now(&self, cutoff: &str, max_records: usize) -> Result<Vec<SettledBatch>, JournalError> {
         let last_id = self.writer_last_id()?;
-        let mut groups: BTreeMap<(String, String), Vec<(Vec<u8>, u64)>> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, String), Vec<IndexEntry>> = BTreeMap::new();
         let mut keys_of: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         for kv in self.batchidx.iter() {
             let (k, _) = kv.map_err(store_err)?;
