@@ -361,6 +361,14 @@ async fn export(c: &ApiClient, from: &str, to: &str, format: &str) -> anyhow::Re
     use posgate::journal::archive::export::{header, line, Format};
     use std::io::Write;
     let format: Format = format.parse().map_err(anyhow::Error::msg)?;
+    for (name, d) in [("--from", from), ("--to", to)] {
+        if !posgate::journal::archive::valid_day(d) {
+            bail!("{name} must be a date YYYY-MM-DD, not {d:?}");
+        }
+    }
+    if from > to {
+        bail!("--from {from} is after --to {to}");
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     out.write_all(header(format).as_bytes())?;
     let mut after = 0u64;
