@@ -167,6 +167,19 @@ pub enum JournalAction {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write the records created from `--from` to `--to` (UTC dates, inclusive), in the hot journal or
+    /// archived, each once and oldest first, to stdout for the shop's accounts: money as integer fen,
+    /// cards masked as journaled, a header row (CSV).
+    Export {
+        /// First date, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last date, YYYY-MM-DD.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+        format: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

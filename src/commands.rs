@@ -199,6 +199,7 @@ async fn run_other(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Journal { action: Some(JournalAction::Export { from, to, format }), connect, .. } => export(&client(&connect)?, &from, &to, &format).await,
         Command::Journal { action: None, id, profile, batch, status, date, limit, connect } => {
             let c = client(&connect)?;
             let (s, v) = match id {
@@ -366,4 +367,40 @@ async fn follow_job(c: &ApiClient, first: Value) -> anyhow::Result<u8> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// `posgate journal export`: page through `GET /v1/journal/export` and write each record once to stdout.
+async fn export(c: &ApiClient, from: &str, to: &str, format: &str) -> anyhow::Result<()> {
+    use posgate::journal::archive::export::{header, line, Format};
+    use std::io::Write;
+    let format: Format = format.parse().map_err(anyhow::Error::msg)?;
+    for (name, d) in [("--from", from), ("--to", to)] {
+        if !posgate::journal::archive::valid_day(d) {
+            bail!("{name} must be a date YYYY-MM-DD, not {d:?}");
+        }
+    }
+    if from > to {
+        bail!("--from {from} is after --to {to}");
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    out.write_all(header(format).as_bytes())?;
+    let mut after = 0u64;
+    loop {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("from", from).append_pair("to", to).append_pair("after", &after.to_string()).append_pair("limit", "1000");
+        let (s, v) = c.get(&format!("/v1/journal/export?{}", q.finish())).await?;
+        if s >= 400 {
+            let why = v.get("detail").or_else(|| v.get("title")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            bail!("the daemon answered HTTP {s}: {why}");
+        }
+        for r in v["records"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            out.write_all(line(format, r).as_bytes())?;
+        }
+        match v["next_after"].as_u64() {
+            Some(n) if n > after => after = n,
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -389,6 +389,9 @@ struct RawDaemon {
     /// Connection caps and request deadlines of the local API (`[api]`).
     #[serde(default)]
     api: crate::api::limits::ApiLimits,
+    /// Retention of the hot journal (`[journal]`).
+    #[serde(default)]
+    journal: crate::journal::archive::settings::JournalSettings,
 }
 
 fn default_body_limit() -> usize {
@@ -415,6 +418,8 @@ pub struct DaemonConfig {
     pub callbacks: Option<CallbackListener>,
     /// Connection caps and request deadlines of the local API.
     pub api: crate::api::limits::ApiLimits,
+    /// `[journal]`: how long settled batches stay in the hot journal.
+    pub journal: crate::journal::archive::settings::JournalSettings,
     /// The file this config was read from (the technician page runs `doctor` on it).
     pub source: Option<PathBuf>,
 }
@@ -472,6 +477,7 @@ impl DaemonConfig {
         }
         let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
         raw.api.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
+        raw.journal.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         let unix_socket = crate::platform::local_endpoint(dir, raw.unix_socket, raw.pipe).map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         Ok(DaemonConfig {
             callbacks,
@@ -485,6 +491,7 @@ impl DaemonConfig {
             profiles,
             devices: raw.devices,
             api: raw.api,
+            journal: raw.journal,
             source: Some(path.to_path_buf()),
         })
     }

@@ -46,6 +46,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
         }
     }
     let engine = Engine::open(EngineConfig { data_dir: cfg.data_dir.clone(), profiles: cfg.profiles.clone() }, Arc::new(SystemClock)).await?;
+    // Settled batches older than `[journal] retain_days` move to the day files: now, then daily.
+    engine.start_retention(cfg.journal.retain_days);
     match crate::fsmode::restrict_tree(&cfg.data_dir) {
         Ok(changed) if !changed.is_empty() => {
             tracing::warn!(files = changed.len(), first = %changed[0].display(), "files in the data folder were readable by others; made them owner-only")

@@ -41,6 +41,9 @@ pub const IN_CHECKPOINT: &str = "in_checkpoint";
 /// The journal's group commit has the entries of its group in the log but has not synced them.
 pub const BEFORE_LOG_SYNC: &str = "before_log_sync";
 
+/// Retention wrote the day files (synced, renamed) but has not removed their records from the journal yet.
+pub const IN_RETENTION: &str = "in_retention";
+
 /// Reach a crash point from a plain thread (the journal's own): when armed, announce and block forever.
 pub fn point_blocking(name: &str) {
     if let Some(cp) = crash_point() {

@@ -48,6 +48,11 @@ pub trait Service: Send + Sync + 'static {
     async fn status(&self) -> Value;
     async fn journal(&self, q: &JournalQuery) -> Result<Vec<Value>, EngineError>;
     async fn journal_record(&self, id: u64) -> Result<Value, EngineError>;
+    /// `GET /v1/journal/export`: records created from day `from` to `to`, id above `after`, hot and
+    /// archived, each once, ordered by id.
+    async fn journal_export(&self, _from: &str, _to: &str, _after: u64, _limit: usize) -> Result<Vec<Value>, EngineError> {
+        Err(EngineError::BadRequest("this service exports nothing".into()))
+    }
     /// Every record with recovery owed or parked.
     async fn recoveries(&self) -> Result<Vec<Value>, EngineError>;
     /// Put a parked entry back into the recovery queue.
@@ -85,6 +90,9 @@ impl Service for Engine {
     }
     async fn journal_record(&self, id: u64) -> Result<Value, EngineError> {
         Engine::journal_record(self, id)
+    }
+    async fn journal_export(&self, from: &str, to: &str, after: u64, limit: usize) -> Result<Vec<Value>, EngineError> {
+        Engine::export_page(self, from, to, after, limit).await
     }
     async fn recoveries(&self) -> Result<Vec<Value>, EngineError> {
         Engine::recoveries(self)

@@ -160,3 +160,34 @@ pub(super) fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, P
     }
     Ok(q)
 }
+
+/// `GET /v1/journal/export?from=YYYY-MM-DD&to=YYYY-MM-DD[&after=ID][&limit=N]`.
+pub(super) fn parse_export_query(query: Option<&str>) -> Result<(String, String, u64, usize), Problem> {
+    let (mut from, mut to, mut after, mut limit) = (None, None, 0u64, 1000usize);
+    let mut seen = HashSet::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !seen.insert(k.to_string()) {
+            return Err(Problem::invalid_param(&k, "given more than once"));
+        }
+        match k.as_ref() {
+            "from" | "to" => {
+                chrono::NaiveDate::parse_from_str(&v, "%Y-%m-%d").map_err(|_| Problem::invalid_param(&k, format!("{v:?} is not a YYYY-MM-DD date")))?;
+                if k == "from" {
+                    from = Some(v.into_owned());
+                } else {
+                    to = Some(v.into_owned());
+                }
+            }
+            "after" => after = journal_id(&v).ok_or_else(|| Problem::invalid_param("after", format!("{v:?} is not a journal id")))?,
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=crate::engine::EXPORT_PAGE_MAX).contains(&n) => limit = n,
+                _ => return Err(Problem::invalid_param("limit", format!("must be a whole number from 1 to {}", crate::engine::EXPORT_PAGE_MAX))),
+            },
+            other => return Err(Problem::invalid_param(other, "is not a parameter of this path")),
+        }
+    }
+    let from = from.ok_or_else(|| Problem::invalid_param("from", "is required"))?;
+    let to = to.ok_or_else(|| Problem::invalid_param("to", "is required"))?;
+    // `to` before `from` is an empty range (the CLI refuses it before asking).
+    Ok((from, to, after, limit))
+}

@@ -51,6 +51,7 @@ pub enum Handler {
     Run,
     Journal,
     JournalRecord,
+    JournalExport,
     Reversals,
     ResolveReversal,
     RetryReversal,
@@ -74,6 +75,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", pattern: "/v1/scans", handler: Handler::Scans },
     Route { method: "POST", pattern: "/v1/profiles/{profile}/{operation}", handler: Handler::Run },
     Route { method: "GET", pattern: "/v1/journal", handler: Handler::Journal },
+    Route { method: "GET", pattern: "/v1/journal/export", handler: Handler::JournalExport },
     Route { method: "GET", pattern: "/v1/journal/{id}", handler: Handler::JournalRecord },
     Route { method: "GET", pattern: "/v1/reversals", handler: Handler::Reversals },
     Route { method: "POST", pattern: "/v1/reversals/{id}/retry", handler: Handler::RetryReversal },
@@ -642,6 +644,12 @@ async fn dispatch(state: &State, handler: Handler, params: Vec<String>, req: Req
             let id = parse_id(&params)?;
             let v = svc.resume_job(id).await.map_err(|e| Problem::from_engine(&e))?;
             Ok(json_response(StatusCode::OK, &v))
+        }
+        Handler::JournalExport => {
+            let (from, to, after, limit) = super::parse::parse_export_query(req.uri().query())?;
+            let records = svc.journal_export(&from, &to, after, limit).await.map_err(|e| Problem::from_engine(&e))?;
+            let next_after = if records.len() >= limit { records.last().and_then(|r| r.get("id")).cloned() } else { None };
+            Ok(json_response(StatusCode::OK, &json!({ "records": records, "next_after": next_after })))
         }
         Handler::JournalRecord => {
             let id = parse_id(&params)?;

@@ -44,11 +44,12 @@ impl Engine {
     }
 
     pub fn journal(&self, q: &JournalQuery) -> Result<Vec<Value>, EngineError> {
-        Ok(self.journal.list(q).map_err(jerr)?.iter().map(Record::view).collect())
+        // With a date, that day's archived records too (`retention.rs`).
+        Ok(self.list_anywhere(q)?.iter().map(Record::view).collect())
     }
 
     pub fn journal_record(&self, id: u64) -> Result<Value, EngineError> {
-        self.journal.get(id).map_err(jerr)?.map(|r| r.view()).ok_or(EngineError::NoRecord(id))
+        self.record_anywhere(id)?.map(|r| r.view()).ok_or(EngineError::NoRecord(id))
     }
 
     /// Every record with recovery owed or parked.

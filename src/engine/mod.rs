@@ -13,6 +13,8 @@ mod outcome;
 mod poll;
 mod recovery;
 mod report;
+mod retention;
+pub use retention::EXPORT_PAGE_MAX;
 mod settle;
 mod signon;
 pub use crate::journal::seal;
@@ -82,6 +84,8 @@ pub struct Engine {
     awaiting: std::sync::Mutex<BTreeMap<u64, poll::Awaiting>>,
     /// Wakes the poll worker when an order starts awaiting.
     poll_wake: Arc<tokio::sync::Notify>,
+    /// The day files settled batches moved to (`retention.rs`).
+    archive: crate::journal::archive::Archive,
 }
 
 tokio::task_local! {
@@ -131,6 +135,7 @@ impl Engine {
         }
         let sealer = Sealer::open(&key_path, may_create_key)?;
         let journal: Arc<dyn JournalStore> = journal;
+        let archive = crate::journal::archive::Archive::of(&cfg.data_dir);
         let mut lanes = BTreeMap::new();
         for p in cfg.profiles {
             let http = HttpsClient::new(&HttpOptions::for_profile(&p))
@@ -152,6 +157,7 @@ impl Engine {
             refusals: Default::default(),
             awaiting: Default::default(),
             poll_wake: Arc::new(tokio::sync::Notify::new()),
+            archive,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         let notes: Vec<Record> = engine.journal.pending().map_err(jerr)?.into_iter().filter(|r| r.class == Class::Notification).collect();

@@ -3,9 +3,11 @@
 //! Durability is the point of this module. sled's `flush()` only issues `sync_file_range` (sled
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
+pub mod archive;
 mod guard;
 pub mod log;
 pub mod mark;
+mod retire;
 pub mod seal;
 mod sled_store;
 mod space;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+pub use retire::SettledBatch;
 pub use sled_store::{SledJournal, EXIT_STORE_BROKEN, FORMAT_VERSION};
 pub use space::JournalHealth;
 
@@ -132,6 +135,14 @@ pub trait JournalStore: Send + Sync + 'static {
     /// Records that owe recovery, parked or not.
     fn recovering(&self) -> Result<Vec<Record>, JournalError>;
     fn list(&self, q: &JournalQuery) -> Result<Vec<Record>, JournalError>;
+    /// Retention: the settled batches whose settlement is older than `cutoff` (RFC 3339) and that may
+    /// leave the hot journal, at most about `max_records` records (see `retire.rs`).
+    fn plan_retention(&self, cutoff: &str, max_records: usize) -> Result<Vec<SettledBatch>, JournalError>;
+    /// Retention: remove planned batches, already written to their day files, as one change (a batch
+    /// changed since it was planned stays). Not yet durable: call `sync`. Returns the records removed.
+    fn archive_batches(&self, batches: &[SettledBatch]) -> Result<usize, JournalError>;
+    /// Records with an id above `after` created from day `from` to `to` (`YYYY-MM-DD`), oldest first.
+    fn records_after(&self, after: u64, from: &str, to: &str, limit: usize) -> Result<Vec<Record>, JournalError>;
     /// Completed fsyncs since open (for status and tests).
     fn syncs(&self) -> u64;
     /// Whether the journal can write now, for status.

@@ -111,9 +111,9 @@ pub struct SledJournal {
     /// Vendor reference → records (see `reference_index_key`).
     pub(super) refidx: sled::Tree,
     /// Every tree in the order a log entry numbers them (`log::entry::TREES`), `meta` last.
-    trees: Arc<Vec<sled::Tree>>,
+    pub(super) trees: Arc<Vec<sled::Tree>>,
     dir: PathBuf,
-    writer: Arc<Mutex<Writer>>,
+    pub(super) writer: Arc<Mutex<Writer>>,
     /// What replaying the log at open did (a gap makes `open` refuse and `verify` complain).
     pub(super) replayed: Replayed,
     syncer: Arc<Syncer>,
@@ -349,7 +349,7 @@ impl SledJournal {
     }
 
     /// Note a failed write for status; when sled itself failed, exit (see `EXIT_STORE_BROKEN`).
-    fn after_write<T>(&self, w: &Writer, r: Result<T, JournalError>) -> Result<T, JournalError> {
+    pub(super) fn after_write<T>(&self, w: &Writer, r: Result<T, JournalError>) -> Result<T, JournalError> {
         if let Err(e) = &r {
             if matches!(e, JournalError::Store(_) | JournalError::Sync(_)) {
                 self.space.failed(&e.to_string());
@@ -682,6 +682,18 @@ impl JournalStore for SledJournal {
 
     fn syncs(&self) -> u64 {
         self.syncer.count.load(Ordering::Relaxed)
+    }
+
+    fn plan_retention(&self, cutoff: &str, max_records: usize) -> Result<Vec<super::SettledBatch>, JournalError> {
+        self.plan_retention_now(cutoff, max_records)
+    }
+
+    fn archive_batches(&self, batches: &[super::SettledBatch]) -> Result<usize, JournalError> {
+        self.archive_batches_now(batches)
+    }
+
+    fn records_after(&self, after: u64, from: &str, to: &str, limit: usize) -> Result<Vec<Record>, JournalError> {
+        self.records_after_now(after, from, to, limit)
     }
 }
 

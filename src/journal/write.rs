@@ -61,7 +61,7 @@ fn read_state(trees: &[sled::Tree], profile: &str, overlay: &BTreeMap<String, Pr
 
 impl Writer {
     /// Append `ops` as the next change and apply them to sled.
-    fn write(&mut self, trees: &[sled::Tree], ops: Vec<Op>) -> Result<(), JournalError> {
+    pub(super) fn write(&mut self, trees: &[sled::Tree], ops: Vec<Op>) -> Result<(), JournalError> {
         if ops.is_empty() {
             return Ok(());
         }

@@ -19,6 +19,7 @@ mod order;
 mod package;
 mod page;
 mod plain_http;
+mod retention;
 mod scenic;
 mod schemathesis;
 mod starve;
