@@ -423,7 +423,13 @@ impl DaemonConfig {
     /// Load `posgate.toml` and every `*.toml` in its profiles folder.
     pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
         let text = read(path)?;
-        let raw: RawDaemon = parse_toml(path, &text)?;
+        Self::parse(path, &text)
+    }
+
+    /// `posgate.toml`'s text as if read from `path` (the token file and profiles folder it names are
+    /// read relative to it): split from [`DaemonConfig::load`] so the parser can be fuzzed.
+    pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
+        let raw: RawDaemon = parse_toml(path, text)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tcp = match &raw.tcp {
             Some(s) => {

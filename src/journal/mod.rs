@@ -7,7 +7,7 @@ mod guard;
 pub mod log;
 pub mod mark;
 pub mod seal;
-mod sled_store;
+pub(crate) mod sled_store;
 mod space;
 pub mod verify;
 mod write;
