@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             failed = true;
         }
     }
+    posgate::fuzzing::remove_fixture();
     if failed {
         ExitCode::FAILURE
     } else {

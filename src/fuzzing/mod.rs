@@ -238,6 +238,13 @@ fn fixture_dir() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// Remove the fixture folder of [`fixture_dir`] (call once the targets have run).
+pub fn remove_fixture() {
+    if let Some(dir) = fixture_dir() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Paths a fuzzed file must not name: reading a device or a pipe is no parser's bug.
 fn names_special_files(text: &str) -> bool {
     ["/dev", "/proc", "/sys", "\\\\.\\"].iter().any(|p| text.contains(p))

@@ -33,6 +33,7 @@ fn every_fuzz_target_survives_a_short_run_from_its_corpus() {
             failures.push(format!("{name}: {} {} (input {:?}, {} bytes)", x.kind, x.message, x.path, x.input.len()));
         }
     }
+    posgate::fuzzing::remove_fixture();
     assert!(failures.is_empty(), "fuzz findings:\n{}", failures.join("\n"));
 }
 
