@@ -428,14 +428,20 @@ impl DaemonConfig {
     /// Load `posgate.toml` and every `*.toml` in its profiles folder.
     pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
         let text = read(path)?;
-        let raw: RawDaemon = parse_toml(path, &text)?;
+        Self::parse(path, &text)
+    }
+
+    /// `posgate.toml`'s text as if read from `path` (the token file and profiles folder it names are
+    /// read relative to it): split from [`DaemonConfig::load`] so the parser can be fuzzed.
+    pub fn parse(path: &Path, text: &str) -> Result<DaemonConfig, ConfigError> {
+        let raw: RawDaemon = parse_toml(path, text)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tcp = match &raw.tcp {
             Some(s) => {
                 let a: std::net::SocketAddr =
-                    s.get_ref().parse().map_err(|e| ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", format!("not an address: {e}")))?;
+                    s.get_ref().parse().map_err(|e| ConfigError::field(path, Some(line_of(text, s.span().start)), "tcp", format!("not an address: {e}")))?;
                 if !a.ip().is_loopback() {
-                    return Err(ConfigError::field(path, Some(line_of(&text, s.span().start)), "tcp", "must be a loopback address"));
+                    return Err(ConfigError::field(path, Some(line_of(text, s.span().start)), "tcp", "must be a loopback address"));
                 }
                 Some(a)
             }
@@ -454,7 +460,7 @@ impl DaemonConfig {
         let mut allowed_origins = Vec::new();
         for o in &raw.allowed_origins {
             crate::api::cors::valid_origin(o.get_ref())
-                .map_err(|e| ConfigError::field(path, Some(line_of(&text, o.span().start)), "allowed_origins", format!("{:?} {e}", o.get_ref())))?;
+                .map_err(|e| ConfigError::field(path, Some(line_of(text, o.span().start)), "allowed_origins", format!("{:?} {e}", o.get_ref())))?;
             allowed_origins.push(o.get_ref().clone());
         }
         if !allowed_origins.is_empty() && tcp.is_none() {
@@ -475,7 +481,7 @@ impl DaemonConfig {
         for p in &profiles {
             crate::devices::Classifier::new(p.scan_rules.clone()).map_err(|e| ConfigError::field(&p.source, None, "scan_rules", e.to_string()))?;
         }
-        let callbacks = raw.callbacks.map(|c| c.validate(path, &text, dir)).transpose()?;
+        let callbacks = raw.callbacks.map(|c| c.validate(path, text, dir)).transpose()?;
         raw.api.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         raw.journal.validate().map_err(|(field, why)| ConfigError::field(path, None, field, why))?;
         let unix_socket = crate::platform::local_endpoint(dir, raw.unix_socket, raw.pipe).map_err(|(field, why)| ConfigError::field(path, None, field, why))?;

@@ -16,6 +16,7 @@ pub mod devices;
 pub mod doctor;
 pub mod engine;
 pub mod fsmode;
+pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod model;

@@ -14,7 +14,7 @@ mod listen;
 #[path = "listen_windows.rs"]
 mod listen;
 pub mod page;
-mod parse;
+pub(crate) mod parse;
 pub mod problem;
 pub mod server;
 pub mod sse;

@@ -25,7 +25,7 @@ pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<ApiBody> 
 pub(super) const MAX_ID: u64 = i64::MAX as u64;
 
 /// A journal id as the document describes it: ASCII digits, 0 to [`MAX_ID`].
-pub(super) fn journal_id(raw: &str) -> Option<u64> {
+pub(crate) fn journal_id(raw: &str) -> Option<u64> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -38,7 +38,7 @@ pub(super) fn parse_id(params: &[String]) -> Result<u64, Problem> {
 }
 
 /// `Idempotency-Key`: the one rule of [`super::idempotency`], also in the OpenAPI document.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     match v.to_str() {
         Ok(s) if valid_idempotency_key(s) => Ok(Some(s.to_string())),
@@ -46,7 +46,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
     }
 }
 
-pub(super) fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -119,7 +119,7 @@ pub(super) const MAX_LIMIT: usize = 1000;
 /// POS status words and the internal states the journal filter accepts.
 pub(super) const STATUS_WORDS: &[&str] = &["approved", "declined", "reversed", "pending", "failed", "unknown"];
 
-pub(super) fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
+pub(crate) fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, Problem> {
     let mut q = JournalQuery::default();
     let mut seen = HashSet::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {

@@ -398,7 +398,7 @@ impl RateLimit {
 }
 
 /// The client's `X-Request-Id` when it is short and plain, else a fresh random one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     if let Some(given) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
         let ok = !given.is_empty() && given.len() <= 64 && given.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
         if ok {
@@ -408,11 +408,11 @@ fn request_id(headers: &HeaderMap) -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn digest(bytes: &[u8]) -> [u8; 20] {
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 20] {
     Sha1::digest(bytes).into()
 }
 
-fn check_bearer(expected: Option<&[u8; 20]>, headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) fn check_bearer(expected: Option<&[u8; 20]>, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(expected) = expected else {
         return Err(Problem::unauthorized("no token is configured for TCP clients"));
     };
@@ -456,7 +456,7 @@ fn find_route(method: &Method, path: &str) -> RouteMatch {
 }
 
 /// Match `path` against `pattern`; the decoded `{param}` segments in order.
-fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
+pub(crate) fn match_pattern(pattern: &str, path: &str) -> Option<Vec<String>> {
     let mut params = Vec::new();
     let mut pat = pattern.split('/');
     let mut got = path.split('/');

@@ -282,11 +282,19 @@ fn repair_bare_track(seg: &str) -> Option<String> {
 pub fn parse_swipe(text: &str) -> Swipe {
     let mut swipe = Swipe::default();
     let mut semis = 0usize;
-    let mut rest = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    let full = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    let mut rest = full;
+    // The first `?` at or after where `rest` starts, as an offset into `full`: searched again only once
+    // `rest` has passed it, so a frame of thousands of start sentinels and no `?` stays linear.
+    let mut question = full.find('?');
     while !rest.is_empty() {
+        let at = full.len() - rest.len();
+        if question.is_some_and(|q| q < at) {
+            question = rest.find('?').map(|i| i + at);
+        }
         // Cut one segment: up to and including `?`, or up to the next start sentinel.
         let next_start = rest.char_indices().skip(1).find(|(_, c)| matches!(c, '%' | ';' | '+')).map(|(i, _)| i);
-        let end = rest.find('?').map(|i| i + 1);
+        let end = question.map(|q| q - at + 1);
         let cut = match (end, next_start) {
             (Some(e), Some(s)) if s < e => s,
             (Some(e), _) => e,
@@ -448,6 +456,19 @@ pub fn parse_track3(track: &str) -> Result<Track3, TrackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzzer (`track`): 61 KB of `%` took seconds (a MiB, minutes): every segment searched the whole rest
+    /// of the frame for `?`. An injected scan (`POST /v1/scans`, up to the body limit) reaches it.
+    #[test]
+    fn many_start_sentinels_without_an_end_sentinel_parse_in_linear_time() {
+        for text in ["%".repeat(1 << 20), ";".repeat(1 << 20), format!("622{}", "%+;".repeat(350_000))] {
+            #[allow(clippy::disallowed_methods)] // a test timing the parser, not engine time
+            let t = std::time::Instant::now();
+            let s = parse_swipe(&text);
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?} for {} bytes", t.elapsed(), text.len());
+            assert!(s.extra_segments > 1000);
+        }
+    }
     use proptest::prelude::*;
 
     const T1: &str = "%B4111111111111111^DOE/JOHN^2512101000000000000000123000000?";

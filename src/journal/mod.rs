@@ -9,7 +9,7 @@ pub mod log;
 pub mod mark;
 mod retire;
 pub mod seal;
-mod sled_store;
+pub(crate) mod sled_store;
 mod space;
 pub mod verify;
 mod write;

@@ -44,7 +44,7 @@ pub(super) fn encode(rec: &Record) -> Result<Vec<u8>, JournalError> {
     serde_json::to_vec(rec).map_err(|e| JournalError::Corrupt(rec.id.to_string(), e.to_string()))
 }
 
-pub(super) fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
+pub(crate) fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
     serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt(hex::encode(id), e.to_string()))
 }
 

@@ -8,6 +8,7 @@ mod cors;
 mod devices;
 mod diskfull;
 mod files;
+mod fuzz;
 mod journal_guard;
 mod journal_log;
 mod keepalive;

@@ -68,7 +68,7 @@ pub fn content_fields(content: &Value, path: &str) -> Map<String, Value> {
 }
 
 /// The reply for a non-redeem answer from the interface at `path`: `success=true` is approved.
-pub(super) fn plain_reply(a: &Answer, path: &str, station: &str) -> Reply {
+pub(crate) fn plain_reply(a: &Answer, path: &str, station: &str) -> Reply {
     let (zh, en, _) = codes::lookup(&a.ret);
     let mut fields = content_fields(&a.content, path);
     if let Some(Value::String(html)) = fields.get("report") {

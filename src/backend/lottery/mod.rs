@@ -22,7 +22,7 @@
 //! that the `transacId` reached the host, or when resends keep failing ([`QUERY_AFTER`] in a row), the
 //! outcome is learnt from getPrize (8.9) and that day's awardDetail (which `transacId` won). `Recovery::Query`
 //! runs the query alone.
-mod answer;
+pub(crate) mod answer;
 pub mod codes;
 mod query;
 mod reconcile;

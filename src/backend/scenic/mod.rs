@@ -19,7 +19,7 @@ use crate::backend::{
     TxRequest, Verdict,
 };
 use crate::config::{ConfigError, Profile};
-use crate::net::client::HttpsClient;
+use crate::net::client::{HttpReply, HttpsClient};
 use crate::secret::Secret;
 
 /// The profile `backend =` value.
@@ -66,7 +66,7 @@ impl std::fmt::Debug for ScenicBackend {
 }
 
 /// What an answer said.
-struct Answer {
+pub(crate) struct Answer {
     code: String,
     message: String,
     data: Value,
@@ -113,26 +113,34 @@ impl ScenicBackend {
         let body = wire::envelope(&self.app_key, &self.app_secret, params, Self::now_ms());
         let url = format!("{}/{path}", self.base);
         let http = self.http.post(&url, JSON, Bytes::from(body), journal_id).await.map_err(|e| BackendError::from_net(KIND, e))?;
-        let bytes = answer_body(KIND, path, &http)?;
-        let unknown = |why: &str| err(Stage::Unknown, format!("{path}: {why}: {}", scrub(&String::from_utf8_lossy(bytes))));
-        let v: Value = serde_json::from_slice(bytes).map_err(|_| unknown("the answer is not JSON"))?;
-        let o = v.as_object().ok_or_else(|| unknown("the answer is not a JSON object"))?;
-        let code = match o.get("code") {
-            Some(Value::String(c)) => c.trim().to_string(),
-            _ => return Err(unknown("the answer's `code` is missing or not a string")),
-        };
-        if lookup_code(wire::CODES, &code).is_none() {
-            return Err(unknown("the answer's `code` is not in the document's table"));
-        }
-        let message = match o.get("message") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(m)) => crate::backend::common::bound(m, 200),
-            Some(_) => return Err(unknown("the answer's `message` is not a string")),
-        };
-        Ok(Answer { code, message, data: o.get("data").cloned().unwrap_or(Value::Null) })
+        read_answer(path, &http)
     }
+}
 
-    fn reply(op: &str, a: Answer) -> Result<Reply, BackendError> {
+/// The answer of the interface at `path` read strictly (pure, so it can be fuzzed): a JSON object whose
+/// `code` is one of the document's; anything else says nothing, so the outcome is unknown.
+pub(crate) fn read_answer(path: &str, http: &HttpReply) -> Result<Answer, BackendError> {
+    let bytes = answer_body(KIND, path, http)?;
+    let unknown = |why: &str| err(Stage::Unknown, format!("{path}: {why}: {}", scrub(&String::from_utf8_lossy(bytes))));
+    let v: Value = serde_json::from_slice(bytes).map_err(|_| unknown("the answer is not JSON"))?;
+    let o = v.as_object().ok_or_else(|| unknown("the answer is not a JSON object"))?;
+    let code = match o.get("code") {
+        Some(Value::String(c)) => c.trim().to_string(),
+        _ => return Err(unknown("the answer's `code` is missing or not a string")),
+    };
+    if lookup_code(wire::CODES, &code).is_none() {
+        return Err(unknown("the answer's `code` is not in the document's table"));
+    }
+    let message = match o.get("message") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(m)) => crate::backend::common::bound(m, 200),
+        Some(_) => return Err(unknown("the answer's `message` is not a string")),
+    };
+    Ok(Answer { code, message, data: o.get("data").cloned().unwrap_or(Value::Null) })
+}
+
+impl ScenicBackend {
+    pub(crate) fn reply(op: &str, a: Answer) -> Result<Reply, BackendError> {
         let (zh, en) = lookup_code(wire::CODES, &a.code).unwrap_or(("", ""));
         let message = if a.message.is_empty() { zh.to_string() } else { a.message };
         let mut reply = Reply {
