@@ -624,6 +624,35 @@ pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
     })
 }
 
+/// Whether a stored record (any format) holds a sealed field, reading only its head: the start-up
+/// check for a missing data key walks every record with it.
+pub fn has_sealed(b: &[u8]) -> Result<bool, CodecError> {
+    const NEEDLE: &[u8] = b"\"sealed\":";
+    if b.first() == Some(&b'{') {
+        return Ok(b.windows(NEEDLE.len()).any(|w| w == NEEDLE));
+    }
+    let mut r = Reader { b, at: 0 };
+    let tag = r.byte()?;
+    if tag != TAG {
+        return Err(CodecError::Tag(tag));
+    }
+    r.u()?;
+    r.key()?;
+    r.key()?;
+    r.take(2)?;
+    r.s()?;
+    r.s()?;
+    for _ in 0..2 {
+        if r.byte()? == 0 {
+            r.s()?;
+        } else {
+            r.i()?;
+        }
+    }
+    r.i()?;
+    Ok(r.u32("present")? & SEALED != 0)
+}
+
 /// A stored record of any format: format 3, or the JSON of formats 1 and 2 (read by the migration and
 /// by `journal verify` on a copy not yet migrated).
 pub fn decode_any(b: &[u8]) -> Result<Record, String> {

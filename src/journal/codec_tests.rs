@@ -66,6 +66,15 @@ fn every_optional_field_and_odd_timestamps_read_back() {
 }
 
 #[test]
+fn a_sealed_field_is_seen_from_the_head_alone() {
+    let mut r = consume();
+    assert_eq!(has_sealed(&encode_record(&r)), Ok(false));
+    r.sealed = Some("x".into());
+    assert_eq!(has_sealed(&encode_record(&r)), Ok(true));
+    assert_eq!(has_sealed(&serde_json::to_vec(&r).unwrap()), Ok(true));
+}
+
+#[test]
 fn json_of_formats_1_and_2_still_reads() {
     let r = consume();
     let back = decode_any(&serde_json::to_vec(&r).unwrap()).unwrap();

@@ -344,7 +344,7 @@ impl SledJournal {
     pub fn has_sealed_records(&self) -> Result<bool, JournalError> {
         for kv in self.records.iter() {
             let (k, v) = kv.map_err(store_err)?;
-            if decode(&k, &v)?.sealed.is_some() {
+            if super::codec::has_sealed(&v).map_err(|e| JournalError::Corrupt(hex::encode(&k), e.to_string()))? {
                 return Ok(true);
             }
         }
