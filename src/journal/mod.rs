@@ -4,6 +4,7 @@
 //! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
 pub mod archive;
+pub mod codec;
 mod guard;
 pub mod log;
 pub mod mark;
@@ -21,6 +22,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 pub use retire::SettledBatch;
+pub use codec::{decode_record, encode_record, CodecError};
 pub use sled_store::{SledJournal, EXIT_STORE_BROKEN, FORMAT_VERSION};
 pub use space::JournalHealth;
 
@@ -375,7 +377,7 @@ mod tests {
         cleanup(&d);
     }
 
-    /// A version-1 journal (sled alone, no log) opens, keeps every record and is stamped version 2.
+    /// A version-1 journal (sled alone, no log) opens, keeps every record and is stamped this build's version.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_version_1_journal_is_migrated_on_open() {
         let d = dir("v1");
@@ -399,7 +401,47 @@ mod tests {
         assert_eq!(j.changes_since(0).unwrap().len(), 2, "new changes go to the log");
         drop(j);
         let db = sled::open(&d).unwrap();
-        assert_eq!(db.open_tree("meta").unwrap().get(b"format").unwrap().as_deref(), Some(&2u32.to_be_bytes()[..]));
+        assert_eq!(db.open_tree("meta").unwrap().get(b"format").unwrap().as_deref(), Some(&FORMAT_VERSION.to_be_bytes()[..]));
+        drop(db);
+        cleanup(&d);
+    }
+
+    /// A version-2 journal (JSON records) opens, keeps every record, and leaves with every record in
+    /// the binary form of `codec.rs` and the stamp of this build.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_journal_is_migrated_to_compact_records_on_open() {
+        let d = dir("v2");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            consumes(&j, "a", 3).await;
+        }
+        let json_bytes = {
+            let db = sled::open(&d).unwrap();
+            let records = db.open_tree("records").unwrap();
+            let mut n = 0;
+            for kv in records.iter() {
+                let (k, v) = kv.unwrap();
+                let json = serde_json::to_vec(&decode_record(&v).unwrap()).unwrap();
+                n += json.len();
+                records.insert(k, json).unwrap();
+            }
+            db.open_tree("meta").unwrap().insert(b"format", &2u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+            n
+        };
+        let j = SledJournal::open(&d).unwrap();
+        let recs = j.batch_records("p", "000001").unwrap();
+        assert_eq!(recs.len(), 3);
+        assert!(recs.iter().all(|r| r.status == Status::Approved && r.idempotency_key.is_some()));
+        assert_eq!(j.by_idempotency_key("p", "a1").unwrap().map(|r| r.id), Some(recs[1].id));
+        consumes(&j, "b", 1).await;
+        drop(j);
+        let db = sled::open(&d).unwrap();
+        assert_eq!(db.open_tree("meta").unwrap().get(b"format").unwrap().as_deref(), Some(&FORMAT_VERSION.to_be_bytes()[..]));
+        let stored: Vec<sled::IVec> = db.open_tree("records").unwrap().iter().values().map(|v| v.unwrap()).collect();
+        assert_eq!(stored.len(), 4);
+        assert!(stored.iter().all(|v| v.first() == Some(&codec::TAG)), "every record rewritten");
+        assert!(stored[..3].iter().map(|v| v.len()).sum::<usize>() * 2 < json_bytes, "compact records are less than half the JSON");
         drop(db);
         cleanup(&d);
     }

@@ -27,9 +27,10 @@ const CHECKPOINT_ENTRIES: u64 = 20_000;
 const CHECKPOINT_TICKS: u32 = 30;
 
 /// The journal's on-disk format version (`meta` tree, key `format`): see ARCHITECTURE.md, Boundaries.
-/// 2: the durable record is the log under `log/`, sled is written without syncing (1: sled alone,
-/// synced per group; opened by this build and stamped 2, see `check_format`).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: records in the compact binary form of `codec.rs`. 2: the durable record is the log under `log/`,
+/// sled is written without syncing, records are JSON. 1: sled alone, synced per group. This build opens
+/// 1 and 2 and migrates them (see `migrate`).
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// The daemon's exit code when sled refused a change the log already holds (sled 0.34 then refuses
@@ -40,12 +41,14 @@ pub(super) fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
     JournalError::Store(e.to_string())
 }
 
+/// A record as stored (format 3, `codec.rs`). Kept fallible: callers (retention) match on it.
 pub(super) fn encode(rec: &Record) -> Result<Vec<u8>, JournalError> {
-    serde_json::to_vec(rec).map_err(|e| JournalError::Corrupt(rec.id.to_string(), e.to_string()))
+    Ok(super::codec::encode_record(rec))
 }
 
+/// A stored record of any format (the JSON of formats 1 and 2 still reads, see `codec::decode_any`).
 pub(crate) fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
-    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt(hex::encode(id), e.to_string()))
+    super::codec::decode_any(bytes).map_err(|e| JournalError::Corrupt(hex::encode(id), e))
 }
 
 pub(super) fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
@@ -198,18 +201,11 @@ impl SledJournal {
         Ok(Arc::new(j))
     }
 
-    /// Refuse a journal written by a newer format than this build reads; stamp an unstamped one (every
-    /// journal before the stamp existed is version 1) and a version-1 one with this build's version.
-    /// Version 1 is sled alone, every change synced; version 2 keeps the same trees and values and adds
-    /// the log, so migrating is the stamp (the log starts empty, the checkpoint at its start).
-    fn check_format(db: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<(), JournalError> {
-        let stamp = || -> Result<(), JournalError> {
-            meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(store_err)?;
-            db.flush().map_err(store_err)?;
-            Ok(())
-        };
+    /// Refuse a journal written by a newer format than this build reads; the format found otherwise
+    /// (every journal before the stamp existed is version 1).
+    fn check_format(meta: &sled::Tree, dir: &Path) -> Result<u32, JournalError> {
         match meta.get(FORMAT_KEY).map_err(store_err)? {
-            None => stamp(),
+            None => Ok(1),
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
@@ -220,13 +216,37 @@ impl SledJournal {
                         dir.display()
                     )));
                 }
-                if found < FORMAT_VERSION {
-                    tracing::info!(journal = %dir.display(), from = found, to = FORMAT_VERSION, "journal format migrated (the log starts beside the store)");
-                    stamp()?;
-                }
-                Ok(())
+                Ok(found)
             }
         }
+    }
+
+    /// Bring an older journal to this build's format, after its log was replayed (a format-2 log holds
+    /// JSON records). Version 1 is sled alone, every change synced; version 2 adds the log beside the
+    /// same trees; version 3 stores records in the binary form of `codec.rs`. So 1 and 2 migrate the
+    /// same way: every record rewritten in place, sled synced, then the stamp (a crash before it
+    /// migrates again, which is harmless: `decode` reads both forms).
+    fn migrate(dir: &Path, db: &sled::Db, trees: &[sled::Tree], found: u32) -> Result<(), JournalError> {
+        if found >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let records = &trees[usize::from(super::log::entry::RECORDS)];
+        let mut n = 0u64;
+        for kv in records.iter() {
+            let (k, v) = kv.map_err(store_err)?;
+            if v.first() == Some(&b'{') {
+                let rec = decode(&k, &v)?;
+                records.insert(k, encode(&rec)?).map_err(store_err)?;
+                n += 1;
+            }
+        }
+        write::sync_sled(dir, db)?;
+        trees[write::META].insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(store_err)?;
+        write::sync_sled(dir, db)?;
+        if found > 1 || n > 0 {
+            tracing::info!(journal = %dir.display(), from = found, to = FORMAT_VERSION, records = n, "journal format migrated (records in the compact binary form)");
+        }
+        Ok(())
     }
 
     /// Open the sled store alone: no mark check and no sync thread (for `journal verify`, which
@@ -239,8 +259,9 @@ impl SledJournal {
         let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
         let trees: Vec<sled::Tree> = super::log::entry::TREES.iter().map(|n| tree(n)).collect::<Result<_, _>>()?;
-        Self::check_format(&db, &trees[write::META], dir)?;
+        let found = Self::check_format(&trees[write::META], dir)?;
         let (writer, replayed) = write::open_and_replay(dir, &db, &trees)?;
+        Self::migrate(dir, &db, &trees, found)?;
         Ok(SledJournal {
             trees: Arc::new(trees),
             dir: dir.to_path_buf(),
@@ -321,10 +342,9 @@ impl SledJournal {
 
     /// True when any record holds a sealed field (so the data key that sealed it must exist).
     pub fn has_sealed_records(&self) -> Result<bool, JournalError> {
-        const NEEDLE: &[u8] = b"\"sealed\":";
         for kv in self.records.iter() {
-            let (_, v) = kv.map_err(store_err)?;
-            if v.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+            let (k, v) = kv.map_err(store_err)?;
+            if super::codec::has_sealed(&v).map_err(|e| JournalError::Corrupt(hex::encode(&k), e.to_string()))? {
                 return Ok(true);
             }
         }

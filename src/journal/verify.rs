@@ -186,7 +186,7 @@ fn check_contents(j: &SledJournal, data_dir: &Path, r: &mut Report) {
                 break;
             }
         };
-        let rec: Record = match serde_json::from_slice(&v) {
+        let rec: Record = match super::codec::decode_any(&v) {
             Ok(rec) => rec,
             Err(e) => {
                 undecodable += 1;
