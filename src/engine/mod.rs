@@ -266,15 +266,44 @@ impl Engine {
         tokio::task::spawn_blocking(move || j.commit(change)).await.map_err(|e| EngineError::Journal(format!("journal task: {e}")))?.map_err(jerr)
     }
 
+    /// `begin`, then (for a new record) the group commit, in ONE trip to the blocking pool: the thread
+    /// that wrote the entry syncs it (or waits for the group that does), so a durable point costs one
+    /// hand-off there and back instead of three (runtime → blocking pool → runtime → sync thread →
+    /// runtime, before).
+    async fn journal_begin_durable(&self, new: NewRecord) -> Result<Begun, EngineError> {
+        let j = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let begun = j.begin(new)?;
+            if let Begun::Created(_) = &begun {
+                j.sync_blocking()?;
+            }
+            Ok(begun)
+        })
+        .await
+        .map_err(|e| EngineError::Journal(format!("journal task: {e}")))?
+        .map_err(jerr)
+    }
+
+    /// `commit` and its sync in one trip to the blocking pool (see [`Engine::journal_begin_durable`]).
+    async fn journal_commit_durable(&self, change: Change) -> Result<(), EngineError> {
+        let j = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            j.commit(change)?;
+            j.sync_blocking()
+        })
+        .await
+        .map_err(|e| EngineError::Journal(format!("journal task: {e}")))?
+        .map_err(jerr)
+    }
+
     async fn begin_durable(&self, rec: Record, allocate_trace: bool) -> Result<Result<Record, Answer>, EngineError> {
         let fingerprint = rec.request_fingerprint.clone();
-        match self.journal_begin(NewRecord { record: rec, allocate_trace }).await? {
+        match self.journal_begin_durable(NewRecord { record: rec, allocate_trace }).await? {
             Begun::Existing(first) => {
                 check_same_request(&first, fingerprint.as_deref())?;
                 Ok(Err(Answer::of(&first)))
             }
             Begun::Created(rec) => {
-                self.journal.sync().await.map_err(jerr)?;
                 testhook::order("synced", rec.id);
                 self.remember(&rec);
                 Ok(Ok(rec))
@@ -293,8 +322,7 @@ impl Engine {
         if let Some(st) = state {
             change.profile_states.push((rec.profile.clone(), st));
         }
-        self.journal_commit(change).await?;
-        self.journal.sync().await.map_err(jerr)?;
+        self.journal_commit_durable(change).await?;
         self.remember(rec);
         self.emit("transaction", rec.view());
         Ok(())

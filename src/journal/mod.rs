@@ -5,6 +5,7 @@
 //! done as group commit: one flush + sync covers every writer waiting at that moment.
 pub mod archive;
 pub mod codec;
+mod group;
 mod guard;
 pub mod log;
 pub mod mark;
@@ -125,6 +126,9 @@ pub trait JournalStore: Send + Sync + 'static {
     fn commit(&self, change: Change) -> Result<(), JournalError>;
     /// Make everything written so far durable (group commit: flush + fdatasync).
     async fn sync(&self) -> Result<(), JournalError>;
+    /// [`JournalStore::sync`] for a caller already off the async runtime (a blocking-pool thread):
+    /// it may lead the group commit itself, with no hand-off to another thread.
+    fn sync_blocking(&self) -> Result<(), JournalError>;
     fn get(&self, id: u64) -> Result<Option<Record>, JournalError>;
     fn by_idempotency_key(&self, profile: &str, key: &str) -> Result<Option<Record>, JournalError>;
     /// The records of `profile` that carry the vendor's `reference`, oldest first.

@@ -1,16 +1,15 @@
 //! The journal store: sled trees for state and indexes beside the durable log, and its group commit.
 //!
-//! Writes go through `write::Writer` (log entry first, then sled, unsynced); the group-commit thread
-//! here makes them durable with one `fdatasync` of the log per group; a checkpoint thread flushes sled
+//! Writes go through `write::Writer` (log entry first, then sled, unsynced); the group commit
+//! (`group.rs`) makes them durable with one `fdatasync` of the log per group; a checkpoint thread flushes sled
 //! now and then so a start replays little of the log.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
-use tokio::sync::watch;
-
-use super::guard::{behind, data_dir_of, describe_profiles, mark_loop, snapshot, Guard, MarkSlot};
+use super::group::Committer;
+use super::guard::{behind, data_dir_of, describe_profiles, snapshot, Guard};
 use super::mark::{self, Mark};
 use super::space::{JournalHealth, Space};
 use super::write::{self, Replayed, Writer};
@@ -87,19 +86,6 @@ pub(super) fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     k
 }
 
-/// Group commit: writers bump `requested` and wait until `done` reaches their number.
-struct Syncer {
-    state: Mutex<SyncState>,
-    wake: Condvar,
-    done: watch::Sender<(u64, Option<String>)>,
-    count: AtomicU64,
-}
-
-struct SyncState {
-    requested: u64,
-    stop: bool,
-}
-
 pub struct SledJournal {
     pub(super) db: sled::Db,
     pub(super) records: sled::Tree,
@@ -119,8 +105,8 @@ pub struct SledJournal {
     pub(super) writer: Arc<Mutex<Writer>>,
     /// What replaying the log at open did (a gap makes `open` refuse and `verify` complain).
     pub(super) replayed: Replayed,
-    syncer: Arc<Syncer>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Group commit (`group.rs`): the first writer to ask syncs for everybody waiting.
+    committer: Arc<Committer>,
     checkpoints: Arc<Stop>,
     checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Free-space guard and the last write error (`space.rs`).
@@ -136,7 +122,7 @@ struct Stop {
 
 impl SledJournal {
     /// Open (or create) the journal in `dir`, check it against its high-water mark, and start its
-    /// sync thread. Refuses a journal behind its mark, a missing journal folder whose mark exists and
+    /// mark thread. Refuses a journal behind its mark, a missing journal folder whose mark exists and
     /// a corrupt mark: starting on any of them would reuse trace numbers and idempotency keys.
     pub fn open(dir: &Path) -> Result<Arc<SledJournal>, JournalError> {
         let mark_at = mark::mark_path(dir);
@@ -249,7 +235,7 @@ impl SledJournal {
         Ok(())
     }
 
-    /// Open the sled store alone: no mark check and no sync thread (for `journal verify`, which
+    /// Open the sled store alone: no mark check and no mark thread (for `journal verify`, which
     /// reads a copy and never syncs).
     pub(super) fn open_db(dir: &Path) -> Result<SledJournal, JournalError> {
         if !dir.exists() {
@@ -262,10 +248,13 @@ impl SledJournal {
         let found = Self::check_format(&trees[write::META], dir)?;
         let (writer, replayed) = write::open_and_replay(dir, &db, &trees)?;
         Self::migrate(dir, &db, &trees, found)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let space = Arc::new(Space::new(dir));
         Ok(SledJournal {
+            committer: Arc::new(Committer::new(writer.clone(), space.clone())),
             trees: Arc::new(trees),
             dir: dir.to_path_buf(),
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             replayed,
             checkpoints: Arc::new(Stop::default()),
             checkpointer: Mutex::new(None),
@@ -278,28 +267,16 @@ impl SledJournal {
             profiles: tree("profiles")?,
             idem: tree("idem")?,
             refidx: tree("refidx")?,
-            syncer: Arc::new(Syncer {
-                state: Mutex::new(SyncState { requested: 0, stop: false }),
-                wake: Condvar::new(),
-                done: watch::channel((0, None)).0,
-                count: AtomicU64::new(0),
-            }),
             db,
-            thread: Mutex::new(None),
-            space: Arc::new(Space::new(dir)),
+            space,
         })
     }
 
     fn start_sync(&mut self, dir: &Path, mark: Option<mark::MarkFile>) -> Result<(), JournalError> {
         // The folder itself, so files created at first start are durable too.
         crate::platform::sync_dir(dir).map_err(|e| JournalError::Sync(e.to_string()))?;
-        let writer = self.writer.clone();
-        let syncer = self.syncer.clone();
-        let guard = mark.map(|m| Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m });
-        let space = self.space.clone();
-        let handle = std::thread::Builder::new().name("journal-sync".into()).spawn(move || sync_loop(writer, syncer, guard, &space)).map_err(store_err)?;
-        if let Ok(mut t) = self.thread.lock() {
-            *t = Some(handle);
+        if let Some(m) = mark {
+            self.committer.start_mark(Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m })?;
         }
         let (dir, db, meta, writer, stop) =
             (dir.to_path_buf(), self.db.clone(), self.trees[write::META].clone(), self.writer.clone(), self.checkpoints.clone());
@@ -395,14 +372,8 @@ impl SledJournal {
 
 impl Drop for SledJournal {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.syncer.state.lock() {
-            s.stop = true;
-        }
-        self.syncer.wake.notify_all();
-        // Join, so the store's file lock is released when the journal is dropped.
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
+        // The mark thread writes the newest values it holds, then ends.
+        self.committer.stop_mark();
         if let Ok(mut s) = self.checkpoints.stop.lock() {
             *s = true;
         }
@@ -455,76 +426,6 @@ fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<
     }
 }
 
-fn sync_loop(writer: Arc<Mutex<Writer>>, s: Arc<Syncer>, guard: Option<Guard>, space: &Space) {
-    let mut synced = 0u64;
-    let (trees, marker) = match guard {
-        Some(g) => {
-            let slot = Arc::new(MarkSlot::default());
-            let for_thread = slot.clone();
-            let handle = std::thread::Builder::new().name("journal-mark".into()).spawn(move || mark_loop(g.mark, for_thread)).ok();
-            (Some((g.records, g.profiles)), handle.map(|h| (slot, h)))
-        }
-        None => (None, None),
-    };
-    // The next sync target, or `None` once stopped with nothing left to sync.
-    let next_target = |synced: u64| -> Option<u64> {
-        let mut st = s.state.lock().ok()?;
-        while st.requested == synced && !st.stop {
-            st = s.wake.wait(st).ok()?;
-        }
-        if st.stop && st.requested == synced {
-            return None;
-        }
-        Some(st.requested)
-    };
-    while let Some(target) = next_target(synced) {
-        // Read the mark's values before the flush: everything read here was committed, so the flush
-        // below makes it durable, and the mark written after it never runs ahead of the journal.
-        let snap = trees.as_ref().map(|(records, profiles)| snapshot(records, profiles));
-        // Every entry whose writer asked for this sync was appended before it asked: one fdatasync of
-        // the log's segment (two after a roll-over) makes the whole group durable.
-        let files = writer.lock().map(|mut w| w.log.to_sync()).map_err(|_| "journal writer poisoned".to_string());
-        crate::testhook::point_blocking(crate::testhook::BEFORE_LOG_SYNC);
-        // metrics: one group of `target - synced` sync requests made durable by the fdatasync below.
-        let mut result = crate::metrics::time_group_commit(target - synced, || {
-            files.and_then(|files| files.iter().try_for_each(|f| f.sync_data()).map_err(|e| format!("fdatasync of the journal log: {e}")))
-        });
-        let mark_err = marker.as_ref().and_then(|(slot, _)| slot.state.lock().ok().and_then(|mut st| st.error.take()));
-        if let (Ok(()), Some(e)) = (&result, mark_err) {
-            result = Err(format!("the journal's high-water mark could not be written: {e}"));
-        }
-        let durable = result.is_ok();
-        match &result {
-            Ok(()) => space.succeeded(),
-            Err(e) => space.failed(e),
-        }
-        synced = target;
-        s.count.fetch_add(1, Ordering::Relaxed);
-        let _ = s.done.send((target, result.err()));
-        // The writers are released as soon as their records are durable; the mark thread writes the
-        // newest durable values on its own time.
-        if let (true, Some((slot, _)), Some(snap)) = (durable, marker.as_ref(), snap) {
-            match snap {
-                Ok(m) => {
-                    if let Ok(mut st) = slot.state.lock() {
-                        st.latest = Some(m);
-                    }
-                    slot.wake.notify_one();
-                }
-                Err(e) => tracing::error!("journal high-water mark: {e}"),
-            }
-        }
-    }
-    // Stopping: the mark thread writes what it still holds, then ends.
-    if let Some((slot, handle)) = marker {
-        if let Ok(mut st) = slot.state.lock() {
-            st.stop = true;
-        }
-        slot.wake.notify_one();
-        let _ = handle.join();
-    }
-}
-
 #[async_trait::async_trait]
 impl JournalStore for SledJournal {
     fn profile_state(&self, profile: &str) -> Result<ProfileState, JournalError> {
@@ -564,18 +465,12 @@ impl JournalStore for SledJournal {
     }
 
     async fn sync(&self) -> Result<(), JournalError> {
-        let mut rx = self.syncer.done.subscribe();
-        let mine = {
-            let mut st = self.syncer.state.lock().map_err(|_| JournalError::Sync("sync state poisoned".into()))?;
-            st.requested += 1;
-            st.requested
-        };
-        self.syncer.wake.notify_one();
-        let got = rx.wait_for(|(done, _)| *done >= mine).await.map_err(|_| JournalError::Sync("sync thread stopped".into()))?;
-        match &got.1 {
-            None => Ok(()),
-            Some(e) => Err(JournalError::Sync(e.clone())),
-        }
+        let c = self.committer.clone();
+        tokio::task::spawn_blocking(move || c.sync_blocking()).await.map_err(|e| JournalError::Sync(format!("sync task: {e}")))?
+    }
+
+    fn sync_blocking(&self) -> Result<(), JournalError> {
+        self.committer.sync_blocking()
     }
 
     fn get(&self, id: u64) -> Result<Option<Record>, JournalError> {
@@ -701,7 +596,7 @@ impl JournalStore for SledJournal {
     }
 
     fn syncs(&self) -> u64 {
-        self.syncer.count.load(Ordering::Relaxed)
+        self.committer.count.load(Ordering::Relaxed)
     }
 
     fn plan_retention(&self, cutoff: &str, max_records: usize) -> Result<Vec<super::SettledBatch>, JournalError> {

@@ -71,8 +71,9 @@ impl Header {
             u64::from_le_bytes(a)
         };
         let format = u32_at(8);
-        if format != super::FORMAT_VERSION {
-            return Err(damaged(path, format!("journal format {format}, this build reads {}", super::FORMAT_VERSION)));
+        // Records of every older format still decode (`codec::decode_any`); a newer file is not ours to read.
+        if format == 0 || format > super::FORMAT_VERSION {
+            return Err(damaged(path, format!("journal format {format}, this build reads 1 to {}", super::FORMAT_VERSION)));
         }
         let mut sum = [0u8; 32];
         sum.copy_from_slice(&b[48..80]);
