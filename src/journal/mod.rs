@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use retire::SettledBatch;
 pub use codec::{decode_record, encode_record, CodecError};
+pub use retire::SettledBatch;
 pub use sled_store::{SledJournal, EXIT_STORE_BROKEN, FORMAT_VERSION};
 pub use space::JournalHealth;
 
