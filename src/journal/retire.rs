@@ -6,7 +6,7 @@
 //! exists: the high-water mark and the next id are read from the newest record. The caller writes the
 //! day files first and then calls `archive_batches`, which removes exactly what it was shown (a record
 //! changed since is left where it is) through the journal's one write path.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use super::log::entry::{BATCHIDX, IDEM, PROFIDX, RECORDS, REFIDX, TOTALS};
 use super::log::Op;
@@ -34,65 +34,118 @@ impl SledJournal {
     /// The batches settled before `cutoff` (RFC 3339) that may leave, at most about `max_records` records.
     pub(super) fn plan_retention_now(&self, cutoff: &str, max_records: usize) -> Result<Vec<SettledBatch>, JournalError> {
         let last_id = self.writer_last_id()?;
-        let mut groups: BTreeMap<(String, String), Vec<IndexEntry>> = BTreeMap::new();
-        let mut keys_of: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        for kv in self.batchidx.iter() {
-            let (k, _) = kv.map_err(store_err)?;
-            if k.len() < 10 {
-                continue;
-            }
-            let mut idb = [0u8; 8];
-            idb.copy_from_slice(&k[k.len() - 8..]);
-            let id = u64::from_be_bytes(idb);
-            let (profile, batch) = split_batch_key(&k[..k.len() - 9]);
-            groups.entry((profile, batch)).or_default().push((k.to_vec(), id));
-            keys_of.entry(id).or_default().push(k.to_vec());
-        }
         let owed: HashSet<Vec<u8>> = self.pending.iter().keys().chain(self.recovery.iter().keys()).filter_map(|k| k.ok()).map(|k| k.to_vec()).collect();
         let mut states: HashMap<String, ProfileState> = HashMap::new();
+        // Index keys under one batch that name a record of another (a sign-on that began in this batch and
+        // belongs to the next): few, so kept for the whole pass; everything else is held one batch at a time.
+        let mut foreign: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         let mut out = Vec::new();
         let mut planned = 0usize;
-        for ((profile, batch), entries) in groups {
-            if planned >= max_records {
-                break;
-            }
-            if batch.is_empty() {
+        // `batchidx` keys sort by (profile, batch, id): one batch's keys are contiguous, so the pass holds
+        // one batch in memory, never the whole index (a journal of a million records starts in bounded RSS).
+        let mut group: Option<((String, String), Vec<IndexEntry>)> = None;
+        let mut iter = self.batchidx.iter().keys();
+        loop {
+            let next = match iter.next() {
+                Some(k) => {
+                    let k = k.map_err(store_err)?;
+                    if k.len() < 10 {
+                        continue;
+                    }
+                    let mut idb = [0u8; 8];
+                    idb.copy_from_slice(&k[k.len() - 8..]);
+                    Some((split_batch_key(&k[..k.len() - 9]), k.to_vec(), u64::from_be_bytes(idb)))
+                }
+                None => None,
+            };
+            let same = matches!((&group, &next), (Some((g, _)), Some((n, _, _))) if g == n);
+            if same {
+                if let (Some((_, entries)), Some((_, k, id))) = (group.as_mut(), next) {
+                    entries.push((k, id));
+                }
                 continue;
             }
-            if !states.contains_key(&profile) {
-                states.insert(profile.clone(), self.profile_state_of(&profile)?);
-            }
-            let st = &states[&profile];
-            if st.batch.as_deref() == Some(batch.as_str()) || st.unsettled.contains(&batch) {
-                continue;
-            }
-            let mut records = Vec::new();
-            let mut eligible = true;
-            for (_, id) in &entries {
-                let key = id.to_be_bytes();
-                let Some(v) = self.records.get(key).map_err(store_err)? else { continue };
-                let rec = decode(&key, &v)?;
-                if rec.batch != batch {
-                    continue; // a sign-on that began in this batch and belongs to the next
+            if let Some(((profile, batch), entries)) = group.take() {
+                if planned < max_records {
+                    if let Some(b) = self.plan_one(profile, batch, entries, cutoff, last_id, &owed, &mut states, &mut foreign)? {
+                        planned += b.records.len();
+                        out.push(b);
+                    }
                 }
-                if !rec.status.is_final() || rec.recovery.is_some() || owed.contains(&key[..]) || rec.id >= last_id || super::archive::day_of(&rec).is_none() {
-                    eligible = false;
-                    break;
-                }
-                records.push(rec);
             }
-            let settled_at = records.iter().filter(|r| r.class == Class::Settle && r.status == Status::Approved).map(|r| r.updated_at.clone()).max();
-            let Some(settled_at) = settled_at.filter(|s| eligible && s.as_str() < cutoff) else { continue };
-            let mut index_keys: Vec<Vec<u8>> = entries.into_iter().map(|(k, _)| k).collect();
-            for r in &records {
-                index_keys.extend(keys_of.get(&r.id).into_iter().flatten().cloned());
+            match next {
+                Some((g, k, id)) => group = Some((g, vec![(k, id)])),
+                None => break,
             }
-            index_keys.sort();
-            index_keys.dedup();
-            planned += records.len();
-            out.push(SettledBatch { profile, batch, settled_at, records, index_keys });
+        }
+        for b in &mut out {
+            for r in &b.records {
+                b.index_keys.extend(foreign.get(&r.id).into_iter().flatten().cloned());
+            }
+            b.index_keys.sort();
+            b.index_keys.dedup();
         }
         Ok(out)
+    }
+
+    /// One batch of the planning pass: `Some` when it may leave. Index entries of this batch that name a
+    /// record of another batch are noted in `foreign`, so that record's batch takes them when it leaves.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_one(
+        &self,
+        profile: String,
+        batch: String,
+        entries: Vec<IndexEntry>,
+        cutoff: &str,
+        last_id: u64,
+        owed: &HashSet<Vec<u8>>,
+        states: &mut HashMap<String, ProfileState>,
+        foreign: &mut HashMap<u64, Vec<Vec<u8>>>,
+    ) -> Result<Option<SettledBatch>, JournalError> {
+        if !states.contains_key(&profile) {
+            states.insert(profile.clone(), self.profile_state_of(&profile)?);
+        }
+        let st = &states[&profile];
+        // The current batch never leaves, and an entry in it can only name a newer record: not read at all.
+        if st.batch.as_deref() == Some(batch.as_str()) {
+            return Ok(None);
+        }
+        // Ids grow with time: when this batch's first record is younger than the cut-off, so is every
+        // record it indexes (its settlement included), and it is not read further. A start-up thus reads
+        // the records of old batches only, not the whole journal.
+        let Some((_, first)) = entries.first() else { return Ok(None) };
+        let key = first.to_be_bytes();
+        if let Some(v) = self.records.get(key).map_err(store_err)? {
+            if decode(&key, &v)?.created_at.as_str() >= cutoff {
+                return Ok(None);
+            }
+        }
+        // An empty or unsettled batch stays, but its entries naming other batches' records are noted.
+        let stays = batch.is_empty() || st.unsettled.contains(&batch);
+        let mut records = Vec::new();
+        let mut eligible = true;
+        for (k, id) in &entries {
+            let key = id.to_be_bytes();
+            let Some(v) = self.records.get(key).map_err(store_err)? else { continue };
+            let rec = decode(&key, &v)?;
+            if rec.batch != batch {
+                foreign.entry(rec.id).or_default().push(k.clone());
+                continue;
+            }
+            if stays || !eligible {
+                continue;
+            }
+            if !rec.status.is_final() || rec.recovery.is_some() || owed.contains(&key[..]) || rec.id >= last_id || super::archive::day_of(&rec).is_none() {
+                eligible = false;
+                records.clear();
+                continue;
+            }
+            records.push(rec);
+        }
+        let settled_at = records.iter().filter(|r| r.class == Class::Settle && r.status == Status::Approved).map(|r| r.updated_at.clone()).max();
+        let Some(settled_at) = settled_at.filter(|s| !stays && eligible && s.as_str() < cutoff) else { return Ok(None) };
+        let index_keys: Vec<Vec<u8>> = entries.into_iter().map(|(k, _)| k).collect();
+        Ok(Some(SettledBatch { profile, batch, settled_at, records, index_keys }))
     }
 
     /// Remove the records of `batches` (already in their day files), their indexes and batch totals, as
