@@ -42,7 +42,7 @@ fn allocated(m: &std::fs::Metadata) -> u64 {
 }
 
 /// Start the real binary; the child and the time until `GET /v1/status` answers.
-async fn start(config: &Path, sock: &Path) -> Result<(tokio::process::Child, Duration), BenchError> {
+pub(crate) async fn start(config: &Path, sock: &Path) -> Result<(tokio::process::Child, Duration), BenchError> {
     let exe = std::env::current_exe().map_err(setup_err)?;
     let _ = std::fs::remove_file(sock);
     let t = Instant::now();

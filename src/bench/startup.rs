@@ -4,30 +4,10 @@ use std::time::{Duration, Instant};
 
 use super::{ms, BenchError};
 use crate::cli::BenchArgs;
-use crate::client::ApiClient;
 
 /// Start the real binary on `config`; time until `GET /v1/status` answers, then read its idle RSS.
 async fn time_start(config: &std::path::Path, sock: &std::path::Path) -> Result<(Duration, u64), BenchError> {
-    let exe = std::env::current_exe().map_err(|e| BenchError::Setup(e.to_string()))?;
-    let t = Instant::now();
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("POSGATE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let client = ApiClient::unix(sock);
-    let ready = loop {
-        if let Ok((200, _)) = client.get("/v1/status").await {
-            break t.elapsed();
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            return Err(BenchError::Setup("the daemon did not become ready in 120 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    };
+    let (mut child, ready) = crate::bench_journal::start(config, sock).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_kib = child.id().map(super::rss_kib).unwrap_or(0);
     let _ = child.start_kill();

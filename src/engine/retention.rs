@@ -29,18 +29,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Journal(format!("retention task: {e}")))?
 }
 
-/// True when `r` passes the list filters of `q` (the journal's own `list` applies the same to hot records).
-fn matches(q: &JournalQuery, r: &Record) -> bool {
-    q.profile.as_ref().is_none_or(|p| &r.profile == p)
-        && q.batch.as_ref().is_none_or(|b| &r.batch == b)
-        && q.status
-            .as_ref()
-            .is_none_or(|s| r.status.pos_word() == s || serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
-        && q.date.as_ref().is_none_or(|d| r.created_at.starts_with(d.as_str()))
-        && q.reference.as_ref().is_none_or(|x| r.reference.as_ref() == Some(x))
-        && q.before.is_none_or(|b| r.id < b)
-}
-
 impl Engine {
     /// Run retention now and then once a day until the engine stops (`retain_days` from `[journal]`).
     pub fn start_retention(self: &Arc<Self>, retain_days: u32) {
@@ -109,7 +97,7 @@ impl Engine {
         let Some(day) = q.date.as_deref().filter(|d| crate::journal::archive::valid_day(d)) else { return Ok(out) };
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let hot: std::collections::HashSet<u64> = out.iter().map(|r| r.id).collect();
-        out.extend(self.archive.read_day(day).map_err(aerr)?.into_iter().filter(|r| !hot.contains(&r.id) && matches(q, r)));
+        out.extend(self.archive.read_day(day).map_err(aerr)?.into_iter().filter(|r| !hot.contains(&r.id) && q.admits(r)));
         out.sort_by_key(|r| std::cmp::Reverse(r.id));
         out.truncate(limit);
         Ok(out)

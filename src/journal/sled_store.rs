@@ -540,14 +540,7 @@ impl JournalStore for SledJournal {
 
     fn list(&self, q: &JournalQuery) -> Result<Vec<Record>, JournalError> {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let keep = |r: &Record| {
-            q.profile.as_ref().is_none_or(|p| &r.profile == p)
-                && q.batch.as_ref().is_none_or(|b| &r.batch == b)
-                && q.status
-                    .as_ref()
-                    .is_none_or(|s| r.status.pos_word() == s || serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
-                && q.date.as_ref().is_none_or(|d| r.created_at.starts_with(d.as_str()))
-        };
+        let keep = |r: &Record| q.admits(r);
         let mut out = Vec::new();
         let before = q.before.unwrap_or(u64::MAX);
         if let Some(reference) = &q.reference {

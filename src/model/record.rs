@@ -176,3 +176,18 @@ pub struct JournalQuery {
     /// The vendor's reference (`serialNo`, `orderId`, `transacId`), through the journal's index.
     pub reference: Option<String>,
 }
+
+impl JournalQuery {
+    /// True when `r` passes every filter (`limit` aside): one rule for the hot journal and the day files.
+    pub fn admits(&self, r: &Record) -> bool {
+        self.profile.as_ref().is_none_or(|p| &r.profile == p)
+            && self.batch.as_ref().is_none_or(|b| &r.batch == b)
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| r.status.pos_word() == s || serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(|x| x == s)).unwrap_or(false))
+            && self.date.as_ref().is_none_or(|d| r.created_at.starts_with(d.as_str()))
+            && self.reference.as_ref().is_none_or(|x| r.reference.as_ref() == Some(x))
+            && self.before.is_none_or(|b| r.id < b)
+    }
+}

@@ -8,7 +8,8 @@ use posgate::sim::faults::Fault;
 use serde_json::{json, Value};
 
 use crate::support::{wait_recovered, Daemon};
-use crate::world::lottery::{all_records, beijing_today, tuned, world_with, LotteryWorld, OPEN_RISK};
+use crate::world::all_records;
+use crate::world::lottery::{beijing_today, tuned, world_with, LotteryWorld, OPEN_RISK};
 
 /// The shipped example profile against a simulator, with the risk section replaced by `risk`.
 async fn world(name: &str, risk: &str) -> LotteryWorld {

@@ -177,21 +177,9 @@ pub async fn run_lives<W: VendorWorld>(name: &str, iters: usize, seed: u64) -> C
 /// The daemon's journal by (operation, status).
 async fn journal_counts(c: &posgate::client::ApiClient) -> std::collections::BTreeMap<(String, String), usize> {
     let mut out = std::collections::BTreeMap::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let q = match before {
-            Some(b) => format!("/v1/journal?limit=1000&before={b}"),
-            None => "/v1/journal?limit=1000".to_string(),
-        };
-        let Ok((_, page)) = c.get(&q).await else { return out };
-        let page = page["records"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            return out;
-        }
-        for r in &page {
-            let key = (r["operation"].as_str().unwrap_or("?").to_string(), r["status"].as_str().unwrap_or("?").to_string());
-            *out.entry(key).or_default() += 1;
-        }
-        before = page.last().and_then(|r| r["id"].as_u64());
+    for r in super::all_records(c).await {
+        let key = (r["operation"].as_str().unwrap_or("?").to_string(), r["status"].as_str().unwrap_or("?").to_string());
+        *out.entry(key).or_default() += 1;
     }
+    out
 }

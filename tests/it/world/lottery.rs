@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::{Kind, Mode, PosRequest, Told, VendorWorld};
+use super::{all_records, Kind, Mode, PosRequest, Told, VendorWorld};
 use crate::support::scratch;
 
 /// Risk rules that refuse nothing (the harness tests the host, not the rules).
@@ -73,25 +73,6 @@ pub fn tuned(timeout_ms: u64, options: &'static str) -> impl Fn(String) -> Strin
 #[allow(clippy::disallowed_methods)]
 pub fn beijing_today() -> String {
     chrono::Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00")).date_naive().to_string()
-}
-
-/// Every journal record (paged).
-pub async fn all_records(c: &ApiClient) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let q = match before {
-            Some(b) => format!("/v1/journal?limit=1000&before={b}"),
-            None => "/v1/journal?limit=1000".to_string(),
-        };
-        let Ok((_, page)) = c.get(&q).await else { return out };
-        let page = page["records"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            return out;
-        }
-        before = page.last().and_then(|r| r["id"].as_u64());
-        out.extend(page);
-    }
 }
 
 impl VendorWorld for LotteryWorld {

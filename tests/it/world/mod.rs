@@ -326,3 +326,22 @@ worlds! {
     scenic => ScenicWorld, crash_loop_scenic, soak_scenic;
     consign => ConsignWorld, crash_loop_consign, soak_consign;
 }
+
+/// Every journal record (paged).
+pub async fn all_records(c: &ApiClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let q = match before {
+            Some(b) => format!("/v1/journal?limit=1000&before={b}"),
+            None => "/v1/journal?limit=1000".to_string(),
+        };
+        let Ok((_, page)) = c.get(&q).await else { return out };
+        let page = page["records"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            return out;
+        }
+        before = page.last().and_then(|r| r["id"].as_u64());
+        out.extend(page);
+    }
+}
