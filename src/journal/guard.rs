@@ -8,14 +8,14 @@ use super::mark::{self, Mark, ProfileMark};
 use super::sled_store::store_err;
 use super::{JournalError, ProfileState};
 
-/// The sync thread's view of the high-water mark: the trees it reads and the file it writes.
+/// The group commit's view of the high-water mark: the trees it reads and the file it writes.
 pub(super) struct Guard {
     pub(super) records: sled::Tree,
     pub(super) profiles: sled::Tree,
     pub(super) mark: mark::MarkFile,
 }
 
-/// The latest durable mark values, handed from the sync thread to the mark thread.
+/// The latest durable mark values, handed from the group's leader to the mark thread.
 #[derive(Default)]
 pub(super) struct MarkSlot {
     pub(super) state: std::sync::Mutex<MarkSlotState>,

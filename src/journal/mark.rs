@@ -141,7 +141,7 @@ pub fn read(path: &Path) -> Result<Option<Found>, JournalError> {
     }
 }
 
-/// The open mark file, owned by the journal's sync thread.
+/// The open mark file, owned by the journal's mark thread.
 #[derive(Debug)]
 pub struct MarkFile {
     path: PathBuf,

@@ -1,8 +1,8 @@
 //! The journal: a narrow store trait the engine writes through, and its sled implementation.
 //!
-//! Durability is the point of this module. sled's `flush()` only issues `sync_file_range` (sled
-//! issue #1452), so every commit here is followed by a real `fdatasync` of the store's log file,
-//! done as group commit: one flush + sync covers every writer waiting at that moment.
+//! Durability is the point of this module. A change is appended to the journal's own log and made
+//! durable by one `fdatasync` of it, shared by every writer waiting at that moment (`group.rs`); sled
+//! holds the indexes and state unsynced and is rebuilt from the log's tail after a crash.
 pub mod archive;
 pub mod codec;
 mod group;
