@@ -69,9 +69,13 @@ pub fn line(f: Format, view: &Value) -> String {
 }
 
 /// RFC 4180: a cell holding a comma, a quote, a line break or edge spaces is quoted, quotes doubled.
+/// Text that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return; OWASP's CSV-injection list) gets a leading `'`: vendor messages and references come from outside,
+/// and the shop opens this file in a spreadsheet. Numbers (fen, ids) are JSON numbers and stay as they are.
 fn csv_cell(v: &Value) -> String {
     let s = match v {
         Value::Null => return String::new(),
+        Value::String(s) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{s}"),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -101,5 +105,19 @@ mod tests {
         assert_eq!(j["amount_fen"], json!(12345));
         assert_eq!(j["card"], Value::Null);
         assert_eq!(j.as_object().unwrap().len(), COLUMNS.len());
+    }
+
+    #[test]
+    fn csv_export_neutralises_formula_text_from_vendors_but_keeps_negative_fen() {
+        let v =
+            json!({"id": 8, "amount_fen": -500, "message": "=HYPERLINK(\"http://x\",\"ok\")", "reference": "@SUM(A1)", "code": "+1", "pos_reference": "-2"});
+        let row = line(Format::Csv, &v);
+        assert!(row.contains(",-500,"), "{row}");
+        assert!(row.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"ok\"\")\""), "{row}");
+        assert!(row.contains(",'@SUM(A1),"), "{row}");
+        assert!(row.contains(",'+1,"), "{row}");
+        assert!(row.contains(",'-2,"), "{row}");
+        let j: Value = serde_json::from_str(line(Format::Jsonl, &v).trim_end()).unwrap();
+        assert_eq!(j["reference"], json!("@SUM(A1)"), "JSON lines carry the text as it is");
     }
 }
