@@ -11,6 +11,7 @@ pub mod log;
 pub mod mark;
 mod retire;
 pub mod seal;
+mod sled_cache;
 pub(crate) mod sled_store;
 mod space;
 pub mod verify;

@@ -16,10 +16,6 @@ use super::write::{self, Replayed, Writer};
 use super::{Begun, Change, JournalError, JournalStore, NewRecord, ProfileState};
 use crate::model::{JournalQuery, Record};
 
-/// sled's page cache. A store PC has little memory to spare and the hot set (open batches, owed
-/// recovery, recent records) is small; sled's default is 1 GiB.
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
-
 /// A checkpoint after this many changes (or `CHECKPOINT_TICKS` seconds with any): bounds what a start
 /// after a crash replays. `POSGATE_JOURNAL_CHECKPOINT_EVERY` sets the count (tests).
 const CHECKPOINT_ENTRIES: u64 = 20_000;
@@ -241,8 +237,7 @@ impl SledJournal {
         if !dir.exists() {
             crate::fsmode::private_dir(dir).map_err(store_err)?;
         }
-        // No background flusher: the log is the durable record, sled is flushed by checkpoints.
-        let db = sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES).open().map_err(store_err)?;
+        let db = super::sled_cache::config(dir).open().map_err(store_err)?;
         let tree = |n: &str| db.open_tree(n).map_err(store_err);
         let trees: Vec<sled::Tree> = super::log::entry::TREES.iter().map(|n| tree(n)).collect::<Result<_, _>>()?;
         let found = Self::check_format(&trees[write::META], dir)?;

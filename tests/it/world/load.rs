@@ -6,7 +6,12 @@
 //! VmRSS (`/proc/<pid>/status`), its open fds (`/proc/<pid>/fd`) and the consumes done. After the warm-up
 //! (`POSGATE_LOAD_WARM_SECS`, default 300 in the long form, a third of the run in the short one) the
 //! fds may not grow by more than 16 and the RSS by more than 20 % (at least 8 MiB) over the first sample
-//! after warm-up: the printed figures are the proof, the bound only catches leaks. At the end the host
+//! after warm-up, and in runs with at least 10 minutes after warm-up the RSS may not grow by more than
+//! [`FLAT_KIB`] over their second half. Why those bounds: the warm-up fills sled's 8 MiB page cache
+//! (`journal/sled_cache.rs`; at 20 consumes a second it is full after 4 to 5 minutes), after which only
+//! allocator noise and sled's page table (tens of bytes per page written) remain; the 32 MiB cache of
+//! issue 12 still grew 2.5 MB a minute there, 15 MB or more in the second half of a 20-minute run. Open: with
+//! the 8 MiB cache the RSS still grows ~0.9 KB per consume after warm-up, so the long form fails here today. At the end the host
 //! must have applied exactly the consumes the lanes were told approved (a consume reversed after a timeout
 //! under load is a safe end and only counted).
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +25,9 @@ use super::{env_or, Mode, VendorWorld, FINAL};
 use crate::support::Daemon;
 
 pub const LANES: usize = 32;
+
+/// The most the RSS may grow over the second half of a long run's post-warm-up window (KiB).
+const FLAT_KIB: u64 = 4 * 1024;
 
 /// The daemon's resident set (KiB) and open file descriptors, from `/proc`.
 fn sample(pid: u32) -> Option<(u64, usize)> {
@@ -85,6 +93,8 @@ pub async fn run() {
     }
     let mut failures = Vec::new();
     let mut base: Option<(u64, usize)> = None;
+    // (seconds, VmRSS KiB) of every sample after warm-up, for the flatness check at the end.
+    let mut after: Vec<(u64, u64)> = Vec::new();
     let mut peak = (0u64, 0usize);
     let mut last_done = 0;
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(every), Duration::from_secs(every));
@@ -106,6 +116,7 @@ pub async fn run() {
         );
         last_done = done;
         if t >= warm {
+            after.push((t, rss));
             match base {
                 None => base = Some((rss, fds)),
                 Some((b_rss, b_fds)) => {
@@ -122,6 +133,17 @@ pub async fn run() {
         }
         if now >= stop {
             break;
+        }
+    }
+    if let (Some(&(t0, _)), Some(&(t1, last))) = (after.first(), after.last()) {
+        if t1 - t0 >= 600 {
+            let mid = t0 + (t1 - t0) / 2;
+            let at_mid = after.iter().find(|(t, _)| *t >= mid).map_or(last, |(_, r)| *r);
+            let grew = last.saturating_sub(at_mid);
+            eprintln!("load: VmRSS grew {grew} KiB over the second half after warm-up (t={mid}..{t1} s, bound {FLAT_KIB} KiB)");
+            if grew > FLAT_KIB {
+                failures.push(format!("VmRSS grew {grew} KiB from t={mid} s to t={t1} s (bound {FLAT_KIB} KiB): not flat"));
+            }
         }
     }
     for l in lanes {
