@@ -121,9 +121,9 @@ pub struct Change {
 pub trait JournalStore: Send + Sync + 'static {
     fn profile_state(&self, profile: &str) -> Result<ProfileState, JournalError>;
     /// Store a new record (with its trace number and batch from the profile state when asked),
-    /// its idempotency key and indexes, in one transaction. Not yet durable: call `sync`.
+    /// its idempotency key and indexes, as one change (one log entry). Not yet durable: call `sync`.
     fn begin(&self, new: NewRecord) -> Result<Begun, JournalError>;
-    /// Apply a change atomically. Not yet durable: call `sync`.
+    /// Apply a change as one log entry (whole after a crash: replayed). Not yet durable: call `sync`.
     fn commit(&self, change: Change) -> Result<(), JournalError>;
     /// Make everything written so far durable (group commit: flush + fdatasync).
     async fn sync(&self) -> Result<(), JournalError>;
@@ -361,6 +361,26 @@ mod tests {
         drop(j);
         cleanup(&d);
         let _ = std::fs::remove_dir_all(copy.parent().unwrap());
+    }
+
+    /// Regression: each change was applied to sled in a sled transaction, and sled 0.34 seals and writes
+    /// its IO buffer twice per transaction (a `pwrite` and a `sync_file_range` that waits for the disk
+    /// each): two device writes per durable point beside the log's one fdatasync. Now a durable point
+    /// writes the log and nothing else: sled's own file does not change between checkpoints.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_points_write_nothing_to_sleds_own_file() {
+        let d = dir("sledquiet");
+        let j = SledJournal::open(&d).unwrap();
+        let before = std::fs::read(d.join("db")).unwrap();
+        consumes(&j, "a", 20).await;
+        assert_eq!(j.change_seq(), 40);
+        let after = std::fs::read(d.join("db")).unwrap();
+        assert!(before == after, "sled's file changed on the durable path ({} -> {} bytes)", before.len(), after.len());
+        drop(j);
+        let j = SledJournal::open(&d).unwrap();
+        assert_eq!(j.batch_records("p", "000001").unwrap().len(), 20, "the changes are all there after a clean stop");
+        drop(j);
+        cleanup(&d);
     }
 
     /// A clean stop checkpoints and empties the log: the next start replays nothing.
