@@ -7,14 +7,14 @@ use super::*;
 impl Engine {
     /// The `GET /v1/status` body: version, profiles, devices.
     pub fn status(&self) -> Value {
-        let profiles: Vec<(ProfileStatus, u64)> = self
+        let profiles: Vec<ProfileStatus> = self
             .lanes
             .values()
             .map(|lane| {
                 let st = self.journal.profile_state(&lane.profile.name).unwrap_or_default();
                 let owed = lane.owed.lock().unwrap_or_else(|p| p.into_inner());
                 let totals = st.batch.as_ref().and_then(|b| self.journal.totals(&lane.profile.name, b).ok()).unwrap_or_default();
-                let p = ProfileStatus {
+                ProfileStatus {
                     name: lane.profile.name.clone(),
                     backend: lane.profile.backend.clone(),
                     batch: st.batch.clone(),
@@ -28,8 +28,7 @@ impl Engine {
                     totals,
                     plain_http: lane.profile.plain_http,
                     warnings: crate::backend::registry::warnings(&lane.profile),
-                };
-                (p, st.idem_keys)
+                }
             })
             .collect();
         // Whether the journal can take new records now (disk space, the last write error).

@@ -66,8 +66,6 @@ pub(super) struct Lane {
     pub(super) leases: std::sync::Mutex<HashMap<u64, Lease>>,
     /// The last 48 hours of records, for backends with local risk rules (`wants_history`).
     pub(super) recent: std::sync::Mutex<std::collections::VecDeque<backend::HistoryItem>>,
-    /// The daily job's latest attempt as status last found it (`report.rs`).
-    pub(super) daily_seen: std::sync::Mutex<Option<super::report::DailySeen>>,
 }
 
 impl Lane {
@@ -85,7 +83,6 @@ impl Lane {
             units: Default::default(),
             leases: Default::default(),
             recent: Default::default(),
-            daily_seen: Default::default(),
         }
     }
 

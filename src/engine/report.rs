@@ -181,54 +181,34 @@ impl Engine {
     }
 
     /// A profile's daily job as `GET /v1/status` shows it: the latest day it ran for, and how it ended.
-    /// `None` when the backend has none or it never ran in the last week. `idem_keys` is the profile's
-    /// count of idempotency keys (its journal state): each attempt adds one, so while it and the day
-    /// are unchanged the latest attempt is the one found last time, and only that record is read again
-    /// (for its current status) instead of up to nine idempotency-key lookups per poll of status.
-    pub fn daily_status(&self, profile: &str, idem_keys: u64) -> Option<Value> {
+    /// `None` when the backend has none or it never ran in the last week.
+    pub fn daily_status(&self, profile: &str) -> Option<Value> {
         let lane = self.lanes.get(profile)?;
         let job = lane.backend.daily_job()?;
         let today = local_date(self.clock.now_ms());
-        let seen = *lane.daily_seen.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = seen.filter(|s| s.today == today && s.idem_keys == idem_keys).map(|s| s.found);
-        let found = match cached {
-            Some(None) => None,
-            Some(Some((date, n, id))) => match self.journal.get(id) {
-                Ok(Some(r)) => Some((date, n, r)),
-                // Gone (retention) or unreadable: look again below.
-                _ => self.find_daily(profile, job.operation, today),
-            },
-            None => self.find_daily(profile, job.operation, today),
-        };
-        let keep = found.as_ref().map(|(date, n, r)| (*date, *n, r.id));
-        *lane.daily_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(DailySeen { today, idem_keys, found: keep });
-        let (date, n, r) = found?;
-        Some(json!({
-            "operation": job.operation,
-            "date": date.to_string(),
-            "status": r.status.pos_word(),
-            "balanced": r.result.get("balanced").cloned().unwrap_or(Value::Null),
-            "differences": r.result.get("differences").cloned().unwrap_or(Value::Null),
-            "attempts": n,
-            "id": r.id,
-            "error": r.error,
-        }))
-    }
-
-    /// The latest daily attempt of the last week: (its day, its number, the record).
-    fn find_daily(&self, profile: &str, operation: &str, today: NaiveDate) -> Option<(NaiveDate, u32, Record)> {
-        (0..=DAILY_LOOKBACK_DAYS + 1).find_map(|back| {
+        for back in 0..=DAILY_LOOKBACK_DAYS + 1 {
             let date = today - chrono::Days::new(back);
-            self.last_daily_attempt(profile, operation, date).ok().flatten().map(|(n, r)| (date, n, r))
-        })
+            if let Ok(Some((n, r))) = self.last_daily_attempt(profile, job.operation, date) {
+                return Some(json!({
+                    "operation": job.operation,
+                    "date": date.to_string(),
+                    "status": r.status.pos_word(),
+                    "balanced": r.result.get("balanced").cloned().unwrap_or(Value::Null),
+                    "differences": r.result.get("differences").cloned().unwrap_or(Value::Null),
+                    "attempts": n,
+                    "id": r.id,
+                    "error": r.error,
+                }));
+            }
+        }
+        None
     }
 
-    /// The profiles of `GET /v1/status`, each with its daily job's last result (`daily`); each comes
-    /// with its profile's count of idempotency keys (see [`Engine::daily_status`]).
-    pub(super) fn profiles_with_daily(&self, profiles: Vec<(ProfileStatus, u64)>) -> Value {
+    /// The profiles of `GET /v1/status`, each with its daily job's last result (`daily`).
+    pub(super) fn profiles_with_daily(&self, profiles: Vec<ProfileStatus>) -> Value {
         let mut out = Vec::with_capacity(profiles.len());
-        for (p, idem_keys) in profiles {
-            let daily = self.daily_status(&p.name, idem_keys);
+        for p in profiles {
+            let daily = self.daily_status(&p.name);
             let mut v = serde_json::to_value(&p).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
                 m.insert("daily".into(), daily.unwrap_or(Value::Null));
@@ -237,15 +217,6 @@ impl Engine {
         }
         Value::Array(out)
     }
-}
-
-/// Where a lane's daily job stood when status last looked (see [`Engine::daily_status`]).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct DailySeen {
-    today: NaiveDate,
-    idem_keys: u64,
-    /// The latest attempt then: its day, its number, its record id.
-    found: Option<(NaiveDate, u32, u64)>,
 }
 
 /// A journal record as a report operation sees it (typed, no sealed fields).
