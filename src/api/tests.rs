@@ -47,6 +47,9 @@ impl Service for Fake {
         Ok(vec![json!({ "id": 9, "status": "approved" }), json!({ "id": 8, "status": "declined" })])
     }
     async fn journal_record(&self, id: u64) -> Result<Value, EngineError> {
+        if id == 666 {
+            panic!("a bug in the engine");
+        }
         if id == 7 {
             Ok(json!({ "id": 7, "status": "approved" }))
         } else {
@@ -135,6 +138,21 @@ async fn status_over_unix_carries_a_request_id() {
     assert!(r.headers.get("x-request-id").is_some());
     let r = h.unix().request(Method::GET, "/v1/status", &[("x-request-id", "pos-42")], Bytes::new()).await.expect("status");
     assert_eq!(r.headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some("pos-42"));
+    h.shutdown().await;
+}
+
+/// GET routes run inline in the connection's task (no task per request): a panic there must still
+/// answer 500 as problem+json, and the connection and the server keep serving.
+#[tokio::test]
+async fn a_panicking_get_route_answers_500_and_the_connection_keeps_serving() {
+    let h = Harness::start().await;
+    let c = h.unix();
+    let r = c.request(Method::GET, "/v1/journal/666", &[], Bytes::new()).await.expect("reply");
+    assert_problem(&r, 500, "internal");
+    assert!(r.headers.get("x-request-id").is_some());
+    let (status, body) = c.get("/v1/status").await.expect("status after the panic");
+    assert_eq!((status, &body["version"]), (200, &json!("test")));
+    assert_eq!(c.connections_opened(), 1, "the panic did not cost the client its connection");
     h.shutdown().await;
 }
 

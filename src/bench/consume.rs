@@ -60,7 +60,7 @@ pub(super) async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
     let server = tokio::spawn(crate::api::serve(engine.clone() as Arc<dyn Service>, Listeners { unix: Some(unix), tcp: None }, opts, async move {
         let _ = stop_rx.await;
     }));
-    let result = measure(args, &dir, &profile, &engine, ApiClient::unix(&sock)).await;
+    let result = measure(args, &dir, &sock, &profile, &engine, ApiClient::unix(&sock)).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     engine.shutdown().await;
@@ -72,7 +72,14 @@ pub(super) async fn consumes(args: &BenchArgs) -> Result<(), BenchError> {
     result
 }
 
-async fn measure(args: &BenchArgs, dir: &std::path::Path, profile: &crate::config::Profile, engine: &Arc<Engine>, client: ApiClient) -> Result<(), BenchError> {
+async fn measure(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    sock: &std::path::Path,
+    profile: &crate::config::Profile,
+    engine: &Arc<Engine>,
+    client: ApiClient,
+) -> Result<(), BenchError> {
     for _ in 0..500 {
         if client.get("/v1/status").await.is_ok() {
             break;
@@ -123,9 +130,12 @@ async fn measure(args: &BenchArgs, dir: &std::path::Path, profile: &crate::confi
 
     // The API's own cost on a cheap route: `GET /v1/status` through the socket against the same
     // `status()` called in process. Consumes pay fsyncs and an HTTPS round trip whose jitter
-    // (tens of µs) hides a difference of this size; the status route has neither.
+    // (tens of µs) hides a difference of this size; the status route has neither. Two clients, so
+    // the server's share and our client's show apart (a POS app's client is not ours): `ApiClient`,
+    // and a raw keep-alive socket that writes a fixed request and reads the answer by its length.
     let n = args.latency_ops.max(1) * 2;
-    let (mut via_api, mut in_proc) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut raw = RawClient::connect(sock).await?;
+    let (mut via_api, mut via_raw, mut in_proc) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let t = Instant::now();
         let (s, _) = client.get("/v1/status").await.map_err(|e| BenchError::Request(e.to_string()))?;
@@ -134,10 +144,17 @@ async fn measure(args: &BenchArgs, dir: &std::path::Path, profile: &crate::confi
             return Err(BenchError::Request(format!("status: HTTP {s}")));
         }
         let t = Instant::now();
+        let s = raw.get_status().await?;
+        via_raw.push(t.elapsed());
+        if s != 200 {
+            return Err(BenchError::Request(format!("status (raw client): HTTP {s}")));
+        }
+        let t = Instant::now();
         std::hint::black_box(Service::status(engine.as_ref()).await);
         in_proc.push(t.elapsed());
     }
     via_api.sort();
+    via_raw.sort();
     in_proc.sort();
 
     let sequential_conns = client.connections_opened();
@@ -182,13 +199,21 @@ async fn measure(args: &BenchArgs, dir: &std::path::Path, profile: &crate::confi
         ms(pct(&direct, 0.99)),
         us(cm) - us(pct(&direct, 0.5))
     );
-    let overhead = us(pct(&via_api, 0.5)) - us(pct(&in_proc, 0.5));
+    let in_proc_median = us(pct(&in_proc, 0.5));
+    println!("status() in process, n={n}: median {in_proc_median:.0} us, p99 {:.0} us", us(pct(&in_proc, 0.99)));
+    let overhead = us(pct(&via_api, 0.5)) - in_proc_median;
     println!(
-        "API overhead per request, GET /v1/status through the socket minus the same status() in process, n={n}: median {:.0} us - {:.0} us = {overhead:.0} us \
+        "API overhead per request, GET /v1/status through the socket minus the same status() in process, n={n}: median {:.0} us - {in_proc_median:.0} us = {overhead:.0} us \
          (target <= 60 us); p99 through the socket {:.0} us; connections the client opened for all the sequential requests: {sequential_conns}",
         us(pct(&via_api, 0.5)),
-        us(pct(&in_proc, 0.5)),
         us(pct(&via_api, 0.99)),
+    );
+    let server_only = us(pct(&via_raw, 0.5)) - in_proc_median;
+    println!(
+        "API overhead, server side only (a raw keep-alive socket client, no hyper, no JSON parsing), n={n}: median {:.0} us - {in_proc_median:.0} us = {server_only:.0} us; \
+         so ApiClient's own share is about {:.0} us",
+        us(pct(&via_raw, 0.5)),
+        overhead - server_only,
     );
     println!(
         "durable consumes over {lanes} lanes: {done} in {:.2} s = {:.0} consumes/s (target >= 5000); journal syncs so far: {}; client connections in all: {}",
@@ -198,4 +223,54 @@ async fn measure(args: &BenchArgs, dir: &std::path::Path, profile: &crate::confi
         client.connections_opened()
     );
     Ok(())
+}
+
+/// The least a client can do: one kept-alive Unix-socket connection, a fixed `GET /v1/status`, the
+/// answer read up to its `Content-Length` (no hyper, no JSON), so its time is the server's cost.
+struct RawClient {
+    stream: tokio::net::UnixStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(sock: &std::path::Path) -> Result<RawClient, BenchError> {
+        let stream = tokio::net::UnixStream::connect(sock).await.map_err(|e| BenchError::Setup(format!("raw client: {e}")))?;
+        Ok(RawClient { stream, buf: Vec::with_capacity(16 * 1024) })
+    }
+
+    /// One request; the HTTP status of its answer.
+    async fn get_status(&mut self) -> Result<u16, BenchError> {
+        use tokio::io::AsyncWriteExt;
+        let err = |what: &str| BenchError::Request(format!("raw client: {what}"));
+        self.stream.write_all(b"GET /v1/status HTTP/1.1\r\nhost: localhost\r\n\r\n").await.map_err(|e| err(&e.to_string()))?;
+        self.buf.clear();
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| err("head is not text"))?;
+                let status = head.get(9..12).and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| err("no status"))?;
+                let len = head
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse::<usize>()))
+                    .ok_or_else(|| err("no content-length"))?
+                    .map_err(|_| err("bad content-length"))?;
+                let want = end + 4 + len;
+                while self.buf.len() < want {
+                    self.read_more().await?;
+                }
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> Result<(), BenchError> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await.map_err(|e| BenchError::Request(format!("raw client: {e}")))?;
+        if n == 0 || self.buf.len() > 1 << 20 {
+            return Err(BenchError::Request("raw client: the daemon closed the connection".into()));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
 }
