@@ -61,7 +61,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
         startup::startup(&args).await?;
     }
     if part("journal") {
-        crate::bench_journal::run(args.startup_records).await?;
+        crate::bench_journal::run(args.startup_records, args.journal_template.as_deref()).await?;
     }
     Ok(())
 }

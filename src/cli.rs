@@ -218,6 +218,11 @@ pub struct BenchArgs {
     /// Records in the journal for the start-up and journal measurements.
     #[arg(long, alias = "records", default_value_t = 1_000_000)]
     pub startup_records: usize,
+    /// `--only journal`: reuse a filled journal. When DIR holds one (`journal/`, `journal.hwm`, made by an
+    /// earlier run with the same `--records`), each run copies it instead of filling; otherwise the run fills
+    /// one and keeps a copy in DIR for the next runs.
+    #[arg(long)]
+    pub journal_template: Option<PathBuf>,
     /// Run only this part: binary, consume, scan, startup, journal, or all.
     #[arg(long, default_value = "all")]
     pub only: String,

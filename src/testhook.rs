@@ -38,6 +38,9 @@ pub const IN_CALLBACK: &str = "in_callback";
 /// The journal's checkpoint flushed and synced sled but has not recorded its log position yet.
 pub const IN_CHECKPOINT: &str = "in_checkpoint";
 
+/// A checkpoint closed sled to open it again (`sled_store.rs`, `reopen`) and has not opened it yet.
+pub const IN_REOPEN: &str = "in_reopen";
+
 /// The journal's group commit has the entries of its group in the log but has not synced them.
 pub const BEFORE_LOG_SYNC: &str = "before_log_sync";
 

@@ -29,8 +29,7 @@ pub(super) struct Committer {
 }
 
 struct Marker {
-    records: sled::Tree,
-    profiles: sled::Tree,
+    stores: Arc<super::sled_store::StoreSlot>,
     slot: Arc<MarkSlot>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -68,7 +67,7 @@ impl Committer {
             .name("journal-mark".into())
             .spawn(move || mark_loop(mark, for_thread))
             .map_err(|e| JournalError::Store(format!("journal mark thread: {e}")))?;
-        let m = Marker { records: guard.records, profiles: guard.profiles, slot, thread: Mutex::new(Some(handle)) };
+        let m = Marker { stores: guard.stores, slot, thread: Mutex::new(Some(handle)) };
         self.marker.set(m).map_err(|_| JournalError::Store("journal mark started twice".into()))
     }
 
@@ -120,7 +119,7 @@ impl Committer {
     fn sync_group(&self, size: u64) -> Result<(), String> {
         // Read the mark's values before the sync: everything read here was committed, so the sync
         // below makes it durable, and the mark written after it never runs ahead of the journal.
-        let snap = self.marker.get().map(|m| snapshot(&m.records, &m.profiles));
+        let snap = self.marker.get().map(|m| super::sled_store::stores_of(&m.stores).and_then(|s| snapshot(&s.records, &s.profiles)));
         // One fdatasync of the log's segment (two after a roll-over) makes the whole group durable.
         let files = self.writer.lock().map(|mut w| w.log.to_sync()).map_err(|_| "journal writer poisoned".to_string());
         crate::testhook::point_blocking(crate::testhook::BEFORE_LOG_SYNC);

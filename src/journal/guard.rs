@@ -10,8 +10,8 @@ use super::{JournalError, ProfileState};
 
 /// The group commit's view of the high-water mark: the trees it reads and the file it writes.
 pub(super) struct Guard {
-    pub(super) records: sled::Tree,
-    pub(super) profiles: sled::Tree,
+    /// The open sled (its `records` and `profiles`), reached anew each time: a checkpoint may reopen it.
+    pub(super) stores: Arc<super::sled_store::StoreSlot>,
     pub(super) mark: mark::MarkFile,
 }
 

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::log::entry::{BATCHIDX, IDEM, PROFIDX, RECORDS, REFIDX, TOTALS};
 use super::log::Op;
-use super::sled_store::{batch_key, decode, encode, profile_index_key, reference_index_key, split_batch_key, store_err};
+use super::sled_store::{batch_key, decode, encode, profile_index_key, reference_index_key, split_batch_key, store_err, Stores};
 use super::{JournalError, ProfileState, SledJournal};
 use crate::model::{Class, Record, Status};
 
@@ -34,7 +34,8 @@ impl SledJournal {
     /// The batches settled before `cutoff` (RFC 3339) that may leave, at most about `max_records` records.
     pub(super) fn plan_retention_now(&self, cutoff: &str, max_records: usize) -> Result<Vec<SettledBatch>, JournalError> {
         let last_id = self.writer_last_id()?;
-        let owed: HashSet<Vec<u8>> = self.pending.iter().keys().chain(self.recovery.iter().keys()).filter_map(|k| k.ok()).map(|k| k.to_vec()).collect();
+        let s = self.s()?;
+        let owed: HashSet<Vec<u8>> = s.pending.iter().keys().chain(s.recovery.iter().keys()).filter_map(|k| k.ok()).map(|k| k.to_vec()).collect();
         let mut states: HashMap<String, ProfileState> = HashMap::new();
         // Index keys under one batch that name a record of another (a sign-on that began in this batch and
         // belongs to the next): few, so kept for the whole pass; everything else is held one batch at a time.
@@ -44,7 +45,7 @@ impl SledJournal {
         // `batchidx` keys sort by (profile, batch, id): one batch's keys are contiguous, so the pass holds
         // one batch in memory, never the whole index (a journal of a million records starts in bounded RSS).
         let mut group: Option<((String, String), Vec<IndexEntry>)> = None;
-        let mut iter = self.batchidx.iter().keys();
+        let mut iter = s.batchidx.iter().keys();
         loop {
             let next = match iter.next() {
                 Some(k) => {
@@ -74,7 +75,17 @@ impl SledJournal {
                 }
             }
             match next {
-                Some((g, k, id)) => group = Some((g, vec![(k, id)])),
+                Some(((profile, batch), k, id)) => {
+                    // A batch that stays unread is skipped whole: the pass seeks past its keys instead of
+                    // walking them (the current batch of a busy terminal may hold a million).
+                    if self.stays_unread(&s, &profile, &batch, id, cutoff, &mut states)? {
+                        let mut past = batch_key(&profile, &batch);
+                        past.push(1);
+                        iter = s.batchidx.range(past..).keys();
+                        continue;
+                    }
+                    group = Some(((profile, batch), vec![(k, id)]))
+                }
                 None => break,
             }
         }
@@ -86,6 +97,32 @@ impl SledJournal {
             b.index_keys.dedup();
         }
         Ok(out)
+    }
+
+    /// True when the batch is not read at all: the current batch never leaves, and an entry in it can only
+    /// name a newer record; and ids grow with time, so when the batch's first record is younger than the
+    /// cut-off, so is every record it indexes (its settlement included). A start-up thus reads the records
+    /// of old batches only, not the whole journal.
+    fn stays_unread(
+        &self,
+        s: &Stores,
+        profile: &str,
+        batch: &str,
+        first: u64,
+        cutoff: &str,
+        states: &mut HashMap<String, ProfileState>,
+    ) -> Result<bool, JournalError> {
+        if !states.contains_key(profile) {
+            states.insert(profile.to_string(), self.profile_state_of(profile)?);
+        }
+        if states[profile].batch.as_deref() == Some(batch) {
+            return Ok(true);
+        }
+        let key = first.to_be_bytes();
+        match s.records.get(key).map_err(store_err)? {
+            Some(v) => Ok(decode(&key, &v)?.created_at.as_str() >= cutoff),
+            None => Ok(false),
+        }
     }
 
     /// One batch of the planning pass: `Some` when it may leave. Index entries of this batch that name a
@@ -102,31 +139,19 @@ impl SledJournal {
         states: &mut HashMap<String, ProfileState>,
         foreign: &mut HashMap<u64, Vec<Vec<u8>>>,
     ) -> Result<Option<SettledBatch>, JournalError> {
-        if !states.contains_key(&profile) {
-            states.insert(profile.clone(), self.profile_state_of(&profile)?);
-        }
-        let st = &states[&profile];
-        // The current batch never leaves, and an entry in it can only name a newer record: not read at all.
-        if st.batch.as_deref() == Some(batch.as_str()) {
+        let s = self.s()?;
+        let Some((_, first)) = entries.first() else { return Ok(None) };
+        if self.stays_unread(&s, &profile, &batch, *first, cutoff, states)? {
             return Ok(None);
         }
-        // Ids grow with time: when this batch's first record is younger than the cut-off, so is every
-        // record it indexes (its settlement included), and it is not read further. A start-up thus reads
-        // the records of old batches only, not the whole journal.
-        let Some((_, first)) = entries.first() else { return Ok(None) };
-        let key = first.to_be_bytes();
-        if let Some(v) = self.records.get(key).map_err(store_err)? {
-            if decode(&key, &v)?.created_at.as_str() >= cutoff {
-                return Ok(None);
-            }
-        }
+        let st = &states[&profile];
         // An empty or unsettled batch stays, but its entries naming other batches' records are noted.
         let stays = batch.is_empty() || st.unsettled.contains(&batch);
         let mut records = Vec::new();
         let mut eligible = true;
         for (k, id) in &entries {
             let key = id.to_be_bytes();
-            let Some(v) = self.records.get(key).map_err(store_err)? else { continue };
+            let Some(v) = s.records.get(key).map_err(store_err)? else { continue };
             let rec = decode(&key, &v)?;
             if rec.batch != batch {
                 foreign.entry(rec.id).or_default().push(k.clone());
@@ -153,12 +178,13 @@ impl SledJournal {
     /// call `sync`. Returns how many records left.
     pub(super) fn archive_batches_now(&self, batches: &[SettledBatch]) -> Result<usize, JournalError> {
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
+        let s = self.s()?;
         let mut ops = Vec::new();
         let mut moved = 0usize;
         'batches: for b in batches {
             for r in &b.records {
                 let key = r.id.to_be_bytes();
-                let now = self.records.get(key).map_err(store_err)?;
+                let now = s.records.get(key).map_err(store_err)?;
                 if r.id >= w.last_id || now.as_deref() != Some(encode(r)?.as_slice()) {
                     tracing::info!(profile = %b.profile, batch = %b.batch, id = r.id, "retention: a record changed while its batch was being archived; the batch stays for the next run");
                     continue 'batches;
@@ -173,7 +199,7 @@ impl SledJournal {
                 }
                 if let Some(k) = &r.idempotency_key {
                     let ik = batch_key(&r.profile, k);
-                    if self.idem.get(&ik).map_err(store_err)?.as_deref() == Some(&key[..]) {
+                    if s.idem.get(&ik).map_err(store_err)?.as_deref() == Some(&key[..]) {
                         ops.push(Op::del(IDEM, ik));
                     }
                 }
@@ -182,13 +208,13 @@ impl SledJournal {
             ops.push(Op::del(TOTALS, batch_key(&b.profile, &b.batch)));
             moved += b.records.len();
         }
-        let r = w.write(&self.trees, ops);
+        let r = w.write(&s.trees, ops);
         self.after_write(&w, r)?;
         Ok(moved)
     }
 
     fn profile_state_of(&self, profile: &str) -> Result<ProfileState, JournalError> {
-        match self.profiles.get(profile.as_bytes()).map_err(store_err)? {
+        match self.s()?.profiles.get(profile.as_bytes()).map_err(store_err)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {profile}"), e.to_string())),
             None => Ok(ProfileState::default()),
         }
@@ -203,7 +229,7 @@ impl SledJournal {
     pub(super) fn records_after_now(&self, after: u64, from: &str, to: &str, limit: usize) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         let start = after.saturating_add(1);
-        for kv in self.records.range(start.to_be_bytes()..) {
+        for kv in self.s()?.records.range(start.to_be_bytes()..) {
             let (k, v) = kv.map_err(store_err)?;
             let rec = decode(&k, &v)?;
             let day = rec.created_at.get(..10).unwrap_or_default();

@@ -21,6 +21,15 @@ use crate::model::{JournalQuery, Record};
 const CHECKPOINT_ENTRIES: u64 = 20_000;
 const CHECKPOINT_TICKS: u32 = 30;
 
+/// A checkpoint after this many changes since sled was last opened also closes sled and opens it again
+/// (`reopen`). sled 0.34 writes its own snapshot only while opening, and every open replays sled's log
+/// since that snapshot: without a reopen, a start after months of running (clean or SIGKILL) replays
+/// months of sled's log (1M records: about 2 s). `POSGATE_JOURNAL_REOPEN_EVERY` sets it (tests).
+const REOPEN_ENTRIES: u64 = 200_000;
+/// How long a reopen waits for readers still holding the old sled before it gives up (and tries at a
+/// later checkpoint), and for sled's file lock to be free again.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The journal's on-disk format version (`meta` tree, key `format`): see ARCHITECTURE.md, Boundaries.
 /// 3: records in the compact binary form of `codec.rs`. 2: the durable record is the log under `log/`,
 /// sled is written without syncing, records are JSON. 1: sled alone, synced per group. This build opens
@@ -82,7 +91,9 @@ pub(super) fn batch_index_key(profile: &str, batch: &str, id: u64) -> Vec<u8> {
     k
 }
 
-pub struct SledJournal {
+/// One open sled: the database and its trees. A checkpoint may close it and open a new one (`reopen`),
+/// so it is reached through `SledJournal::s`, never kept.
+pub(crate) struct Stores {
     pub(super) db: sled::Db,
     pub(super) records: sled::Tree,
     pub(super) pending: sled::Tree,
@@ -96,7 +107,19 @@ pub struct SledJournal {
     /// Vendor reference → records (see `reference_index_key`).
     pub(super) refidx: sled::Tree,
     /// Every tree in the order a log entry numbers them (`log::entry::TREES`), `meta` last.
-    pub(super) trees: Arc<Vec<sled::Tree>>,
+    pub(super) trees: Vec<sled::Tree>,
+}
+
+/// The open sled, replaced whole by `reopen` (`None` only when a reopen failed: the daemon then exits).
+pub(super) type StoreSlot = std::sync::RwLock<Option<Arc<Stores>>>;
+
+/// The current sled of `slot`.
+pub(super) fn stores_of(slot: &StoreSlot) -> Result<Arc<Stores>, JournalError> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| JournalError::Store("the journal's store is closed (a reopen failed)".into()))
+}
+
+pub struct SledJournal {
+    stores: Arc<StoreSlot>,
     dir: PathBuf,
     pub(super) writer: Arc<Mutex<Writer>>,
     /// What replaying the log at open did (a gap makes `open` refuse and `verify` complain).
@@ -143,7 +166,7 @@ impl SledJournal {
         if let Some(t) = &j.replayed.torn {
             tracing::warn!("journal log: {t}");
         }
-        let mut now = snapshot(&j.records, &j.profiles)?;
+        let mut now = j.mark_now()?;
         let markfile = match found {
             Some(f) => {
                 let behind = behind(&f.mark, &now);
@@ -172,9 +195,9 @@ impl SledJournal {
                     // A journal from before the mark existed (or whose mark was removed by hand).
                     tracing::warn!(journal = %dir.display(), mark = %mark_at.display(), last_id = now.last_id, "journal has no high-water mark; adopting it as it is and starting one");
                     j.recount_idempotency_keys()?;
-                    j.db.flush().map_err(store_err)?;
+                    j.s()?.db.flush().map_err(store_err)?;
                     crate::platform::open_syncable(&dir.join("db")).and_then(|f| f.sync_data()).map_err(|e| JournalError::Sync(e.to_string()))?;
-                    now = snapshot(&j.records, &j.profiles)?;
+                    now = j.mark_now()?;
                 }
                 mark::MarkFile::create(&mark_at, &now)?
             }
@@ -237,49 +260,43 @@ impl SledJournal {
         if !dir.exists() {
             crate::fsmode::private_dir(dir).map_err(store_err)?;
         }
-        let db = super::sled_cache::config(dir).open().map_err(store_err)?;
-        let tree = |n: &str| db.open_tree(n).map_err(store_err);
-        let trees: Vec<sled::Tree> = super::log::entry::TREES.iter().map(|n| tree(n)).collect::<Result<_, _>>()?;
-        let found = Self::check_format(&trees[write::META], dir)?;
-        let (writer, replayed) = write::open_and_replay(dir, &db, &trees)?;
-        Self::migrate(dir, &db, &trees, found)?;
+        let stores = open_stores(dir)?;
+        let found = Self::check_format(&stores.trees[write::META], dir)?;
+        let (writer, replayed) = write::open_and_replay(dir, &stores.db, &stores.trees)?;
+        Self::migrate(dir, &stores.db, &stores.trees, found)?;
         let writer = Arc::new(Mutex::new(writer));
         let space = Arc::new(Space::new(dir));
         Ok(SledJournal {
             committer: Arc::new(Committer::new(writer.clone(), space.clone())),
-            trees: Arc::new(trees),
+            stores: Arc::new(std::sync::RwLock::new(Some(Arc::new(stores)))),
             dir: dir.to_path_buf(),
             writer,
             replayed,
             checkpoints: Arc::new(Stop::default()),
             checkpointer: Mutex::new(None),
-            records: tree("records")?,
-            pending: tree("pending")?,
-            recovery: tree("recovery")?,
-            batchidx: tree("batchidx")?,
-            profidx: tree("profidx")?,
-            totals: tree("totals")?,
-            profiles: tree("profiles")?,
-            idem: tree("idem")?,
-            refidx: tree("refidx")?,
-            db,
             space,
         })
+    }
+
+    /// The sled open now (see `Stores`).
+    pub(crate) fn s(&self) -> Result<Arc<Stores>, JournalError> {
+        stores_of(&self.stores)
     }
 
     fn start_sync(&mut self, dir: &Path, mark: Option<mark::MarkFile>) -> Result<(), JournalError> {
         // The folder itself, so files created at first start are durable too.
         crate::platform::sync_dir(dir).map_err(|e| JournalError::Sync(e.to_string()))?;
         if let Some(m) = mark {
-            self.committer.start_mark(Guard { records: self.records.clone(), profiles: self.profiles.clone(), mark: m })?;
+            self.committer.start_mark(Guard { stores: self.stores.clone(), mark: m })?;
         }
-        let (dir, db, meta, writer, stop) =
-            (dir.to_path_buf(), self.db.clone(), self.trees[write::META].clone(), self.writer.clone(), self.checkpoints.clone());
+        let (dir, stores, writer, stop) = (dir.to_path_buf(), self.stores.clone(), self.writer.clone(), self.checkpoints.clone());
         let space = self.space.clone();
-        let every = std::env::var("POSGATE_JOURNAL_CHECKPOINT_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(CHECKPOINT_ENTRIES).max(1);
+        let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default).max(1);
+        let every = env("POSGATE_JOURNAL_CHECKPOINT_EVERY", CHECKPOINT_ENTRIES);
+        let reopen_every = env("POSGATE_JOURNAL_REOPEN_EVERY", REOPEN_ENTRIES);
         let handle = std::thread::Builder::new()
             .name("journal-checkpoint".into())
-            .spawn(move || checkpoint_loop(&dir, &db, &meta, &writer, &stop, every, &space))
+            .spawn(move || checkpoint_loop(&dir, &stores, &writer, &stop, every, reopen_every, &space))
             .map_err(store_err)?;
         if let Ok(mut t) = self.checkpointer.lock() {
             *t = Some(handle);
@@ -290,14 +307,15 @@ impl SledJournal {
     /// Set every profile's idempotency-key count from the `idem` tree (adopting a journal that
     /// predates the count).
     fn recount_idempotency_keys(&self) -> Result<(), JournalError> {
+        let s = self.s()?;
         let mut counts: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-        for kv in self.idem.iter() {
+        for kv in s.idem.iter() {
             let (k, _) = kv.map_err(store_err)?;
             let profile = k.split(|&b| b == 0).next().unwrap_or_default().to_vec();
             *counts.entry(profile).or_insert(0) += 1;
         }
         for (profile, n) in counts {
-            let mut st: ProfileState = match self.profiles.get(&profile).map_err(store_err)? {
+            let mut st: ProfileState = match s.profiles.get(&profile).map_err(store_err)? {
                 Some(v) => {
                     serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(&profile)), e.to_string()))?
                 }
@@ -306,7 +324,7 @@ impl SledJournal {
             if st.idem_keys != n {
                 st.idem_keys = n;
                 st.seq += 1;
-                self.profiles.insert(profile, serde_json::to_vec(&st).map_err(store_err)?).map_err(store_err)?;
+                s.profiles.insert(profile, serde_json::to_vec(&st).map_err(store_err)?).map_err(store_err)?;
             }
         }
         Ok(())
@@ -314,7 +332,7 @@ impl SledJournal {
 
     /// True when any record holds a sealed field (so the data key that sealed it must exist).
     pub fn has_sealed_records(&self) -> Result<bool, JournalError> {
-        for kv in self.records.iter() {
+        for kv in self.s()?.records.iter() {
             let (k, v) = kv.map_err(store_err)?;
             if super::codec::has_sealed(&v).map_err(|e| JournalError::Corrupt(hex::encode(&k), e.to_string()))? {
                 return Ok(true);
@@ -337,7 +355,8 @@ impl SledJournal {
 
     /// What the high-water mark would say about this journal now.
     pub fn mark_now(&self) -> Result<Mark, JournalError> {
-        snapshot(&self.records, &self.profiles)
+        let s = self.s()?;
+        snapshot(&s.records, &s.profiles)
     }
 
     /// Note a failed write for status; when sled itself failed, exit (see `EXIT_STORE_BROKEN`).
@@ -353,11 +372,11 @@ impl SledJournal {
         r
     }
 
-    fn collect(&self, iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> Result<Vec<Record>, JournalError> {
+    fn collect(&self, s: &Stores, iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> Result<Vec<Record>, JournalError> {
         let mut out = Vec::new();
         for kv in iter {
             let (k, _) = kv.map_err(store_err)?;
-            if let Some(v) = self.records.get(&k).map_err(store_err)? {
+            if let Some(v) = s.records.get(&k).map_err(store_err)? {
                 out.push(decode(&k, &v)?);
             }
         }
@@ -377,17 +396,87 @@ impl Drop for SledJournal {
         if let Some(t) = ran {
             let _ = t.join();
             // A clean stop: sled takes everything and the log empties, so the next start replays nothing.
-            if let Err(e) = write::close(&self.dir, &self.db, &self.trees[write::META], &self.writer) {
+            let closed = self.s().and_then(|s| write::close(&self.dir, &s.db, &s.trees[write::META], &self.writer));
+            if let Err(e) = closed {
                 tracing::error!("journal: last checkpoint at stop: {e}");
             }
         }
     }
 }
 
-/// Checkpoints every `every` changes, or every `CHECKPOINT_TICKS` seconds when anything changed.
-fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<Writer>, stop: &Stop, every: u64, space: &Space) {
+/// Open sled in `dir` with its trees.
+fn open_stores(dir: &Path) -> Result<Stores, JournalError> {
+    let db = super::sled_cache::config(dir).open().map_err(store_err)?;
+    let tree = |n: &str| db.open_tree(n).map_err(store_err);
+    let trees: Vec<sled::Tree> = super::log::entry::TREES.iter().map(|n| tree(n)).collect::<Result<_, _>>()?;
+    Ok(Stores {
+        records: tree("records")?,
+        pending: tree("pending")?,
+        recovery: tree("recovery")?,
+        batchidx: tree("batchidx")?,
+        profidx: tree("profidx")?,
+        totals: tree("totals")?,
+        profiles: tree("profiles")?,
+        idem: tree("idem")?,
+        refidx: tree("refidx")?,
+        trees,
+        db,
+    })
+}
+
+/// A checkpoint that also closes sled and opens it again, so sled writes a new snapshot (see
+/// `REOPEN_ENTRIES`). Holds the write lock throughout (no change while sled is closed) and the store
+/// slot's write lock (no reader). sled is flushed and synced and the log position recorded before it
+/// closes, so the reopened sled holds every change; a crash while it is closed (`IN_REOPEN`) starts
+/// from that checkpoint like any other. The last change's number; `Ok(None)` when readers held the old
+/// sled too long (it stays open; a later checkpoint tries again).
+fn reopen(dir: &Path, slot: &StoreSlot, writer: &Mutex<Writer>) -> Result<Option<u64>, JournalError> {
+    let w = writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
+    let mut held = slot.write().unwrap_or_else(|p| p.into_inner());
+    let pos = w.log.position();
+    {
+        let old = held.as_ref().ok_or_else(|| JournalError::Store("the journal's store is closed (a reopen failed)".into()))?;
+        write::sync_sled(dir, &old.db)?;
+        old.trees[write::META].insert(write::CHECKPOINT_KEY, &pos.to_bytes()).map_err(store_err)?;
+        write::sync_sled(dir, &old.db)?;
+    }
+    super::log::remove_before(&dir.join("log"), pos.seg).map_err(|e| JournalError::Store(e.to_string()))?;
+    let Some(old) = held.take() else { return Err(JournalError::Store("the journal's store is closed".into())) };
+    // Readers that took the old sled before the lock finish with it; new ones wait for the new one.
+    let waited = std::time::Instant::now();
+    while Arc::strong_count(&old) > 1 {
+        if waited.elapsed() > REOPEN_WAIT {
+            tracing::warn!("journal: sled not reopened (still in use after {REOPEN_WAIT:?}); the next checkpoint tries again");
+            *held = Some(old);
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(old);
+    crate::testhook::point_blocking(crate::testhook::IN_REOPEN);
+    // sled releases its file lock when its last internal handle goes, which may be a moment after ours.
+    let opened = std::time::Instant::now();
+    let new = loop {
+        match open_stores(dir) {
+            Ok(s) => break s,
+            Err(e) if opened.elapsed() < REOPEN_WAIT => {
+                tracing::debug!("journal: reopening sled: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!(took_ms = opened.elapsed().as_millis() as u64, "journal: sled reopened (its snapshot written)");
+    *held = Some(Arc::new(new));
+    Ok(Some(w.seq))
+}
+
+/// Checkpoints every `every` changes, or every `CHECKPOINT_TICKS` seconds when anything changed; the
+/// first checkpoint `reopen_every` changes after sled was opened reopens it (`reopen`).
+fn checkpoint_loop(dir: &Path, stores: &StoreSlot, writer: &Mutex<Writer>, stop: &Stop, every: u64, reopen_every: u64, space: &Space) {
     let seq_now = || writer.lock().map(|w| w.seq).unwrap_or(0);
     let (mut last, mut ticks) = (seq_now(), 0u32);
+    let mut opened_at = last;
     loop {
         {
             let Ok(g) = stop.stop.lock() else { return };
@@ -404,7 +493,19 @@ fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<
             if space.low() {
                 continue;
             }
-            match write::checkpoint(dir, db, meta, writer) {
+            let done = if now.saturating_sub(opened_at) >= reopen_every {
+                match reopen(dir, stores, writer) {
+                    Ok(Some(seq)) => {
+                        opened_at = seq;
+                        Ok(seq)
+                    }
+                    Ok(None) => stores_of(stores).and_then(|s| write::checkpoint(dir, &s.db, &s.trees[write::META], writer)),
+                    Err(e) => Err(e),
+                }
+            } else {
+                stores_of(stores).and_then(|s| write::checkpoint(dir, &s.db, &s.trees[write::META], writer))
+            };
+            match done {
                 Ok(seq) => last = seq,
                 Err(e) => {
                     tracing::error!("journal checkpoint: {e}");
@@ -424,7 +525,7 @@ fn checkpoint_loop(dir: &Path, db: &sled::Db, meta: &sled::Tree, writer: &Mutex<
 #[async_trait::async_trait]
 impl JournalStore for SledJournal {
     fn profile_state(&self, profile: &str) -> Result<ProfileState, JournalError> {
-        match self.profiles.get(profile.as_bytes()).map_err(store_err)? {
+        match self.s()?.profiles.get(profile.as_bytes()).map_err(store_err)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {profile}"), e.to_string())),
             None => Ok(ProfileState::default()),
         }
@@ -434,14 +535,14 @@ impl JournalStore for SledJournal {
         // New work only: the reserve below this line is kept for the outcomes already owed.
         self.space.admit()?;
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
-        let r = w.begin(&self.trees, new);
+        let r = self.s().and_then(|s| w.begin(&s.trees, new));
         self.after_write(&w, r)
     }
 
     /// Never refused for space: the outcome of a record already sent is owed (see `space.rs`).
     fn commit(&self, change: Change) -> Result<(), JournalError> {
         let mut w = self.writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
-        let r = w.commit(&self.trees, change);
+        let r = self.s().and_then(|s| w.commit(&s.trees, change));
         // A commit carries an outcome that is owed (a record already sent): if even the reserve did
         // not hold it, the record stays `pending` in the log, and only a start turns it into recovery.
         if let Err(e @ JournalError::Store(_)) = &r {
@@ -470,15 +571,16 @@ impl JournalStore for SledJournal {
 
     fn get(&self, id: u64) -> Result<Option<Record>, JournalError> {
         let key = id.to_be_bytes();
-        match self.records.get(key).map_err(store_err)? {
+        match self.s()?.records.get(key).map_err(store_err)? {
             Some(v) => Ok(Some(decode(&key, &v)?)),
             None => Ok(None),
         }
     }
 
     fn by_idempotency_key(&self, profile: &str, key: &str) -> Result<Option<Record>, JournalError> {
-        match self.idem.get(batch_key(profile, key)).map_err(store_err)? {
-            Some(id) => match self.records.get(&id).map_err(store_err)? {
+        let s = self.s()?;
+        match s.idem.get(batch_key(profile, key)).map_err(store_err)? {
+            Some(id) => match s.records.get(&id).map_err(store_err)? {
                 Some(v) => Ok(Some(decode(&id, &v)?)),
                 None => Ok(None),
             },
@@ -487,17 +589,18 @@ impl JournalStore for SledJournal {
     }
 
     fn by_reference(&self, profile: &str, reference: &str) -> Result<Vec<Record>, JournalError> {
+        let s = self.s()?;
         let mut prefix = batch_key(profile, reference);
         prefix.push(0);
         let mut out = Vec::new();
-        for kv in self.refidx.scan_prefix(&prefix) {
+        for kv in s.refidx.scan_prefix(&prefix) {
             let (k, _) = kv.map_err(store_err)?;
             // Exact reference only: the id is the last 8 bytes after the separator.
             if k.len() != prefix.len() + 8 {
                 continue;
             }
             let id = &k[k.len() - 8..];
-            if let Some(v) = self.records.get(id).map_err(store_err)? {
+            if let Some(v) = s.records.get(id).map_err(store_err)? {
                 out.push(decode(id, &v)?);
             }
         }
@@ -505,20 +608,21 @@ impl JournalStore for SledJournal {
     }
 
     fn totals(&self, profile: &str, batch: &str) -> Result<BTreeMap<String, i64>, JournalError> {
-        match self.totals.get(batch_key(profile, batch)).map_err(store_err)? {
+        match self.s()?.totals.get(batch_key(profile, batch)).map_err(store_err)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt("totals".into(), e.to_string())),
             None => Ok(BTreeMap::new()),
         }
     }
 
     fn batch_records(&self, profile: &str, batch: &str) -> Result<Vec<Record>, JournalError> {
+        let s = self.s()?;
         let mut prefix = batch_key(profile, batch);
         prefix.push(0);
         let mut out = Vec::new();
-        for kv in self.batchidx.scan_prefix(&prefix) {
+        for kv in s.batchidx.scan_prefix(&prefix) {
             let (k, _) = kv.map_err(store_err)?;
             let id = &k[prefix.len()..];
-            if let Some(v) = self.records.get(id).map_err(store_err)? {
+            if let Some(v) = s.records.get(id).map_err(store_err)? {
                 out.push(decode(id, &v)?);
             }
         }
@@ -526,14 +630,17 @@ impl JournalStore for SledJournal {
     }
 
     fn pending(&self) -> Result<Vec<Record>, JournalError> {
-        self.collect(self.pending.iter())
+        let s = self.s()?;
+        self.collect(&s, s.pending.iter())
     }
 
     fn recovering(&self) -> Result<Vec<Record>, JournalError> {
-        self.collect(self.recovery.iter())
+        let s = self.s()?;
+        self.collect(&s, s.recovery.iter())
     }
 
     fn list(&self, q: &JournalQuery) -> Result<Vec<Record>, JournalError> {
+        let s = self.s()?;
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let keep = |r: &Record| q.admits(r);
         let mut out = Vec::new();
@@ -543,7 +650,7 @@ impl JournalStore for SledJournal {
             let mut found = Vec::new();
             let profiles: Vec<String> = match &q.profile {
                 Some(p) => vec![p.clone()],
-                None => self.profiles.iter().keys().filter_map(|k| k.ok()).map(|k| String::from_utf8_lossy(&k).into_owned()).collect(),
+                None => s.profiles.iter().keys().filter_map(|k| k.ok()).map(|k| String::from_utf8_lossy(&k).into_owned()).collect(),
             };
             for p in profiles {
                 found.extend(self.by_reference(&p, reference)?.into_iter().filter(|r| r.id < before && keep(r)));
@@ -556,10 +663,10 @@ impl JournalStore for SledJournal {
             // One profile: walk its index, so other profiles' records cost nothing.
             let lower = profile_index_key(p, 0);
             let upper = profile_index_key(p, before);
-            for kv in self.profidx.range(lower..upper).rev() {
+            for kv in s.profidx.range(lower..upper).rev() {
                 let (k, _) = kv.map_err(store_err)?;
                 let id = &k[k.len() - 8..];
-                let Some(v) = self.records.get(id).map_err(store_err)? else { continue };
+                let Some(v) = s.records.get(id).map_err(store_err)? else { continue };
                 let rec = decode(id, &v)?;
                 if keep(&rec) {
                     out.push(rec);
@@ -570,7 +677,7 @@ impl JournalStore for SledJournal {
             }
             return Ok(out);
         }
-        for kv in self.records.range(..before.to_be_bytes()).rev() {
+        for kv in s.records.range(..before.to_be_bytes()).rev() {
             let (k, v) = kv.map_err(store_err)?;
             let rec = decode(&k, &v)?;
             if keep(&rec) {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::guard::behind;
-use super::sled_store::{split_batch_key, SledJournal};
+use super::sled_store::{split_batch_key, SledJournal, Stores};
 use super::{mark, ProfileState};
 use crate::journal::seal::Sealer;
 use crate::model::{Record, Status};
@@ -155,12 +155,15 @@ pub fn verify(data_dir: &Path, scratch: Option<&Path>) -> Report {
         }
         Err(e) => r.problem(format!("reading the journal's counters: {e}")),
     }
-    check_contents(&j, data_dir, &mut r);
+    match j.s() {
+        Ok(s) => check_contents(&s, data_dir, &mut r),
+        Err(e) => r.problem(format!("reading the journal: {e}")),
+    }
     drop(j);
     r
 }
 
-fn check_contents(j: &SledJournal, data_dir: &Path, r: &mut Report) {
+fn check_contents(j: &Stores, data_dir: &Path, r: &mut Report) {
     let key_path = data_dir.join("journal.key");
     let sealer = if key_path.exists() {
         match Sealer::open(&key_path, false) {
@@ -247,7 +250,7 @@ fn check_contents(j: &SledJournal, data_dir: &Path, r: &mut Report) {
     }
 }
 
-fn check_indexes(j: &SledJournal, seen: &BTreeMap<u64, Seen>, r: &mut Report) {
+fn check_indexes(j: &Stores, seen: &BTreeMap<u64, Seen>, r: &mut Report) {
     let bad = |r: &mut Report, tree: &str, k: &[u8], why: &str| r.problem(format!("{tree} entry {}: {why}", hex::encode(k)));
     // pending and recovery: id → (), the record in that state.
     let mut in_pending = HashSet::new();
@@ -340,7 +343,7 @@ fn check_indexes(j: &SledJournal, seen: &BTreeMap<u64, Seen>, r: &mut Report) {
     }
 }
 
-fn check_totals(j: &SledJournal, sums: &BTreeMap<(String, String), BTreeMap<String, i128>>, r: &mut Report) {
+fn check_totals(j: &Stores, sums: &BTreeMap<(String, String), BTreeMap<String, i128>>, r: &mut Report) {
     let before = r.problems.len() + r.unlisted;
     let mut stored: BTreeMap<(String, String), BTreeMap<String, i64>> = BTreeMap::new();
     for (k, v) in j.totals.iter().flatten() {
@@ -389,7 +392,7 @@ fn check_archive(data_dir: &Path, r: &mut Report) -> Vec<Record> {
     out
 }
 
-fn check_profiles(j: &SledJournal, seen: &BTreeMap<u64, Seen>, archived: &[Record], traces: &HashSet<(String, String)>, r: &mut Report) {
+fn check_profiles(j: &Stores, seen: &BTreeMap<u64, Seen>, archived: &[Record], traces: &HashSet<(String, String)>, r: &mut Report) {
     let mut keys: HashMap<&str, u64> = HashMap::new();
     for s in seen.values() {
         if s.idem.is_some() {
@@ -488,7 +491,8 @@ mod tests {
         {
             // Damage it behind the journal's back: a lost idempotency entry, a wrong total, a
             // pending entry for a record that does not exist.
-            let j = SledJournal::open_db(&d.join("journal")).unwrap();
+            let jj = SledJournal::open_db(&d.join("journal")).unwrap();
+            let j = jj.s().unwrap();
             let first = j.idem.iter().next().unwrap().unwrap().0;
             j.idem.remove(first).unwrap();
             let (k, _) = j.totals.iter().next().unwrap().unwrap();
