@@ -41,6 +41,39 @@ fn allocated(m: &std::fs::Metadata) -> u64 {
     m.len()
 }
 
+/// Where the bytes of a journal folder go: its files (sled's `db`, the log's segments, the rest), and
+/// per sled tree the entries and their key and value bytes (what sled holds live; the rest of `db` is
+/// sled's own: node headers, stale page versions not yet cleaned). Opens the sled store of a closed
+/// journal read-only in effect (nothing is written to it).
+fn breakdown(dir: &Path, n: usize) -> Result<(), BenchError> {
+    let per = |b: u64| b as f64 / n.max(1) as f64;
+    let file = |p: &Path| std::fs::metadata(p).map(|m| allocated(&m)).unwrap_or(0);
+    let (db, log, all) = (file(&dir.join("db")), du(&dir.join("log")), du(dir));
+    println!(
+        "journal bytes per record by file: sled db {:.0}, log segments {:.0} ({} files), other {:.0}",
+        per(db),
+        per(log),
+        std::fs::read_dir(dir.join("log")).map(|r| r.count()).unwrap_or(0),
+        per(all.saturating_sub(db + log))
+    );
+    let store = sled::Config::new().path(dir).open().map_err(setup_err)?;
+    let mut live = 0u64;
+    for name in ["records", "pending", "recovery", "batchidx", "profidx", "totals", "profiles", "idem", "refidx", "meta"] {
+        let t = store.open_tree(name).map_err(setup_err)?;
+        let (mut count, mut keys, mut values) = (0u64, 0u64, 0u64);
+        for kv in t.iter() {
+            let (k, v) = kv.map_err(setup_err)?;
+            count += 1;
+            keys += k.len() as u64;
+            values += v.len() as u64;
+        }
+        live += keys + values;
+        println!("  tree {name:9} {count:>8} entries, keys {:>6.1} + values {:>6.1} bytes per record", per(keys), per(values));
+    }
+    println!("  live keys+values {:.0} bytes per record; sled's own overhead in db {:.0}", per(live), per(db.saturating_sub(live)));
+    Ok(())
+}
+
 /// Start the real binary; the child and the time until `GET /v1/status` answers.
 pub(crate) async fn start(config: &Path, sock: &Path) -> Result<(tokio::process::Child, Duration), BenchError> {
     let exe = std::env::current_exe().map_err(setup_err)?;
@@ -152,6 +185,11 @@ async fn filled(dir: &Path, n: usize, template: Option<&Path>) -> Result<(Durati
 }
 
 pub async fn run(n: usize, template: Option<&Path>) -> Result<(), BenchError> {
+    // `POSGATE_BENCH_BREAKDOWN=<journal dir>`: only print where the bytes of that (closed) journal go, per
+    // `n` records, so a journal made by another build can be compared.
+    if let Some(other) = std::env::var_os("POSGATE_BENCH_BREAKDOWN") {
+        return breakdown(Path::new(&other), n);
+    }
     let dir = std::env::temp_dir().join(format!("posgate-bench-journal-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis()));
     // The simulators stay up (for the burst) while `setup` lives.
     let setup = crate::demo::prepare(&dir, None, None).await.map_err(BenchError::Setup)?;
@@ -172,6 +210,7 @@ pub async fn run(n: usize, template: Option<&Path>) -> Result<(), BenchError> {
         bytes as f64 / 1048576.0,
         bytes.saturating_sub(before) as f64 / n.max(1) as f64
     );
+    breakdown(&dir.join("journal"), n)?;
 
     let (mut child, ready) = start(&config, &sock).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,4 +1,8 @@
-//! The compact binary encoding of a journal `Record` (format 3): varints and length-prefixed strings.
+//! The compact binary encoding of a journal `Record` (formats 3 and 4): varints and length-prefixed strings.
+//!
+//! Format 4 (tag `TAG`) writes strings more tightly than format 3 (tag `TAG_V3`), see `put_s`: an all-digit
+//! string (trace, batch, a vendor's reference, a `transTime`) is its length and number, a masked card its
+//! two visible ends, and a request value equal to the record's card is one byte. Both forms read.
 //!
 //! Layout: `TAG | id | profile key | operation key | class u8 | status u8 | trace | batch | created | updated |
 //! amount | present | [optional fields in bit order] | request | result | totals`. Integers are LEB128
@@ -13,8 +17,14 @@ use thiserror::Error;
 
 use crate::model::{Class, Record, Recovery, RecoveryState, Status};
 
-/// First byte of a format-3 record. A JSON record (formats 1 and 2) starts with `{`.
-pub const TAG: u8 = 0xB3;
+/// First byte of a format-4 record (what this build writes).
+pub const TAG: u8 = 0xB4;
+/// First byte of a format-3 record (strings as plain bytes). A JSON record (formats 1 and 2) starts with `{`.
+pub const TAG_V3: u8 = 0xB3;
+/// Longest all-digit string written as a number (`10^19 - 1` fits a u64).
+const MAX_DIGITS: usize = 19;
+/// Longest masked card written as its two ends (a PAN is at most 19 digits).
+const MAX_MASKED: usize = 32;
 /// How deep `request`/`result` values may nest.
 const MAX_DEPTH: u32 = 32;
 /// The engine's timestamp form.
@@ -24,7 +34,7 @@ const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 pub enum CodecError {
     #[error("record ends early: {0} bytes wanted at byte {1}")]
     Short(usize, usize),
-    #[error("not a format-3 record (first byte {0:#04x})")]
+    #[error("not a format-3 or format-4 record (first byte {0:#04x})")]
     Tag(u8),
     #[error("bad {0} at byte {1}")]
     Bad(&'static str, usize),
@@ -33,6 +43,14 @@ pub enum CodecError {
 }
 
 // ---- writing ----
+
+/// The output and the form being written: `v4` packs strings (`put_s`), `card` is the record's card
+/// (a request value equal to it is written as `V_CARD`).
+struct Enc<'a> {
+    out: Vec<u8>,
+    v4: bool,
+    card: Option<&'a str>,
+}
 
 fn put_u(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -46,9 +64,43 @@ fn put_i(out: &mut Vec<u8>, v: i64) {
     put_u(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn put_s(out: &mut Vec<u8>, s: &str) {
-    put_u(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+/// Format 3: the length then the bytes. Format 4: a varint `len << 2 | kind`, then for kind 0 the
+/// bytes; kind 1 (an all-digit string of at most `MAX_DIGITS`) its number, leading zeros restored from
+/// the length; kind 2 (a masked card `dddddd***…dddd`, at most `MAX_MASKED` long) its first six and last
+/// four digits as two numbers.
+fn put_s(e: &mut Enc, s: &str) {
+    let out = &mut e.out;
+    if !e.v4 {
+        put_u(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let b = s.as_bytes();
+    let n = b.len() as u64;
+    if (1..=MAX_DIGITS).contains(&b.len()) && b.iter().all(u8::is_ascii_digit) {
+        put_u(out, n << 2 | 1);
+        put_u(out, digits(b));
+    } else if masked(b) {
+        put_u(out, n << 2 | 2);
+        put_u(out, digits(&b[..6]));
+        put_u(out, digits(&b[b.len() - 4..]));
+    } else {
+        put_u(out, n << 2);
+        out.extend_from_slice(b);
+    }
+}
+
+/// The number an all-digit (at most 19 digits) slice spells.
+fn digits(b: &[u8]) -> u64 {
+    b.iter().fold(0u64, |v, d| v.wrapping_mul(10).wrapping_add(u64::from(d - b'0')))
+}
+
+/// `dddddd` + at least one `*` + `dddd`, no longer than `MAX_MASKED`: a card masked 6+4.
+fn masked(b: &[u8]) -> bool {
+    (11..=MAX_MASKED).contains(&b.len())
+        && b[..6].iter().all(u8::is_ascii_digit)
+        && b[b.len() - 4..].iter().all(u8::is_ascii_digit)
+        && b[6..b.len() - 4].iter().all(|&c| c == b'*')
 }
 
 /// Unix milliseconds of `s` when it is exactly in the engine's form (so it reads back identical).
@@ -63,15 +115,15 @@ fn ms_ts(ms: i64) -> Option<String> {
 }
 
 /// A timestamp: `0` then the string, or `1` then the zigzag milliseconds (minus `base`).
-fn put_ts(out: &mut Vec<u8>, s: &str, base: i64) {
+fn put_ts(e: &mut Enc, s: &str, base: i64) {
     match ts_ms(s) {
         Some(ms) => {
-            out.push(1);
-            put_i(out, ms.wrapping_sub(base));
+            e.out.push(1);
+            put_i(&mut e.out, ms.wrapping_sub(base));
         }
         None => {
-            out.push(0);
-            put_s(out, s);
+            e.out.push(0);
+            put_s(e, s);
         }
     }
 }
@@ -203,8 +255,11 @@ const V_FLOAT: u8 = 5;
 const V_STR: u8 = 6;
 const V_ARRAY: u8 = 7;
 const V_OBJECT: u8 = 8;
+/// Format 4: the string is the record's `card` (a request repeats it as `cardNo`).
+const V_CARD: u8 = 9;
 
-fn put_value(out: &mut Vec<u8>, v: &Value) {
+fn put_value(e: &mut Enc, v: &Value) {
+    let out = &mut e.out;
     match v {
         Value::Null => out.push(V_NULL),
         Value::Bool(false) => out.push(V_FALSE),
@@ -221,27 +276,28 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
                 out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_le_bytes());
             }
         }
+        Value::String(s) if e.v4 && e.card == Some(s.as_str()) => out.push(V_CARD),
         Value::String(s) => {
             out.push(V_STR);
-            put_s(out, s);
+            put_s(e, s);
         }
         Value::Array(a) => {
             out.push(V_ARRAY);
             put_u(out, a.len() as u64);
-            a.iter().for_each(|x| put_value(out, x));
+            a.iter().for_each(|x| put_value(e, x));
         }
         Value::Object(m) => {
             out.push(V_OBJECT);
-            put_map(out, m);
+            put_map(e, m);
         }
     }
 }
 
-fn put_map(out: &mut Vec<u8>, m: &Map<String, Value>) {
-    put_u(out, m.len() as u64);
+fn put_map(e: &mut Enc, m: &Map<String, Value>) {
+    put_u(&mut e.out, m.len() as u64);
     for (k, v) in m {
-        put_key(out, k);
-        put_value(out, v);
+        put_key(&mut e.out, k);
+        put_value(e, v);
     }
 }
 
@@ -296,20 +352,34 @@ const UNIT: u32 = 1 << 14;
 const SUPERSEDED: u32 = 1 << 15;
 const ALL: u32 = (1 << 16) - 1;
 
-/// The record in format 3 (see the module doc).
+/// The record in format 4 (see the module doc): what the journal writes.
 pub fn encode_record(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.push(TAG);
-    put_u(&mut out, r.id);
-    put_key(&mut out, &r.profile);
-    put_key(&mut out, &r.operation);
-    out.push(class_byte(r.class));
-    out.push(status_byte(r.status));
-    put_s(&mut out, &r.trace);
-    put_s(&mut out, &r.batch);
-    put_ts(&mut out, &r.created_at, 0);
-    put_ts(&mut out, &r.updated_at, ts_ms(&r.created_at).unwrap_or(0));
-    put_i(&mut out, r.amount_fen);
+    encode_as(r, true)
+}
+
+/// The record in format 3 (strings as plain bytes): what a version-3 journal holds (migration tests).
+pub fn encode_record_v3(r: &Record) -> Vec<u8> {
+    encode_as(r, false)
+}
+
+/// The strings of `list` that are present, in order (their bits are in `present`).
+fn put_all(e: &mut Enc, list: &[(u32, &Option<String>)]) {
+    list.iter().filter_map(|(_, v)| v.as_deref()).for_each(|s| put_s(e, s));
+}
+
+fn encode_as(r: &Record, v4: bool) -> Vec<u8> {
+    let mut e = Enc { out: Vec::with_capacity(256), v4, card: r.card.as_deref() };
+    e.out.push(if v4 { TAG } else { TAG_V3 });
+    put_u(&mut e.out, r.id);
+    put_key(&mut e.out, &r.profile);
+    put_key(&mut e.out, &r.operation);
+    e.out.push(class_byte(r.class));
+    e.out.push(status_byte(r.status));
+    put_s(&mut e, &r.trace);
+    put_s(&mut e, &r.batch);
+    put_ts(&mut e, &r.created_at, 0);
+    put_ts(&mut e, &r.updated_at, ts_ms(&r.created_at).unwrap_or(0));
+    put_i(&mut e.out, r.amount_fen);
     let strs = [
         (CARD, &r.card),
         (SEALED, &r.sealed),
@@ -336,34 +406,35 @@ pub fn encode_record(r: &Record) -> Vec<u8> {
     if r.superseded_by.is_some() {
         present |= SUPERSEDED;
     }
-    put_u(&mut out, u64::from(present));
-    let put_all = |out: &mut Vec<u8>, list: &[(u32, &Option<String>)]| list.iter().filter_map(|(_, v)| v.as_deref()).for_each(|s| put_s(out, s));
-    put_all(&mut out, &strs);
+    put_u(&mut e.out, u64::from(present));
+    put_all(&mut e, &strs);
     if let Some(o) = r.original {
-        put_u(&mut out, o);
+        put_u(&mut e.out, o);
     }
-    put_all(&mut out, &later);
+    put_all(&mut e, &later);
     if let Some(rs) = &r.recovery {
-        out.push(recovery_byte(rs.how));
-        put_u(&mut out, u64::from(rs.attempts));
-        put_i(&mut out, rs.next_at_ms);
-        out.push(u8::from(rs.parked) | (u8::from(rs.last_error.is_some()) << 1));
-        if let Some(e) = &rs.last_error {
-            put_s(&mut out, e);
+        e.out.push(recovery_byte(rs.how));
+        put_u(&mut e.out, u64::from(rs.attempts));
+        put_i(&mut e.out, rs.next_at_ms);
+        e.out.push(u8::from(rs.parked) | (u8::from(rs.last_error.is_some()) << 1));
+        if let Some(x) = &rs.last_error {
+            put_s(&mut e, x);
         }
     }
-    put_all(&mut out, &last);
+    put_all(&mut e, &last);
     if let Some(s) = r.superseded_by {
-        put_u(&mut out, s);
+        put_u(&mut e.out, s);
     }
-    put_map(&mut out, &r.request);
-    put_map(&mut out, &r.result);
-    put_u(&mut out, r.totals.len() as u64);
+    put_map(&mut e, &r.request);
+    // Only the request repeats the card.
+    e.card = None;
+    put_map(&mut e, &r.result);
+    put_u(&mut e.out, r.totals.len() as u64);
     for (k, d) in &r.totals {
-        put_key(&mut out, k);
-        put_i(&mut out, *d);
+        put_key(&mut e.out, k);
+        put_i(&mut e.out, *d);
     }
-    out
+    e.out
 }
 
 // ---- reading ----
@@ -371,6 +442,10 @@ pub fn encode_record(r: &Record) -> Vec<u8> {
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
+    /// Format 4 (packed strings, `V_CARD`).
+    v4: bool,
+    /// The record's card once read (what `V_CARD` stands for).
+    card: Option<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -420,10 +495,49 @@ impl<'a> Reader<'a> {
     }
 
     fn s(&mut self) -> Result<String, CodecError> {
+        if self.v4 {
+            return self.packed();
+        }
         let n = self.count()?;
+        self.utf8(n)
+    }
+
+    fn utf8(&mut self, n: usize) -> Result<String, CodecError> {
         let at = self.at;
         let bytes = self.take(n)?;
         std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| CodecError::Bad("UTF-8", at))
+    }
+
+    /// A format-4 string (see `put_s`); a number that does not fit its length is an error, so every
+    /// string has one form only.
+    fn packed(&mut self) -> Result<String, CodecError> {
+        let at = self.at;
+        let head = self.u()?;
+        let n = usize::try_from(head >> 2).map_err(|_| CodecError::Bad("string length", at))?;
+        let fits = |v: u64, width: usize| u32::try_from(width).ok().and_then(|w| 10u64.checked_pow(w)).is_none_or(|max| v < max);
+        match head & 3 {
+            0 => {
+                if n > self.b.len() - self.at {
+                    return Err(CodecError::Bad("count", at));
+                }
+                self.utf8(n)
+            }
+            1 if (1..=MAX_DIGITS).contains(&n) => {
+                let v = self.u()?;
+                if !fits(v, n) {
+                    return Err(CodecError::Bad("digits", at));
+                }
+                Ok(format!("{v:0n$}"))
+            }
+            2 if (11..=MAX_MASKED).contains(&n) => {
+                let (head6, tail4) = (self.u()?, self.u()?);
+                if !fits(head6, 6) || !fits(tail4, 4) {
+                    return Err(CodecError::Bad("masked card", at));
+                }
+                Ok(format!("{head6:06}{}{tail4:04}", "*".repeat(n - 10)))
+            }
+            _ => Err(CodecError::Bad("string kind", at)),
+        }
     }
 
     fn key(&mut self) -> Result<String, CodecError> {
@@ -469,6 +583,7 @@ impl<'a> Reader<'a> {
                 Value::Number(Number::from_f64(f64::from_le_bytes(b)).ok_or(CodecError::Bad("float", at))?)
             }
             V_STR => Value::String(self.s()?),
+            V_CARD if self.v4 => Value::String(self.card.clone().ok_or(CodecError::Bad("card value without a card", at))?),
             V_ARRAY => {
                 let n = self.count()?;
                 let mut a = Vec::with_capacity(n);
@@ -506,13 +621,20 @@ fn recovery_of(b: u8) -> Option<Recovery> {
     [Recovery::Reverse, Recovery::Resend, Recovery::Query, Recovery::Manual].get(usize::from(b)).copied()
 }
 
-/// Read a format-3 record. Pure and bounded: any bytes give a record or an error, never a panic.
-pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
-    let mut r = Reader { b, at: 0 };
-    let tag = r.byte()?;
-    if tag != TAG {
-        return Err(CodecError::Tag(tag));
+/// A reader past the tag of a format-3 or format-4 record.
+fn reader(b: &[u8]) -> Result<Reader<'_>, CodecError> {
+    let mut r = Reader { b, at: 0, v4: false, card: None };
+    match r.byte()? {
+        TAG => r.v4 = true,
+        TAG_V3 => {}
+        tag => return Err(CodecError::Tag(tag)),
     }
+    Ok(r)
+}
+
+/// Read a format-3 or format-4 record. Pure and bounded: any bytes give a record or an error, never a panic.
+pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
+    let mut r = reader(b)?;
     let id = r.u()?;
     let profile = r.key()?;
     let operation = r.key()?;
@@ -529,6 +651,8 @@ pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
     if present & !ALL != 0 {
         return Err(CodecError::Bad("present", at));
     }
+    let card = if present & CARD != 0 { Some(r.s()?) } else { None };
+    r.card.clone_from(&card);
     let mut opt = |bit: u32| -> Result<Option<String>, CodecError> {
         if present & bit != 0 {
             r.s().map(Some)
@@ -536,7 +660,6 @@ pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
             Ok(None)
         }
     };
-    let card = opt(CARD)?;
     let sealed = opt(SEALED)?;
     let code = opt(CODE)?;
     let message = opt(MESSAGE)?;
@@ -581,6 +704,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, CodecError> {
     let unit = opt(UNIT)?;
     let superseded_by = if present & SUPERSEDED != 0 { Some(r.u()?) } else { None };
     let request = r.map(1)?;
+    r.card = None;
     let result = r.map(1)?;
     let n = r.count()?;
     let mut totals = Vec::with_capacity(n);
@@ -631,11 +755,7 @@ pub fn has_sealed(b: &[u8]) -> Result<bool, CodecError> {
     if b.first() == Some(&b'{') {
         return Ok(b.windows(NEEDLE.len()).any(|w| w == NEEDLE));
     }
-    let mut r = Reader { b, at: 0 };
-    let tag = r.byte()?;
-    if tag != TAG {
-        return Err(CodecError::Tag(tag));
-    }
+    let mut r = reader(b)?;
     r.u()?;
     r.key()?;
     r.key()?;
@@ -653,7 +773,110 @@ pub fn has_sealed(b: &[u8]) -> Result<bool, CodecError> {
     Ok(r.u32("present")? & SEALED != 0)
 }
 
-/// A stored record of any format: format 3, or the JSON of formats 1 and 2 (read by the migration and
+/// First byte of a batch's totals in format 4 (`encode_totals`); format 3 and before wrote JSON.
+pub const TOTALS_TAG: u8 = 0xC4;
+
+/// A batch's running totals: `TOTALS_TAG | count | (key, zigzag value)…`, keys as in records (`put_key`).
+pub fn encode_totals(m: &std::collections::BTreeMap<String, i64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 4 * m.len());
+    out.push(TOTALS_TAG);
+    put_u(&mut out, m.len() as u64);
+    for (k, v) in m {
+        put_key(&mut out, k);
+        put_i(&mut out, *v);
+    }
+    out
+}
+
+/// A batch's totals as stored: `encode_totals`, or the JSON of formats 1 to 3.
+pub fn decode_totals(b: &[u8]) -> Result<std::collections::BTreeMap<String, i64>, String> {
+    if b.first() == Some(&b'{') {
+        return serde_json::from_slice(b).map_err(|e| e.to_string());
+    }
+    let mut r = Reader { b, at: 0, v4: true, card: None };
+    let tag = r.byte().map_err(|e| e.to_string())?;
+    if tag != TOTALS_TAG {
+        return Err(CodecError::Tag(tag).to_string());
+    }
+    let n = r.count().map_err(|e| e.to_string())?;
+    let mut m = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let k = r.key().map_err(|e| e.to_string())?;
+        m.insert(k, r.i().map_err(|e| e.to_string())?);
+    }
+    if r.at != b.len() {
+        return Err(CodecError::Trailing(b.len() - r.at).to_string());
+    }
+    Ok(m)
+}
+
+/// First byte of a profile's state in format 4 (`encode_profile`); format 3 and before wrote JSON.
+pub const PROFILE_TAG: u8 = 0xD4;
+
+/// A profile's state: `PROFILE_TAG | flags (1 batch present, 2 batch open) | [batch] | last_trace |
+/// last_batch | session | unsettled… | seq | idem_keys`. Written at every begin that takes a trace, so
+/// kept small (its JSON is about 110 bytes, this about 15).
+pub fn encode_profile(st: &crate::journal::ProfileState) -> Vec<u8> {
+    // Every field by name: a field added to the state must be added here too.
+    let crate::journal::ProfileState { batch, batch_open, last_trace, last_batch, session, unsettled, seq, idem_keys } = st;
+    let mut e = Enc { out: Vec::with_capacity(24), v4: true, card: None };
+    e.out.push(PROFILE_TAG);
+    e.out.push(u8::from(batch.is_some()) | (u8::from(*batch_open) << 1));
+    if let Some(b) = batch {
+        put_s(&mut e, b);
+    }
+    put_u(&mut e.out, u64::from(*last_trace));
+    put_u(&mut e.out, u64::from(*last_batch));
+    put_value(&mut e, session);
+    put_u(&mut e.out, unsettled.len() as u64);
+    for u in unsettled {
+        put_s(&mut e, u);
+    }
+    put_u(&mut e.out, *seq);
+    put_u(&mut e.out, *idem_keys);
+    e.out
+}
+
+/// A profile's state as stored: `encode_profile`, or the JSON of formats 1 to 3.
+pub fn decode_profile(b: &[u8]) -> Result<crate::journal::ProfileState, String> {
+    if b.first() == Some(&b'{') {
+        return serde_json::from_slice(b).map_err(|e| e.to_string());
+    }
+    let read = || -> Result<crate::journal::ProfileState, CodecError> {
+        let mut r = Reader { b, at: 0, v4: true, card: None };
+        let tag = r.byte()?;
+        if tag != PROFILE_TAG {
+            return Err(CodecError::Tag(tag));
+        }
+        let at = r.at;
+        let flags = r.byte()?;
+        if flags > 3 {
+            return Err(CodecError::Bad("profile flags", at));
+        }
+        let batch = if flags & 1 != 0 { Some(r.s()?) } else { None };
+        let last_trace = r.u32("last trace")?;
+        let last_batch = r.u32("last batch")?;
+        let session = r.value(1)?;
+        let n = r.count()?;
+        let mut unsettled = Vec::with_capacity(n);
+        for _ in 0..n {
+            unsettled.push(r.s()?);
+        }
+        let (seq, idem_keys) = (r.u()?, r.u()?);
+        if r.at != b.len() {
+            return Err(CodecError::Trailing(b.len() - r.at));
+        }
+        Ok(crate::journal::ProfileState { batch, batch_open: flags & 2 != 0, last_trace, last_batch, session, unsettled, seq, idem_keys })
+    };
+    read().map_err(|e| e.to_string())
+}
+
+/// Whether a stored record is in this build's form (format 4): the migration rewrites the others.
+pub fn is_current(b: &[u8]) -> bool {
+    b.first() == Some(&TAG)
+}
+
+/// A stored record of any format: format 3 or 4, or the JSON of formats 1 and 2 (read by the migration and
 /// by `journal verify` on a copy not yet migrated).
 pub fn decode_any(b: &[u8]) -> Result<Record, String> {
     if b.first() == Some(&b'{') {

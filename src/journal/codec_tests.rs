@@ -65,6 +65,104 @@ fn every_optional_field_and_odd_timestamps_read_back() {
     }
 }
 
+/// Format 4 packs the strings a consume repeats (digits, the masked card, `cardNo` = the card); format 3
+/// still reads. Fails before format 4: there was one form only.
+#[test]
+fn format_4_packs_a_consumes_strings_and_format_3_still_reads() {
+    let r = consume();
+    let (v3, v4) = (encode_record_v3(&r), encode_record(&r));
+    assert_eq!((v3[0], v4[0]), (TAG_V3, TAG));
+    assert!(same(&decode_record(&v3).unwrap(), &r));
+    assert!(same(&decode_record(&v4).unwrap(), &r));
+    assert!(v4.len() + 50 <= v3.len(), "format 4 {} bytes, format 3 {}", v4.len(), v3.len());
+    assert!(v4.len() <= 110, "a consume's record is {} bytes", v4.len());
+    assert_eq!(has_sealed(&v3), Ok(false));
+    assert_eq!(has_sealed(&v4), Ok(false));
+    assert!(is_current(&v4) && !is_current(&v3) && !is_current(b"{}"));
+}
+
+#[test]
+fn profile_states_read_back_in_binary_and_as_the_json_of_older_formats() {
+    use crate::journal::ProfileState;
+    let full = ProfileState {
+        batch: Some("000123".into()),
+        batch_open: true,
+        last_trace: 999_999,
+        last_batch: u32::MAX,
+        session: json!({"key": "v", "n": [1, 2]}),
+        unsettled: vec!["000120".into(), "x".into()],
+        seq: u64::MAX,
+        idem_keys: 7,
+    };
+    for st in [ProfileState::default(), full] {
+        let b = encode_profile(&st);
+        assert_eq!(b[0], PROFILE_TAG);
+        let json = serde_json::to_vec(&st).unwrap();
+        assert_eq!(serde_json::to_vec(&decode_profile(&b).unwrap()).unwrap(), json);
+        assert_eq!(serde_json::to_vec(&decode_profile(&json).unwrap()).unwrap(), json);
+        for n in 0..b.len() {
+            assert!(decode_profile(&b[..n]).is_err(), "cut at {n}");
+        }
+    }
+    assert!(encode_profile(&ProfileState { last_trace: 123_456, seq: 200_000, ..Default::default() }).len() <= 12);
+}
+
+/// Strings on the edges of the packed forms read back exactly: leading zeros, 19 and 20 digits, a
+/// card-like string that is not masked 6+4, a request value equal to the card inside a nested value.
+#[test]
+fn packed_strings_on_the_edges_read_back_exactly() {
+    let mut r = consume();
+    for s in [
+        "0",
+        "000000",
+        "9999999999999999999",
+        "18446744073709551615",
+        "99999999999999999999",
+        "-1",
+        "+1",
+        "1 ",
+        "١٢",
+        "622202****0008",
+        "622202*0008",
+        "62220*********0008",
+        "622202*********000",
+        "622202*********00080",
+        "622202***x*****0008",
+        &format!("622202{}0008", "*".repeat(40)),
+    ] {
+        r.trace = s.into();
+        r.batch = s.into();
+        r.reference = Some(s.into());
+        r.card = Some(s.into());
+        r.request = json!({"cardNo": s, "n": [s, {"cardNo": s}], "other": "x"}).as_object().cloned().unwrap_or_default();
+        r.result = json!({"cardNo": s}).as_object().cloned().unwrap_or_default();
+        let back = decode_record(&encode_record(&r)).unwrap();
+        assert!(same(&r, &back), "{s:?}: {back:?}");
+    }
+    // A number too big for its length, or a card value where the record has no card, is refused.
+    assert!(decode_record(&[TAG, 1, 3, 3, 2, 0, 2 << 2 | 1, 100]).is_err());
+    let mut b = encode_record(&Record::new("p", "o", Class::Inquiry, "1", "x"));
+    let cut = b.len() - 3;
+    b.truncate(cut);
+    b.extend_from_slice(&[1, 2, b'a', V_CARD, 0, 0]);
+    assert!(matches!(decode_record(&b), Err(CodecError::Bad("card value without a card", _))));
+}
+
+#[test]
+fn totals_read_back_in_binary_and_as_the_json_of_older_formats() {
+    let m: std::collections::BTreeMap<String, i64> =
+        [("pointDebitAmount".to_string(), i64::MIN), ("x".to_string(), 7), ("totalTransCount".to_string(), 1)].into();
+    let b = encode_totals(&m);
+    assert_eq!(b[0], TOTALS_TAG);
+    assert_eq!(decode_totals(&b), Ok(m.clone()));
+    assert_eq!(decode_totals(&serde_json::to_vec(&m).unwrap()), Ok(m));
+    assert!(b.len() < 20, "{} bytes", b.len());
+    for n in 0..b.len() {
+        assert!(decode_totals(&b[..n]).is_err(), "cut at {n}");
+    }
+    assert!(decode_totals(&[TOTALS_TAG, 0xff, 0xff, 0xff, 0x7f]).is_err());
+}
+
 #[test]
 fn a_sealed_field_is_seen_from_the_head_alone() {
     let mut r = consume();
@@ -180,16 +278,32 @@ prop_compose! {
 proptest! {
     #[test]
     fn any_record_reads_back_as_written(r in arb_record()) {
-        let b = encode_record(&r);
-        let back = decode_record(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        for b in [encode_record(&r), encode_record_v3(&r)] {
+            let back = decode_record(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(same(&r, &back), "{:?} != {:?}", r, back);
+        }
+    }
+
+    #[test]
+    fn digit_and_card_like_strings_read_back_as_written(s in prop_oneof!["[0-9]{0,22}", "[0-9]{4,7}[*]{0,24}[0-9]{3,5}", "[0-9*]{0,20}"], card in any::<bool>()) {
+        let mut r = consume();
+        r.trace = s.clone();
+        r.reference = Some(s.clone());
+        r.card = card.then(|| s.clone());
+        r.request = json!({"cardNo": s, "a": [s]}).as_object().cloned().unwrap_or_default();
+        let back = decode_record(&encode_record(&r)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(same(&r, &back), "{:?} != {:?}", r, back);
     }
 
     #[test]
     fn any_bytes_decode_to_a_record_or_an_error(b in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode_record(&b);
-        let mut tagged = vec![TAG];
-        tagged.extend_from_slice(&b);
-        let _ = decode_record(&tagged);
+        for tag in [TAG, TAG_V3] {
+            let mut tagged = vec![tag];
+            tagged.extend_from_slice(&b);
+            let _ = decode_record(&tagged);
+        }
+        let _ = decode_totals(&b);
+        let _ = decode_profile(&b);
     }
 }

@@ -74,7 +74,7 @@ pub(super) fn snapshot(records: &sled::Tree, profiles: &sled::Tree) -> Result<Ma
     for kv in profiles.iter() {
         let (k, v) = kv.map_err(store_err)?;
         let name = String::from_utf8_lossy(&k).into_owned();
-        let st: ProfileState = serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {name}"), e.to_string()))?;
+        let st: ProfileState = super::codec::decode_profile(&v).map_err(|e| JournalError::Corrupt(format!("profile {name}"), e))?;
         out.profiles.insert(
             name,
             ProfileMark {

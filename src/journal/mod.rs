@@ -471,6 +471,85 @@ mod tests {
         cleanup(&d);
     }
 
+    /// A version-3 journal (records in the first binary form, batch totals and profile states as JSON) opens as format 4 and
+    /// keeps every record, index, idempotency key and total; a record already rewritten before a crash
+    /// (half-migrated, stamp still 3) is left as it is and the rest migrate. New in format 4: fails on
+    /// the old code, which stamps 4 nowhere and keeps format-3 records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_3_journal_is_migrated_on_open_and_keeps_every_record_index_and_key() {
+        let d = dir("v3");
+        {
+            let j = SledJournal::open(&d).unwrap();
+            for i in 0..4 {
+                let key = format!("a{i}");
+                let mut r = rec("p", "000001", Some(&key));
+                r.card = Some("622202*********0008".into());
+                r.request = serde_json::json!({"cardNo": "622202*********0008", "registerTraceNo": format!("{i:06}")}).as_object().cloned().unwrap_or_default();
+                let Begun::Created(mut r) = j.begin(NewRecord { record: r, allocate_trace: true }).unwrap() else { panic!("key reused") };
+                r.status = Status::Approved;
+                r.reference = Some(format!("5000000000{i:02}"));
+                r.trans_time = Some("20261123120000".into());
+                let change = Change { totals: vec![("p".into(), "000001".into(), "pointDebitAmount".into(), 100)], records: vec![r], ..Default::default() };
+                j.commit(change).unwrap();
+                j.sync().await.unwrap();
+            }
+        }
+        let before: Vec<Record> = {
+            let db = sled::open(&d).unwrap();
+            let records = db.open_tree("records").unwrap();
+            let mut out = Vec::new();
+            for (n, kv) in records.iter().enumerate() {
+                let (k, v) = kv.unwrap();
+                let r = decode_record(&v).unwrap();
+                // The first record was rewritten before a crash; the others are still format 3.
+                if n > 0 {
+                    records.insert(k, codec::encode_record_v3(&r)).unwrap();
+                }
+                out.push(r);
+            }
+            let totals = db.open_tree("totals").unwrap();
+            for kv in totals.iter() {
+                let (k, v) = kv.unwrap();
+                totals.insert(k, serde_json::to_vec(&codec::decode_totals(&v).unwrap()).unwrap()).unwrap();
+            }
+            let profiles = db.open_tree("profiles").unwrap();
+            for kv in profiles.iter() {
+                let (k, v) = kv.unwrap();
+                profiles.insert(k, serde_json::to_vec(&codec::decode_profile(&v).unwrap()).unwrap()).unwrap();
+            }
+            db.open_tree("meta").unwrap().insert(b"format", &3u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+            out
+        };
+        let j = SledJournal::open(&d).unwrap();
+        let same = |a: &Record, b: &Record| serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap();
+        for r in &before {
+            assert!(same(&j.get(r.id).unwrap().unwrap(), r), "record {} kept", r.id);
+            let key = r.idempotency_key.as_deref().unwrap();
+            assert_eq!(j.by_idempotency_key("p", key).unwrap().map(|x| x.id), Some(r.id), "idempotency key {key}");
+            let found = j.by_reference("p", r.reference.as_deref().unwrap()).unwrap();
+            assert_eq!(found.iter().map(|x| x.id).collect::<Vec<_>>(), vec![r.id], "reference index");
+        }
+        assert_eq!(j.batch_records("p", "000001").unwrap().len(), 4, "batch index");
+        let q = JournalQuery { profile: Some("p".into()), ..Default::default() };
+        assert_eq!(j.list(&q).unwrap().len(), 4, "profile index");
+        assert_eq!(j.totals("p", "000001").unwrap().get("pointDebitAmount"), Some(&400));
+        assert_eq!(j.profile_state("p").unwrap().last_trace, 4);
+        assert_eq!(j.profile_state("p").unwrap().idem_keys, 4);
+        let Begun::Existing(again) = j.begin(NewRecord { record: rec("p", "000001", Some("a2")), allocate_trace: true }).unwrap() else {
+            panic!("a key used before migration must be found after it")
+        };
+        assert_eq!(again.id, before[2].id);
+        drop(j);
+        let db = sled::open(&d).unwrap();
+        assert_eq!(db.open_tree("meta").unwrap().get(b"format").unwrap().as_deref(), Some(&4u32.to_be_bytes()[..]));
+        assert!(db.open_tree("records").unwrap().iter().values().all(|v| v.unwrap().first() == Some(&codec::TAG)), "every record rewritten");
+        assert!(db.open_tree("totals").unwrap().iter().values().all(|v| v.unwrap().first() == Some(&codec::TOTALS_TAG)), "every total rewritten");
+        assert!(db.open_tree("profiles").unwrap().iter().values().all(|v| v.unwrap().first() == Some(&codec::PROFILE_TAG)), "every profile state rewritten");
+        drop(db);
+        cleanup(&d);
+    }
+
     #[test]
     fn trace_numbers_wrap_from_999999_to_000001() {
         assert_eq!(next_trace(0), 1);

@@ -215,7 +215,7 @@ impl SledJournal {
 
     fn profile_state_of(&self, profile: &str) -> Result<ProfileState, JournalError> {
         match self.s()?.profiles.get(profile.as_bytes()).map_err(store_err)? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {profile}"), e.to_string())),
+            Some(v) => super::sled_store::decode_profile(profile.as_bytes(), &v),
             None => Ok(ProfileState::default()),
         }
     }

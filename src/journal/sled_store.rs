@@ -31,10 +31,12 @@ const REOPEN_ENTRIES: u64 = 200_000;
 const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The journal's on-disk format version (`meta` tree, key `format`): see ARCHITECTURE.md, Boundaries.
+/// 4: records with packed strings (`codec.rs`, tag `0xB4`), batch totals and profile states in binary
+/// (`codec::encode_totals`, `codec::encode_profile`).
 /// 3: records in the compact binary form of `codec.rs`. 2: the durable record is the log under `log/`,
 /// sled is written without syncing, records are JSON. 1: sled alone, synced per group. This build opens
-/// 1 and 2 and migrates them (see `migrate`).
-pub const FORMAT_VERSION: u32 = 3;
+/// 1, 2 and 3 and migrates them (see `migrate`).
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// The daemon's exit code when sled refused a change the log already holds (sled 0.34 then refuses
@@ -45,14 +47,24 @@ pub(super) fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
     JournalError::Store(e.to_string())
 }
 
-/// A record as stored (format 3, `codec.rs`). Kept fallible: callers (retention) match on it.
+/// A record as stored (format 4, `codec.rs`). Kept fallible: callers (retention) match on it.
 pub(super) fn encode(rec: &Record) -> Result<Vec<u8>, JournalError> {
     Ok(super::codec::encode_record(rec))
 }
 
-/// A stored record of any format (the JSON of formats 1 and 2 still reads, see `codec::decode_any`).
+/// A stored record of any format (format 3 and the JSON of formats 1 and 2 still read, see `codec::decode_any`).
 pub(crate) fn decode(id: &[u8], bytes: &[u8]) -> Result<Record, JournalError> {
     super::codec::decode_any(bytes).map_err(|e| JournalError::Corrupt(hex::encode(id), e))
+}
+
+/// A batch's totals as stored (format 4 binary, or the JSON of older formats).
+pub(super) fn decode_totals(bytes: &[u8]) -> Result<BTreeMap<String, i64>, JournalError> {
+    super::codec::decode_totals(bytes).map_err(|e| JournalError::Corrupt("totals".into(), e))
+}
+
+/// A profile's state as stored (format 4 binary, or the JSON of older formats).
+pub(super) fn decode_profile(profile: &[u8], bytes: &[u8]) -> Result<ProfileState, JournalError> {
+    super::codec::decode_profile(bytes).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(profile)), e))
 }
 
 pub(super) fn batch_key(profile: &str, batch: &str) -> Vec<u8> {
@@ -226,11 +238,13 @@ impl SledJournal {
         }
     }
 
-    /// Bring an older journal to this build's format, after its log was replayed (a format-2 log holds
-    /// JSON records). Version 1 is sled alone, every change synced; version 2 adds the log beside the
-    /// same trees; version 3 stores records in the binary form of `codec.rs`. So 1 and 2 migrate the
-    /// same way: every record rewritten in place, sled synced, then the stamp (a crash before it
-    /// migrates again, which is harmless: `decode` reads both forms).
+    /// Bring an older journal to this build's format, after its log was replayed (an older log holds
+    /// records of its own format). Version 1 is sled alone, every change synced; version 2 adds the log
+    /// beside the same trees; version 3 stores records in the binary form of `codec.rs`; version 4 packs
+    /// their strings and stores batch totals and profile states in binary. Every key and index stays as it is, so every
+    /// older version migrates the same way: each record, profile state and batch's totals not yet in this build's
+    /// form rewritten in place, sled synced, then the stamp (a crash before it migrates again, which is
+    /// harmless: `decode` and `decode_totals` read every form).
     fn migrate(dir: &Path, db: &sled::Db, trees: &[sled::Tree], found: u32) -> Result<(), JournalError> {
         if found >= FORMAT_VERSION {
             return Ok(());
@@ -239,10 +253,24 @@ impl SledJournal {
         let mut n = 0u64;
         for kv in records.iter() {
             let (k, v) = kv.map_err(store_err)?;
-            if v.first() == Some(&b'{') {
+            if !super::codec::is_current(&v) {
                 let rec = decode(&k, &v)?;
                 records.insert(k, encode(&rec)?).map_err(store_err)?;
                 n += 1;
+            }
+        }
+        let profiles = &trees[usize::from(super::log::entry::PROFILES)];
+        for kv in profiles.iter() {
+            let (k, v) = kv.map_err(store_err)?;
+            if v.first() != Some(&super::codec::PROFILE_TAG) {
+                profiles.insert(&k, super::codec::encode_profile(&decode_profile(&k, &v)?)).map_err(store_err)?;
+            }
+        }
+        let totals = &trees[usize::from(super::log::entry::TOTALS)];
+        for kv in totals.iter() {
+            let (k, v) = kv.map_err(store_err)?;
+            if v.first() != Some(&super::codec::TOTALS_TAG) {
+                totals.insert(k, super::codec::encode_totals(&decode_totals(&v)?)).map_err(store_err)?;
             }
         }
         write::sync_sled(dir, db)?;
@@ -316,15 +344,13 @@ impl SledJournal {
         }
         for (profile, n) in counts {
             let mut st: ProfileState = match s.profiles.get(&profile).map_err(store_err)? {
-                Some(v) => {
-                    serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {}", String::from_utf8_lossy(&profile)), e.to_string()))?
-                }
+                Some(v) => decode_profile(&profile, &v)?,
                 None => ProfileState::default(),
             };
             if st.idem_keys != n {
                 st.idem_keys = n;
                 st.seq += 1;
-                s.profiles.insert(profile, serde_json::to_vec(&st).map_err(store_err)?).map_err(store_err)?;
+                s.profiles.insert(profile, super::codec::encode_profile(&st)).map_err(store_err)?;
             }
         }
         Ok(())
@@ -526,7 +552,7 @@ fn checkpoint_loop(dir: &Path, stores: &StoreSlot, writer: &Mutex<Writer>, stop:
 impl JournalStore for SledJournal {
     fn profile_state(&self, profile: &str) -> Result<ProfileState, JournalError> {
         match self.s()?.profiles.get(profile.as_bytes()).map_err(store_err)? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {profile}"), e.to_string())),
+            Some(v) => decode_profile(profile.as_bytes(), &v),
             None => Ok(ProfileState::default()),
         }
     }
@@ -609,7 +635,7 @@ impl JournalStore for SledJournal {
 
     fn totals(&self, profile: &str, batch: &str) -> Result<BTreeMap<String, i64>, JournalError> {
         match self.s()?.totals.get(batch_key(profile, batch)).map_err(store_err)? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt("totals".into(), e.to_string())),
+            Some(v) => decode_totals(&v),
             None => Ok(BTreeMap::new()),
         }
     }

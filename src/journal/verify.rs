@@ -347,7 +347,7 @@ fn check_totals(j: &Stores, sums: &BTreeMap<(String, String), BTreeMap<String, i
     let before = r.problems.len() + r.unlisted;
     let mut stored: BTreeMap<(String, String), BTreeMap<String, i64>> = BTreeMap::new();
     for (k, v) in j.totals.iter().flatten() {
-        match serde_json::from_slice(&v) {
+        match super::codec::decode_totals(&v) {
             Ok(m) => {
                 stored.insert(split_batch_key(&k), m);
             }
@@ -405,7 +405,7 @@ fn check_profiles(j: &Stores, seen: &BTreeMap<u64, Seen>, archived: &[Record], t
     }
     for (k, v) in j.profiles.iter().flatten() {
         let name = String::from_utf8_lossy(&k).into_owned();
-        let st: ProfileState = match serde_json::from_slice(&v) {
+        let st: ProfileState = match super::codec::decode_profile(&v) {
             Ok(st) => st,
             Err(e) => {
                 r.problem(format!("profile {name}: state does not decode: {e}"));

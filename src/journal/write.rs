@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use super::log::entry::{BATCHIDX, IDEM, PENDING, PROFIDX, PROFILES, RECORDS, RECOVERY, REFIDX, TOTALS, TREES};
 use super::log::{self, Entry, Log, Op, Pos};
-use super::sled_store::{batch_index_key, batch_key, encode, profile_index_key, reference_index_key, split_batch_key, store_err};
+use super::sled_store::{
+    batch_index_key, batch_key, decode_profile, decode_totals, encode, profile_index_key, reference_index_key, split_batch_key, store_err,
+};
 use super::{next_trace, Begun, Change, JournalError, NewRecord, ProfileState};
 use crate::model::Status;
 
@@ -52,7 +54,7 @@ fn read_state(trees: &[sled::Tree], profile: &str, overlay: &BTreeMap<String, Pr
         return Ok(st.clone());
     }
     match get(trees, PROFILES, profile.as_bytes())? {
-        Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("profile {profile}"), e.to_string())),
+        Some(v) => decode_profile(profile.as_bytes(), &v),
         None => Ok(ProfileState::default()),
     }
 }
@@ -93,7 +95,7 @@ impl Writer {
                 st.idem_keys += 1;
             }
             st.seq += 1;
-            ops.push(Op::put(PROFILES, rec.profile.as_bytes(), serde_json::to_vec(&st).map_err(store_err)?));
+            ops.push(Op::put(PROFILES, rec.profile.as_bytes(), super::codec::encode_profile(&st)));
         }
         let key = id.to_be_bytes();
         ops.push(Op::put(RECORDS, key, encode(&rec)?));
@@ -144,7 +146,7 @@ impl Writer {
         }
         for (bk, deltas) in grouped {
             let mut map: BTreeMap<String, i64> = match get(trees, TOTALS, &bk)? {
-                Some(v) => serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt("totals".into(), e.to_string()))?,
+                Some(v) => decode_totals(&v)?,
                 None => BTreeMap::new(),
             };
             for (k, d) in deltas {
@@ -155,7 +157,7 @@ impl Writer {
                     JournalError::Overflow { profile, batch, key: k.to_string(), current: *total, delta: d }
                 })?;
             }
-            ops.push(Op::put(TOTALS, bk, serde_json::to_vec(&map).map_err(store_err)?));
+            ops.push(Op::put(TOTALS, bk, super::codec::encode_totals(&map)));
         }
         let mut states: BTreeMap<String, ProfileState> = BTreeMap::new();
         for (p, st) in &change.profile_states {
@@ -170,7 +172,7 @@ impl Writer {
             states.insert(p.clone(), st);
         }
         for (p, st) in states {
-            ops.push(Op::put(PROFILES, p.into_bytes(), serde_json::to_vec(&st).map_err(store_err)?));
+            ops.push(Op::put(PROFILES, p.into_bytes(), super::codec::encode_profile(&st)));
         }
         self.write(trees, ops)
     }
