@@ -456,6 +456,7 @@ fn open_stores(dir: &Path) -> Result<Stores, JournalError> {
 /// closes, so the reopened sled holds every change; a crash while it is closed (`IN_REOPEN`) starts
 /// from that checkpoint like any other. The last change's number; `Ok(None)` when readers held the old
 /// sled too long (it stays open; a later checkpoint tries again).
+#[allow(clippy::disallowed_methods)] // bounded waits on sled's own handles, not engine time
 fn reopen(dir: &Path, slot: &StoreSlot, writer: &Mutex<Writer>) -> Result<Option<u64>, JournalError> {
     let w = writer.lock().map_err(|_| JournalError::Store("journal writer poisoned".into()))?;
     let mut held = slot.write().unwrap_or_else(|p| p.into_inner());
