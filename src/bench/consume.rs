@@ -225,16 +225,25 @@ async fn measure(
     Ok(())
 }
 
+#[cfg(unix)]
+type RawStream = tokio::net::UnixStream;
+#[cfg(windows)]
+type RawStream = tokio::net::windows::named_pipe::NamedPipeClient;
+
 /// The least a client can do: one kept-alive Unix-socket connection, a fixed `GET /v1/status`, the
 /// answer read up to its `Content-Length` (no hyper, no JSON), so its time is the server's cost.
 struct RawClient {
-    stream: tokio::net::UnixStream,
+    stream: RawStream,
     buf: Vec<u8>,
 }
 
 impl RawClient {
     async fn connect(sock: &std::path::Path) -> Result<RawClient, BenchError> {
-        let stream = tokio::net::UnixStream::connect(sock).await.map_err(|e| BenchError::Setup(format!("raw client: {e}")))?;
+        #[cfg(unix)]
+        let stream = tokio::net::UnixStream::connect(sock).await;
+        #[cfg(windows)]
+        let stream = tokio::net::windows::named_pipe::ClientOptions::new().open(sock);
+        let stream = stream.map_err(|e| BenchError::Setup(format!("raw client: {e}")))?;
         Ok(RawClient { stream, buf: Vec::with_capacity(16 * 1024) })
     }
 
