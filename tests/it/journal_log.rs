@@ -42,6 +42,16 @@ fn write_at(path: &Path, off: usize, bytes: &[u8]) {
     std::fs::OpenOptions::new().write(true).open(path).expect("open").write_all_at(bytes, off as u64).expect("write");
 }
 
+/// A restart after a crash keeps every answered sale (`all_kept`) and approves a new one.
+async fn restart_keeps_all_and_sells_on(world: &World, answered: &[(usize, String)], what: &str) {
+    let d = world.start(&[]).await;
+    all_kept(world, &d, answered).await;
+    let n = answered.len() + 100;
+    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", consume(n), Some(&format!("k-{n}"))).await.expect("consume after");
+    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{what}: {v}");
+    d.stop().await;
+}
+
 /// Every consume in `answered` (index, trace) is in the journal: its retry under the same key gets the first
 /// answer, and the vendor sees nothing new.
 async fn all_kept(world: &World, d: &Daemon, answered: &[(usize, String)]) {
@@ -132,12 +142,7 @@ async fn a_torn_log_tail_keeps_every_answered_record_and_damage_mid_log_is_refus
             assert!(!out.status.success() && err.contains("valid entries follow") && err.contains("posgate journal verify"), "{err}");
             continue;
         }
-        let d = world.start(&[]).await;
-        all_kept(&world, &d, &answered).await;
-        let n = answered.len() + 100;
-        let (s, v) = d.client.post("/v1/profiles/loyalty/consume", consume(n), Some(&format!("k-{n}"))).await.expect("consume after");
-        assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{tear}: {v}");
-        d.stop().await;
+        restart_keeps_all_and_sells_on(&world, &answered, tear).await;
     }
 }
 
@@ -192,10 +197,5 @@ async fn a_sigkill_while_sled_is_reopened_loses_nothing_answered() {
     assert!(held, "the in_reopen crash point was never reached");
     assert!(!answered.is_empty(), "nothing answered before the reopen");
     d.kill9().await;
-    let d = world.start(&[]).await;
-    all_kept(&world, &d, &answered).await;
-    let n = answered.len() + 100;
-    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", consume(n), Some(&format!("k-{n}"))).await.expect("consume after");
-    assert_eq!((s, v["status"].as_str()), (200, Some("approved")), "{v}");
-    d.stop().await;
+    restart_keeps_all_and_sells_on(&world, &answered, "after in_reopen").await;
 }

@@ -272,27 +272,16 @@ pub async fn finish<W: VendorWorld>(c: &ApiClient, all: &Mutex<Vec<Told>>) -> Ve
 
 /// Every (batch, trace) of the daemon's journal is used once.
 async fn traces_unique(c: &ApiClient) -> Vec<String> {
+    let Some(records) = records_paged(c).await else { return vec!["the journal could not be read".into()] };
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let q = match before {
-            Some(b) => format!("/v1/journal?limit=1000&before={b}"),
-            None => "/v1/journal?limit=1000".to_string(),
-        };
-        let Ok((_, page)) = c.get(&q).await else { return vec!["the journal could not be read".into()] };
-        let page = page["records"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            return out;
+    for r in &records {
+        let trace = r["trace"].as_str().unwrap_or("").to_string();
+        if !trace.is_empty() && !seen.insert((r["profile"].to_string(), r["batch"].to_string(), trace.clone())) {
+            out.push(format!("trace {trace} reused in batch {} (record {})", r["batch"], r["id"]));
         }
-        for r in &page {
-            let trace = r["trace"].as_str().unwrap_or("").to_string();
-            if !trace.is_empty() && !seen.insert((r["profile"].to_string(), r["batch"].to_string(), trace.clone())) {
-                out.push(format!("trace {trace} reused in batch {} (record {})", r["batch"], r["id"]));
-            }
-        }
-        before = page.last().and_then(|r| r["id"].as_u64());
     }
+    out
 }
 
 /// A number from the environment, or the default.
@@ -327,19 +316,31 @@ worlds! {
     consign => ConsignWorld, crash_loop_consign, soak_consign;
 }
 
-/// Every journal record (paged).
+/// Every journal record (paged); what was read before a page failed.
 pub async fn all_records(c: &ApiClient) -> Vec<Value> {
     let mut out = Vec::new();
+    let _ = read_pages(c, &mut out).await;
+    out
+}
+
+/// Every journal record (paged), or `None` when a page could not be read.
+async fn records_paged(c: &ApiClient) -> Option<Vec<Value>> {
+    let mut out = Vec::new();
+    read_pages(c, &mut out).await.then_some(out)
+}
+
+/// Reads the journal newest first into `out`, a page at a time; false when a page could not be read.
+async fn read_pages(c: &ApiClient, out: &mut Vec<Value>) -> bool {
     let mut before: Option<u64> = None;
     loop {
         let q = match before {
             Some(b) => format!("/v1/journal?limit=1000&before={b}"),
             None => "/v1/journal?limit=1000".to_string(),
         };
-        let Ok((_, page)) = c.get(&q).await else { return out };
+        let Ok((_, page)) = c.get(&q).await else { return false };
         let page = page["records"].as_array().cloned().unwrap_or_default();
         if page.is_empty() {
-            return out;
+            return true;
         }
         before = page.last().and_then(|r| r["id"].as_u64());
         out.extend(page);
