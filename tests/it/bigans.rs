@@ -139,7 +139,11 @@ async fn ten_megabyte_answers_leave_memory_journal_and_status_bounded_and_every_
     assert!(world.sim.state_snapshot().transactions.iter().filter(|t| t.op == "consume").count() >= n + 4, "the host saw every sale");
     assert!(max_rss.max(after_rss) < idle + 20 * 1024, "RSS {} KiB over idle {idle} KiB + 20 MiB", max_rss.max(after_rss));
     // A 10 MB answer costs the journal what a lost answer does (within 2 KiB), and a few KiB at most.
-    assert!(per_answer < baseline + 2048, "the journal grew {per_answer} bytes an answer; a lost answer costs {baseline}");
+    // sled lengthens its file a 512 KiB segment at a time, so either phase may cross one segment
+    // boundary more than the other (one run with 128-key pages: the lost answers grew it 0 bytes, these
+    // 523,049, one segment, 10,058 an answer): one segment over the n answers is allowed for that.
+    let segment_slack = (512 * 1024) / n as u64;
+    assert!(per_answer < baseline + 2048 + segment_slack, "the journal grew {per_answer} bytes an answer; a lost answer costs {baseline}");
     assert!(per_answer < 16 * 1024, "the journal grew {per_answer} bytes an answer");
     assert!(median < Duration::from_millis(100), "status median {median:?}");
     assert!(worst < Duration::from_secs(1), "status worst {worst:?}");
