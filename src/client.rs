@@ -171,7 +171,7 @@ struct Conn {
 /// How one exchange on a pooled connection failed.
 enum Failed {
     /// The connection was closed or broken before the request was handed to it: not sent.
-    Unsent(Option<hyper::Error>),
+    Unsent(hyper::Error),
     /// Sending it failed; `unsent` when hyper gave the request back (never written).
     Send { unsent: bool, source: hyper::Error },
     /// The answer's head came, its body did not.
@@ -319,7 +319,7 @@ impl ApiClient {
             };
             let (unsent, source) = match failure {
                 Failed::Unsent(source) => (true, source),
-                Failed::Send { unsent, source } => (unsent, Some(source)),
+                Failed::Send { unsent, source } => (unsent, source),
                 Failed::Body(source) => return Err(ClientError::Http { target: target.to_string(), source }),
             };
             // A reused connection the daemon closed while it sat idle: once, on a new one.
@@ -328,12 +328,6 @@ impl ApiClient {
                 reconnected = true;
                 continue;
             }
-            let Some(source) = source else {
-                return Err(ClientError::Connect {
-                    target: target.to_string(),
-                    source: std::io::Error::other("the connection closed before the request was sent"),
-                });
-            };
             if unsent {
                 return Err(ClientError::Connect { target: target.to_string(), source: std::io::Error::other(source) });
             }
@@ -430,7 +424,7 @@ where
 /// One request on `sender` (whose driver the caller polls alongside): wait until the connection
 /// takes a request, send it, read the whole answer.
 async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> Result<(u16, HeaderMap, Bytes), Failed> {
-    sender.ready().await.map_err(|e| Failed::Unsent(Some(e)))?;
+    sender.ready().await.map_err(Failed::Unsent)?;
     match sender.try_send_request(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
