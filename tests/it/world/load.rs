@@ -11,7 +11,7 @@
 //! (`journal/sled_cache.rs`; at 20 consumes a second it is full after 4 to 5 minutes), after which only
 //! allocator noise and sled's page table (tens of bytes per page written) remain; the 32 MiB cache of
 //! issue 12 still grew 2.5 MB a minute there, 15 MB or more in the second half of a 20-minute run. With glibc's
-//! malloc the RSS then still grew ≈ 96 bytes a consume (fragmentation: not the arenas, not the cache); the
+//! malloc the RSS then still grew ≈ 96 bytes a consume (neither the arena count nor the cache size changed that); the
 //! daemon allocates with jemalloc on Linux since: ≈ 32 bytes a consume over the hour's second half, swinging
 //! ± 6 MB (README.md; the long form still fails its flatness bound). At the end the host
 //! must have applied exactly the consumes the lanes were told approved (a consume reversed after a timeout
