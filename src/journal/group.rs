@@ -38,12 +38,46 @@ struct Marker {
 struct GroupState {
     /// Sync requests handed out (each writer takes the next number).
     requested: u64,
-    /// Every request up to this number is durable (or failed with `error`).
+    /// Every request up to this number has its answer: durable, or in one of `failed`.
     synced: u64,
     /// A writer is syncing a group now.
     leading: bool,
-    /// The last group's failure, for the writers it was meant to release.
-    error: Option<String>,
+    /// Groups whose fdatasync failed and whose writers have not all read it yet: their requests
+    /// `(from, to]`, how many of them are still to read it, the error. Kept per group because a later
+    /// group may succeed before a writer of the failed one wakes up: that success says nothing about
+    /// the failed group's entries (after a failed fdatasync the kernel may drop their dirty pages), so
+    /// each writer reads the outcome of the group its own request was in.
+    failed: Vec<FailedGroup>,
+}
+
+struct FailedGroup {
+    from: u64,
+    to: u64,
+    unread: u64,
+    error: String,
+}
+
+impl GroupState {
+    /// Record the outcome of the group that synced the requests `(from, to]`.
+    fn finish(&mut self, from: u64, to: u64, result: Result<(), String>) {
+        self.synced = to;
+        self.leading = false;
+        if let Err(error) = result {
+            self.failed.push(FailedGroup { from, to, unread: to - from, error });
+        }
+    }
+
+    /// Request `mine`'s answer once its group has synced (`None` before); each request reads it once.
+    fn answer(&mut self, mine: u64) -> Option<Result<(), String>> {
+        if self.synced < mine {
+            return None;
+        }
+        let Some(i) = self.failed.iter().position(|g| g.from < mine && mine <= g.to) else { return Some(Ok(())) };
+        let g = &mut self.failed[i];
+        g.unread -= 1;
+        let error = if g.unread == 0 { self.failed.swap_remove(i).error } else { g.error.clone() };
+        Some(Err(error))
+    }
 }
 
 impl Committer {
@@ -90,11 +124,8 @@ impl Committer {
         st.requested += 1;
         let mine = st.requested;
         loop {
-            if st.synced >= mine {
-                return match &st.error {
-                    None => Ok(()),
-                    Some(e) => Err(JournalError::Sync(e.clone())),
-                };
+            if let Some(answer) = st.answer(mine) {
+                return answer.map_err(JournalError::Sync);
             }
             if st.leading {
                 st = self.done.wait(st).map_err(|_| poisoned())?;
@@ -107,9 +138,7 @@ impl Committer {
             drop(st);
             let result = self.sync_group(target - from);
             st = self.state.lock().map_err(|_| poisoned())?;
-            st.synced = target;
-            st.leading = false;
-            st.error = result.err();
+            st.finish(from, target, result);
             self.count.fetch_add(1, Ordering::Relaxed);
             self.done.notify_all();
         }
@@ -148,5 +177,35 @@ impl Committer {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupState;
+
+    /// Regression: a writer of a group whose fdatasync failed was told "durable" when a later group
+    /// succeeded before it woke up (the state kept only the last group's error).
+    #[test]
+    fn a_failed_sync_is_not_overwritten_by_a_later_groups_success() {
+        let mut st = GroupState::default();
+        // Requests 1 and 2 wait for the group that syncs them; it fails.
+        st.requested = 2;
+        st.leading = true;
+        st.finish(0, 2, Err("fdatasync of the journal log: EIO".into()));
+        // Request 2 (the leader) reads its answer; request 1 has not woken up yet.
+        assert_eq!(st.answer(2), Some(Err("fdatasync of the journal log: EIO".into())));
+        // Request 3 leads the next group, which succeeds.
+        st.requested = 3;
+        st.leading = true;
+        st.finish(2, 3, Ok(()));
+        assert_eq!(st.answer(3), Some(Ok(())));
+        // Request 1 wakes up now: its entry was in the failed group.
+        assert_eq!(st.answer(1), Some(Err("fdatasync of the journal log: EIO".into())));
+        // Every writer of the failed group has read it: nothing is kept.
+        assert!(st.failed.is_empty());
+        // A request not yet synced has no answer.
+        st.requested = 4;
+        assert_eq!(st.answer(4), None);
     }
 }
