@@ -188,10 +188,8 @@ mod tests {
     /// succeeded before it woke up (the state kept only the last group's error).
     #[test]
     fn a_failed_sync_is_not_overwritten_by_a_later_groups_success() {
-        let mut st = GroupState::default();
         // Requests 1 and 2 wait for the group that syncs them; it fails.
-        st.requested = 2;
-        st.leading = true;
+        let mut st = GroupState { requested: 2, leading: true, ..GroupState::default() };
         st.finish(0, 2, Err("fdatasync of the journal log: EIO".into()));
         // Request 2 (the leader) reads its answer; request 1 has not woken up yet.
         assert_eq!(st.answer(2), Some(Err("fdatasync of the journal log: EIO".into())));
