@@ -13,9 +13,12 @@ use std::path::Path;
 pub(super) const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The sled configuration of the journal store. No background flusher: the log is the durable record,
-/// sled is flushed by checkpoints.
+/// sled is flushed by checkpoints. `POSGATE_SLED_CACHE_KIB` overrides the cache size, for measurements
+/// only: the load test restarts the daemon with a tiny cache to see what the journal itself costs
+/// resident (sled's page table and log positions, which no cache size bounds).
 pub(super) fn config(dir: &Path) -> sled::Config {
-    sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(CACHE_BYTES)
+    let cache = std::env::var("POSGATE_SLED_CACHE_KIB").ok().and_then(|v| v.parse::<u64>().ok()).map_or(CACHE_BYTES, |k| k * 1024);
+    sled::Config::new().path(dir).mode(sled::Mode::LowSpace).flush_every_ms(None).cache_capacity(cache)
 }
 
 #[cfg(test)]
