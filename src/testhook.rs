@@ -4,6 +4,8 @@
 //! - `POSGATE_CRASH_AT=<point>:<n>`: the n-th time the daemon reaches `<point>` it prints
 //!   `posgate-crashpoint <point>` on stderr and stops there forever, so the test can kill it with
 //!   SIGKILL at exactly that point.
+//! - `POSGATE_FAIL_AT=<point>:<n>`: the n-th time the daemon reaches `<point>` the operation there fails
+//!   with an injected I/O error, as a failing disk would make it (only `log_sync`).
 //! - `POSGATE_ORDER_LOG=<file>`: append `synced <upto-id>` after each journal sync returns, and
 //!   `send <id>` just before a backend request's bytes are written, so a test can prove the order.
 use std::io::Write;
@@ -16,13 +18,38 @@ struct CrashPoint {
     seen: AtomicU64,
 }
 
-fn crash_point() -> &'static Option<CrashPoint> {
-    static CP: OnceLock<Option<CrashPoint>> = OnceLock::new();
-    CP.get_or_init(|| {
-        let v = std::env::var("POSGATE_CRASH_AT").ok()?;
+impl CrashPoint {
+    fn from_env(var: &str) -> Option<CrashPoint> {
+        let v = std::env::var(var).ok()?;
         let (name, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));
         Some(CrashPoint { name: name.to_string(), nth: n.parse().unwrap_or(1), seen: AtomicU64::new(0) })
-    })
+    }
+
+    /// This visit of `name` is the armed one.
+    fn hit(&self, name: &str) -> bool {
+        self.name == name && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth
+    }
+}
+
+fn crash_point() -> &'static Option<CrashPoint> {
+    static CP: OnceLock<Option<CrashPoint>> = OnceLock::new();
+    CP.get_or_init(|| CrashPoint::from_env("POSGATE_CRASH_AT"))
+}
+
+fn fail_point() -> &'static Option<CrashPoint> {
+    static FP: OnceLock<Option<CrashPoint>> = OnceLock::new();
+    FP.get_or_init(|| CrashPoint::from_env("POSGATE_FAIL_AT"))
+}
+
+/// The fdatasync of the journal log (a fail point).
+pub const LOG_SYNC: &str = "log_sync";
+
+/// Reach a fail point: the injected error when it is the armed one.
+pub fn fail(name: &str) -> std::io::Result<()> {
+    match fail_point() {
+        Some(fp) if fp.hit(name) => Err(std::io::Error::other(format!("{name} failed (injected by POSGATE_FAIL_AT)"))),
+        _ => Ok(()),
+    }
 }
 
 /// Named places where a crash test may stop the daemon.
@@ -50,7 +77,7 @@ pub const IN_RETENTION: &str = "in_retention";
 /// Reach a crash point from a plain thread (the journal's own): when armed, announce and block forever.
 pub fn point_blocking(name: &str) {
     if let Some(cp) = crash_point() {
-        if cp.name == name && cp.seen.fetch_add(1, Ordering::SeqCst) + 1 == cp.nth {
+        if cp.hit(name) {
             eprintln!("posgate-crashpoint {name}");
             let _ = std::io::stderr().flush();
             loop {
@@ -63,7 +90,7 @@ pub fn point_blocking(name: &str) {
 /// Reach a crash point. When it is the armed one, announce and hang until killed.
 pub async fn point(name: &str) {
     if let Some(cp) = crash_point() {
-        if cp.name == name && cp.seen.fetch_add(1, Ordering::SeqCst) + 1 == cp.nth {
+        if cp.hit(name) {
             eprintln!("posgate-crashpoint {name}");
             let _ = std::io::stderr().flush();
             std::future::pending::<()>().await;

@@ -154,7 +154,12 @@ impl Committer {
         crate::testhook::point_blocking(crate::testhook::BEFORE_LOG_SYNC);
         // metrics: one group of `size` sync requests made durable by the fdatasync below.
         let mut result = crate::metrics::time_group_commit(size, || {
-            files.and_then(|files| files.iter().try_for_each(|f| f.sync_data()).map_err(|e| format!("fdatasync of the journal log: {e}")))
+            files.and_then(|files| {
+                files
+                    .iter()
+                    .try_for_each(|f| crate::testhook::fail(crate::testhook::LOG_SYNC).and_then(|()| f.sync_data()))
+                    .map_err(|e| log_broken(&format!("fdatasync of the journal log: {e}")))
+            })
         });
         let mark_err = self.marker.get().and_then(|m| m.slot.state.lock().ok().and_then(|mut st| st.error.take()));
         if let (Ok(()), Some(e)) = (&result, mark_err) {
@@ -178,6 +183,21 @@ impl Committer {
         }
         result
     }
+}
+
+/// The log's fdatasync failed. After a failed fdatasync the kernel may have dropped the pages it could
+/// not write while later ones still reach the disk: a log with a hole, which the next start refuses
+/// as damage inside the journal (or, had it gone on, a replay that stops short of entries answered
+/// since). So no later group may be answered: say so and exit with `EXIT_STORE_BROKEN`; the service
+/// manager starts posgate again and the log replays what the disk holds, the failed group at its tail.
+/// The writers of the failed group get no answer (their requests' outcome is unknown: resent with their
+/// key after the restart, they find their record or none). `POSGATE_JOURNAL_NO_EXIT` (tests) returns
+/// the error to them instead.
+fn log_broken(e: &str) -> String {
+    super::sled_store::exit_broken(&format!(
+        "journal log failed ({e}): no later change can be made durable behind it; exiting so the service manager restarts posgate and the journal log replays"
+    ));
+    e.to_string()
 }
 
 #[cfg(test)]

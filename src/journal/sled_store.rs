@@ -40,7 +40,8 @@ pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// The daemon's exit code when sled refused a change the log already holds (sled 0.34 then refuses
-/// every later write until reopened): the service manager starts it again and the log replays.
+/// every later write until reopened) or the log's fdatasync failed (`group.rs`, `log_broken`): the
+/// service manager starts it again and the log replays.
 pub const EXIT_STORE_BROKEN: i32 = 75;
 
 pub(super) fn store_err<E: std::fmt::Display>(e: E) -> JournalError {
@@ -739,12 +740,16 @@ impl JournalStore for SledJournal {
 /// (written, so it survives the process) and is replayed by the next start, which the service manager
 /// makes (systemd `Restart=always`, the Windows service's recovery actions).
 fn store_broken(e: &str) {
+    exit_broken(&format!(
+        "journal store failed ({e}): sled refuses every write from now on; exiting so the service manager restarts posgate and the journal log replays"
+    ));
+}
+
+/// Say `why` and exit with `EXIT_STORE_BROKEN` (returns only under `POSGATE_JOURNAL_NO_EXIT`, in tests).
+pub(super) fn exit_broken(why: &str) {
     if std::env::var_os("POSGATE_JOURNAL_NO_EXIT").is_some() {
         return;
     }
-    tracing::error!(
-        code = EXIT_STORE_BROKEN,
-        "journal store failed ({e}): sled refuses every write from now on; exiting so the service manager restarts posgate and the journal log replays"
-    );
+    tracing::error!(code = EXIT_STORE_BROKEN, "{why}");
     std::process::exit(EXIT_STORE_BROKEN);
 }

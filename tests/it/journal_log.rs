@@ -77,6 +77,45 @@ async fn sell_until_held(d: &Daemon, max: usize, wait: Duration) -> Vec<(usize, 
     answered
 }
 
+/// Regression: when the log's fdatasync failed, the daemon told that group's writers and went on
+/// answering later groups, although after a failed fdatasync the kernel may drop the failed pages while
+/// later ones reach the disk (a hole the next start refuses as damage mid-log). Now the failure stops
+/// the daemon (exit code 75) before anything later is answered; the restart keeps every consume answered
+/// before it, and the one in flight, resent with its key, ends final and reaches the vendor at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_sync_stops_the_daemon_before_anything_later_is_answered() {
+    let world = World::new("jlog-syncfail").await;
+    let mut d = world.start(&[("POSGATE_FAIL_AT", "log_sync:14".to_string())]).await;
+    let mut answered = Vec::new();
+    let mut in_flight = None;
+    for i in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(10), d.client.post("/v1/profiles/loyalty/consume", consume(i), Some(&format!("k-{i}")))).await {
+            Ok(Ok((200, v))) if v["status"] == "approved" => answered.push((i, v["trace"].as_str().unwrap_or_default().to_string())),
+            _ => {
+                in_flight = Some(i);
+                break;
+            }
+        }
+    }
+    let Some(i) = in_flight else { panic!("the injected fdatasync failure was never reached ({} answered)", answered.len()) };
+    assert!(answered.len() >= 3, "the 14th fdatasync came after only {} consumes", answered.len());
+    eprintln!("{} consumes answered, consume {i} in flight when the fdatasync failed", answered.len());
+    let code = d.exit_code(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(posgate::journal::EXIT_STORE_BROKEN), "the daemon must exit when the log's fdatasync fails (consume {i} was in flight)");
+    let d = world.start(&[]).await;
+    crate::support::wait_recovered(&d.client, Duration::from_secs(30)).await;
+    all_kept(&world, &d, &answered).await;
+    let before = world.sim.state_snapshot().transactions.len();
+    let (s, v) = d.client.post("/v1/profiles/loyalty/consume", consume(i), Some(&format!("k-{i}"))).await.expect("resend");
+    assert_eq!(s, 200, "{v}");
+    assert!(crate::world::FINAL.contains(&v["status"].as_str().unwrap_or("")), "consume {i} resent after the restart: {v}");
+    eprintln!("consume {i} resent after the restart: {}", v["status"]);
+    let (_, again) = d.client.post("/v1/profiles/loyalty/consume", consume(i), Some(&format!("k-{i}"))).await.expect("resend");
+    assert_eq!((again["status"].clone(), again["trace"].clone()), (v["status"].clone(), v["trace"].clone()), "a second resend changed the answer");
+    assert!(world.sim.state_snapshot().transactions.len() <= before + 1, "consume {i} reached the vendor more than once");
+    d.stop().await;
+}
+
 /// SIGKILL while a checkpoint has flushed sled but not recorded its log position: sales go on meanwhile
 /// (the checkpoint holds no lock the sale path needs), and the next start keeps every answered sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,12 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 
+    /// Wait up to `limit` for the daemon to exit by itself; its exit code (`None`: still running, or
+    /// ended by a signal).
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        tokio::time::timeout(limit, self.child.wait()).await.ok()?.ok()?.code()
+    }
+
     /// The daemon's process id (for reading `/proc/<pid>/status`).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
